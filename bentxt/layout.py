@@ -1,0 +1,59 @@
+"""Where a band of a patch lives, in the archives and in extracted folders.
+
+The release puts every band in its own GeoTIFF under a tile (S2) or scene (S1)
+directory (facts file, sections 7 and 9). S1 and S2 names differ in date, time
+and zero padding, so a patch's S1 partner is only ever found through the
+``s1_name`` column, never by rewriting the S2 name; the directory rules below
+only derive a name's *own* parent folder.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+from .bands import SENSOR_BANDS
+
+#: top-level folder of each sensor's archive / extracted tree
+ROOT_DIR = {"s1": "BigEarthNet-S1", "s2": "BigEarthNet-S2"}
+
+#: patch directory names (rico-hdl discovery regexes, anchored)
+PATCH_NAME_RE = {
+    "s1": re.compile(r"^S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_[0-9A-Z]{5}_\d+_\d+$"),
+    "s2": re.compile(r"^S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T[0-9A-Z]{5}_\d{2}_\d{2}$"),
+}
+
+
+def parent_dir(sensor: str, patch_name: str) -> str:
+    """Tile directory of an S2 patch, scene directory of an S1 patch."""
+    drop = 2 if sensor == "s2" else 3
+    return "_".join(patch_name.split("_")[:-drop])
+
+
+def band_path(sensor: str, patch_name: str, band: str) -> str:
+    """Relative path of one band file, as stored in the archive and in extracted folders."""
+    return f"{ROOT_DIR[sensor]}/{parent_dir(sensor, patch_name)}/{patch_name}/{patch_name}_{band}.tif"
+
+
+def patch_band_paths(sensor: str, patch_name: str) -> Tuple[str, ...]:
+    """All band files of a patch, in the archive's (lexicographic) order."""
+    return tuple(sorted(band_path(sensor, patch_name, b) for b in SENSOR_BANDS[sensor]))
+
+
+def parse_member(path: str) -> Optional[Tuple[str, str, str]]:
+    """``BigEarthNet-S2/<tile>/<patch>/<patch>_B02.tif`` -> ("s2", patch, "B02").
+
+    Returns None for anything that is not a band file of a known sensor
+    (directory members, reference maps, stray files), so callers decide
+    whether to ignore it.
+    """
+    path = path[2:] if path.startswith("./") else path
+    parts = path.split("/")
+    if len(parts) != 4 or not parts[3].endswith(".tif"):
+        return None
+    sensor = {v: k for k, v in ROOT_DIR.items()}.get(parts[0])
+    patch = parts[2]
+    if sensor is None or not parts[3].startswith(patch + "_"):
+        return None
+    band = parts[3][len(patch) + 1 : -4]
+    return sensor, patch, band

@@ -1,0 +1,175 @@
+"""Where a config's files come from, and whether they are the release's files.
+
+Three ways, checked in this order:
+1. ``data_files={"annotations": ..., "s1": ..., "s2": ...}``: explicit paths or
+   URLs (local, ``http(s)://``, ``hf://``); a missing key falls back to 2 or 3;
+2. ``data_dir=``: a folder holding the release files under their release names;
+3. nothing: the release URLs recorded in ``dataset_infos/sources.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from functools import lru_cache
+from importlib import resources
+from typing import Dict, List, Optional
+
+import fsspec
+from datasets import SplitDict, SplitInfo
+from datasets.utils.file_utils import xopen
+from datasets.utils.info_utils import VerificationMode
+
+logger = logging.getLogger("bigearthnet_txt")
+
+SOURCE_KEYS = ("annotations", "s1", "s2")
+
+
+class SourceError(ValueError):
+    """A source file is missing, ambiguous or not the release's file."""
+
+
+class ChecksumError(SourceError):
+    """A file's size or checksum differs from the one recorded in dataset_infos/."""
+
+
+def infos_dir():
+    """``dataset_infos/`` (installed as the package ``bentxt.dataset_infos``)."""
+    return resources.files("bentxt.dataset_infos")
+
+
+@lru_cache(maxsize=None)
+def release() -> Dict[str, dict]:
+    """The recorded release files: name, URL, size, checksums (dataset_infos/sources.json)."""
+    data = json.loads(infos_dir().joinpath("sources.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def display_name(urlpath: str) -> str:
+    return urlpath.split("::")[-1]
+
+
+def resolve(config, sensors) -> Dict[str, object]:
+    """``{"annotations": url, "s1": [urls], "s2": [urls]}`` for the keys a config needs."""
+    needed = ("annotations",) + tuple(sensors)
+    data_files = dict(config.data_files or {})
+    named = {k: list(v) for k, v in data_files.items() if k in SOURCE_KEYS}
+    unnamed = [k for k in data_files if k not in SOURCE_KEYS]
+    if named and unnamed:
+        raise SourceError(
+            f"data_files keys {unnamed} are not understood; use the keys {list(SOURCE_KEYS)} "
+            f"(the annotation parquet and the S1 / S2 archives)"
+        )
+    if unnamed and not config.data_dir:
+        raise SourceError(
+            f"data_files must name each file: data_files={{'annotations': '.../BigEarthNet.txt.parquet', "
+            f"'s1': '.../BigEarthNet-S1.tar.zst', 's2': '.../BigEarthNet-S2.tar.zst'}} (got keys {unnamed})"
+        )
+    files: Dict[str, object] = {}
+    for key in needed:
+        if key in named:
+            files[key] = named[key]
+        elif config.data_dir:
+            files[key] = [_in_data_dir(config.data_dir, key)]
+        else:
+            files[key] = [release()[key]["url"]]
+    if len(files["annotations"]) != 1:
+        raise SourceError(f"data_files['annotations'] must be one parquet file, got {files['annotations']}")
+    files["annotations"] = files["annotations"][0]
+    return files
+
+
+def _in_data_dir(data_dir: str, key: str) -> str:
+    info = release()[key]
+    path = f"{data_dir.rstrip('/')}/{info['file_name']}"
+    fs, inner = fsspec.core.url_to_fs(path)
+    if not fs.exists(inner):
+        raise SourceError(
+            f"data_dir {data_dir} has no {info['file_name']} (the {_what(key)}, {info['num_bytes'] / 1e9:.1f} GB). "
+            f"Download it from {info['url']} into that folder, or pass data_files={{'{key}': <path or URL>}}."
+        )
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _what(key: str) -> str:
+    return {"annotations": "BigEarthNet.txt annotation parquet", "s1": "Sentinel-1 archive", "s2": "Sentinel-2 archive"}[key]
+
+
+def download(files: Dict[str, object], dl_manager) -> Dict[str, object]:
+    """Remote files go to the datasets download cache; local paths are used in place (no copy)."""
+    return dl_manager.download(files)
+
+
+def verify(files: Dict[str, object], verification_mode) -> None:
+    """With ``verification_mode="all_checks"``, compare sizes and checksums with dataset_infos/sources.json.
+
+    Runs before any file is parsed, so a damaged download reports its checksum
+    (expected and found) rather than whatever parse error the damage causes.
+    """
+    if verification_mode not in (VerificationMode.ALL_CHECKS, "all_checks"):
+        return
+    for key, value in files.items():
+        paths = [value] if isinstance(value, str) else list(value)
+        if len(paths) != 1:
+            logger.info("%s comes in %d parts; checksums are recorded for the single release file only", key, len(paths))
+            continue
+        verify_file(paths[0], release()[key])
+
+
+def verify_file(path: str, info: dict) -> None:
+    name = display_name(path)
+    fs, inner = fsspec.core.url_to_fs(path)
+    size = fs.size(inner)
+    if info.get("num_bytes") is not None and size != info["num_bytes"]:
+        raise ChecksumError(
+            f"{name}: size {size} bytes, expected {info['num_bytes']} bytes for the release file "
+            f"{info['file_name']} (dataset_infos/sources.json)"
+        )
+    algorithm = "sha256" if info.get("sha256") else "md5"
+    expected = info.get(algorithm)
+    if not expected:
+        return
+    digest = hashlib.new(algorithm)
+    with xopen(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 23), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ChecksumError(
+            f"{name}: {algorithm} {digest.hexdigest()}, expected {expected} for the release file "
+            f"{info['file_name']} (dataset_infos/sources.json)"
+        )
+
+
+def is_release_file(path: str, key: str) -> bool:
+    """Cheap identity check (size) used to decide whether recorded split sizes apply."""
+    try:
+        fs, inner = fsspec.core.url_to_fs(path)
+        return fs.size(inner) == release()[key]["num_bytes"]
+    except Exception:  # unreachable remote file: cannot tell, so do not claim it
+        return False
+
+
+@lru_cache(maxsize=None)
+def recorded_infos() -> Dict[str, dict]:
+    """dataset_infos/dataset_infos.json: per config features, split sizes and download checksums."""
+    path = infos_dir().joinpath("dataset_infos.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict]:
+    """Recorded split sizes, when they apply: the release parquet, no filters, the default layout."""
+    if config.layout != "annotation" or any(getattr(config, o) is not None for o in ("categories", "countries", "seasons", "climate_zones")):
+        return None
+    splits = recorded_infos().get(config.name, {}).get("splits")
+    if not splits or not is_release_file(str(files["annotations"]), "annotations"):
+        return None
+    out = SplitDict()
+    for name, info in splits.items():
+        out.add(SplitInfo(name=name, num_examples=info["num_examples"]))
+    return out
+
+
+def all_urls(sensors) -> List[str]:
+    return [release()[k]["url"] for k in ("annotations",) + tuple(sensors)]

@@ -1,0 +1,551 @@
+"""BigEarthNet.txt: Sentinel-1/2 image pairs joined with 9.55 M texts, as a `datasets` builder.
+
+    import bigearthnet_txt, datasets
+    ds = datasets.load_dataset("bigearthnet_txt", "s1s2-vqa")          # prepare an Arrow cache
+    it = datasets.load_dataset("bigearthnet_txt", "s2-captioning", streaming=True)
+
+Configs are ``<sensor>-<task>[-<split>]``. Each example is one text annotation
+joined with the native-resolution bands of its patch (``layout="patch"``: one
+example per image pair with its annotations as a list). The readers live in
+``bentxt/``: ``archives`` (.tar.zst), ``raster`` (GeoTIFF), ``annotations``
+(parquet), ``store`` (staging shards), ``sources`` (where the files are).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.download.streaming_download_manager import StreamingDownloadManager
+
+from bentxt import annotations as ann
+from bentxt import archives, raster, sources, store, text
+from bentxt.bands import BAND_GROUPS, DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
+from bentxt.registration import register
+
+logger = logging.getLogger("bigearthnet_txt")
+if not logger.handlers:  # the cache-size estimate and the join report should reach the user by default
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("bigearthnet_txt: %(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+
+_DESCRIPTION = (
+    "BigEarthNet.txt: 464,044 co-registered Sentinel-1 SAR / Sentinel-2 multispectral patches over Europe "
+    "(BigEarthNet v2.0) with 9.55 M texts: captions, binary and multiple-choice VQA, referring expressions "
+    "with bounding boxes, and a manually verified `bench` split."
+)
+_HOMEPAGE = "https://txt.bigearth.net"
+_LICENSE = "cdla-permissive-1.0"
+_CITATION = """\
+@article{bigearthnet_txt,
+  title   = {BigEarthNet.txt: A Large-Scale Multi-Sensor Image-Text Dataset and Benchmark for Earth Observation},
+  journal = {arXiv preprint arXiv:2603.29630},
+  year    = {2026}
+}
+@inproceedings{clasen2025reben,
+  title     = {reBEN: Refined BigEarthNet Dataset for Remote Sensing Image Analysis},
+  author    = {Clasen, Kai Norman and Hackel, Leonard and Burgert, Tom and Sumbul, Gencer and Demir, Beg{\\"u}m and Markl, Volker},
+  booktitle = {IEEE International Geoscience and Remote Sensing Symposium (IGARSS)},
+  year      = {2025}
+}
+"""
+
+# ----------------------------------------------------------------------------- configs
+
+SENSORS: Dict[str, Tuple[str, ...]] = {"s1": ("s1",), "s2": ("s2",), "s1s2": ("s1", "s2")}
+TASKS: Dict[str, Tuple[str, ...]] = {
+    "all": ann.TYPES,
+    "vqa": ("binary", "mcq"),
+    "binary": ("binary",),
+    "mcq": ("mcq",),
+    "captioning": ("captioning",),
+    "grounding": ("bounding box",),
+}
+SPLITS: Tuple[str, ...] = ann.SPLITS
+LAYOUTS: Tuple[str, ...] = ("annotation", "patch")
+
+
+@dataclass
+class BigEarthNetTxtConfig(datasets.BuilderConfig):
+    """One sensor x task [x split] selection plus the publisher loader's options.
+
+    Filters (``categories``, ``countries``, ``seasons``, ``climate_zones``) are
+    checked against the values present in the parquet. ``point_token`` /
+    ``ref_token`` replace the ``<point>``/``<ref>`` tags like the publisher's
+    loader (None keeps the tags). ``bands`` (a list or ``RGB``, ``S2-10m20m``,
+    ``S1S2-10m20m``, ``all``) replaces the native band groups by one float32
+    ``image`` resampled to ``img_size`` like the publisher's loader.
+    """
+
+    sensor: str = "s1s2"
+    task: str = "all"
+    split: Optional[str] = None
+    categories: Optional[Sequence[str]] = None
+    countries: Optional[Sequence[str]] = None
+    seasons: Optional[Sequence[str]] = None
+    climate_zones: Optional[Sequence[str]] = None
+    point_token: Optional[Sequence[str]] = None
+    ref_token: Optional[Sequence[str]] = None
+    bands: Optional[object] = None
+    img_size: int = DEFAULT_IMG_SIZE
+    resample: str = "nearest"
+    layout: str = "annotation"
+    skip_missing: bool = False
+
+    @property
+    def sensors(self) -> Tuple[str, ...]:
+        return SENSORS[self.sensor]
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return (self.split,) if self.split else SPLITS
+
+    @property
+    def key_column(self) -> str:
+        """The archive that drives generation order: S2 unless only S1 is read."""
+        return "s1_name" if self.sensors == ("s1",) else "patch_id"
+
+    @property
+    def image_bands(self) -> Optional[Tuple[str, ...]]:
+        return None if self.bands is None else resolve_bands(self.bands)
+
+    def selection(self, split: Optional[str] = None) -> ann.Selection:
+        filters = tuple(
+            (column, tuple(getattr(self, option)))
+            for option, column in ann.FILTER_COLUMNS.items()
+            if getattr(self, option) is not None
+        )
+        return ann.Selection(types=TASKS[self.task], splits=(split,) if split else self.splits, filters=filters)
+
+    def validate(self) -> None:
+        """Reject option values early, before any download, with the valid choices in the message."""
+        choices = {"sensor": SENSORS, "task": TASKS, "layout": LAYOUTS}
+        for option, valid in choices.items():
+            if getattr(self, option) not in valid:
+                raise ValueError(f"{option}={getattr(self, option)!r} is not valid; choose one of {list(valid)}")
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r} is not valid; choose one of {list(SPLITS)}")
+        for option in ann.FILTER_COLUMNS:
+            value = getattr(self, option)
+            if isinstance(value, str):
+                setattr(self, option, (value,))
+            elif value is not None:
+                setattr(self, option, tuple(value))
+        for option in ("point_token", "ref_token"):
+            value = getattr(self, option)
+            if value is not None:
+                text.check_token(value, option)
+                setattr(self, option, tuple(value))
+        if self.bands is not None:
+            bands = resolve_bands(self.bands)
+            foreign = [b for b in bands if GROUP_OF_BAND[b].sensor not in self.sensors]
+            if foreign:
+                raise ValueError(
+                    f"bands {foreign} are not read by config sensor {self.sensor!r}; use an s1s2-* config "
+                    f"or bands from {[b for g in groups_for_sensors(self.sensors) for b in g.bands]}"
+                )
+            raster.check_img_size(self.img_size)
+            raster.check_mode(self.resample)
+
+
+def _make_configs() -> List[BigEarthNetTxtConfig]:
+    configs = []
+    for sensor in SENSORS:
+        for task in TASKS:
+            for split in (None,) + SPLITS:
+                name = f"{sensor}-{task}" + (f"-{split}" if split else "")
+                description = f"{sensor} bands, {task} texts" + (f", {split} split only" if split else "")
+                configs.append(BigEarthNetTxtConfig(name=name, sensor=sensor, task=task, split=split, description=description))
+    return configs
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _box(n: int) -> datasets.List:
+    return datasets.List(datasets.Value("float64"), length=n)
+
+
+def image_features(config: BigEarthNetTxtConfig) -> Dict[str, datasets.features.FeatureType]:
+    """Native band groups as Array3D, or one resampled float32 ``image`` when ``bands`` is set."""
+    if config.image_bands is not None:
+        return {"image": datasets.Array3D((len(config.image_bands), config.img_size, config.img_size), "float32")}
+    return {g.name: datasets.Array3D(g.shape, g.dtype) for g in groups_for_sensors(config.sensors)}
+
+
+def text_features() -> Dict[str, datasets.features.FeatureType]:
+    """One annotation: the parquet's per-text columns plus the parsed structure."""
+    return {
+        "ID": datasets.Value("int64"),
+        "input": datasets.Value("string"),
+        "output": datasets.Value("string"),
+        "type": datasets.Value("string"),
+        "category": datasets.Value("string"),
+        "bbox": _box(4),
+        "point": _box(2),
+        "options": datasets.List(datasets.Value("string")),
+    }
+
+
+def features_for(config: BigEarthNetTxtConfig) -> datasets.Features:
+    patch = {c: datasets.Value(_value_dtype(c)) for c in ann.PATCH_COLUMNS}
+    if config.layout == "patch":
+        return datasets.Features({**patch, "annotations": datasets.List(text_features()), **image_features(config)})
+    ordered = {c: (text_features().get(c) or patch[c]) for c in ann.COLUMNS}
+    extra = {k: v for k, v in text_features().items() if k not in ordered}
+    return datasets.Features({**ordered, **extra, **image_features(config)})
+
+
+def _value_dtype(column: str) -> str:
+    return {"int64": "int64", "double": "float64"}.get(str(ann.COLUMNS[column]), "string")
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
+    """Joins BigEarthNet.txt annotations with BigEarthNet v2.0 Sentinel-1/2 bands."""
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = BigEarthNetTxtConfig
+    BUILDER_CONFIGS = _make_configs()
+    DEFAULT_CONFIG_NAME = "s1s2-all"
+    # ~20 rows of ~350 kB per patch: keep a writer batch well below the 1000-row default (~460 MB)
+    DEFAULT_WRITER_BATCH_SIZE = 64
+
+    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
+        if isinstance(config_name, str) and config_name not in self.builder_configs:
+            raise ValueError(config_name_error(config_name))
+        return super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
+
+    def _info(self) -> datasets.DatasetInfo:
+        self.config.validate()
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=features_for(self.config),
+            homepage=_HOMEPAGE,
+            license=_LICENSE,
+            citation=_CITATION,
+        )
+
+    # --- splits
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        self._verification_mode = verification_mode
+        self._staging_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-staging-", dir=_local_parent(self._output_dir))
+        try:
+            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+        finally:
+            shutil.rmtree(self._staging_dir, ignore_errors=True)
+
+    def _make_split_generators_kwargs(self, prepare_split_kwargs):
+        return {"num_proc": prepare_split_kwargs.get("num_proc")}
+
+    def _split_generators(self, dl_manager, num_proc: Optional[int] = None) -> List[datasets.SplitGenerator]:
+        files = sources.resolve(self.config, self.config.sensors)
+        if isinstance(dl_manager, StreamingDownloadManager):
+            return [
+                datasets.SplitGenerator(
+                    name=split,
+                    gen_kwargs={"mode": "stream", "files": files, "split": split, "dlc": dl_manager.download_config},
+                )
+                for split in self.config.splits
+            ]
+        files = sources.download(files, dl_manager)
+        sources.verify(files, getattr(self, "_verification_mode", None))
+        plan = stage(self.config, files, self._staging_dir, num_shards=max(1, num_proc or 1), dlc=dl_manager.download_config)
+        self._expect_release_split_sizes(files, plan)
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"mode": "store", "root": plan.root, "shards": shards})
+            for split, shards in plan.shards.items()
+        ]
+
+    def _expect_release_split_sizes(self, files, plan) -> None:
+        """With the release parquet and no filters, split sizes are checked against dataset_infos."""
+        expected = sources.expected_split_sizes(self.config, files)
+        if expected is not None:
+            self.info.splits = expected
+
+    # --- examples
+
+    def _generate_examples(self, mode: str, **kwargs) -> Iterator[Tuple[object, dict]]:
+        if mode == "store":
+            for shard in kwargs["shards"]:
+                yield from self._examples_from_store(kwargs["root"], shard)
+        else:
+            yield from self._examples_from_archives(kwargs["files"], kwargs["split"], kwargs["dlc"])
+
+    def _examples_from_store(self, root: str, shard: str):
+        with store.StoreShard(root, shard) as source:
+            index = ann.group_by_patch(source.rows(), self.config.key_column)
+            for i in range(len(index)):
+                rows = index.rows(i)
+                images = self._images(lambda sensor, name: source.bands(sensor, name), rows, index.keys[i])
+                yield from self._examples(rows, images)
+
+    def _examples_from_archives(self, files: dict, split: str, dlc) -> Iterator[Tuple[object, dict]]:
+        """Stream one split: S1 spilled to a temporary store for s1s2, then the driving archive read once."""
+        index = select_annotations(self.config, files["annotations"], split, dlc)
+        position = index.position()
+        seen = np.zeros(len(index), dtype=bool)
+        key_sensor = "s1" if self.config.key_column == "s1_name" else "s2"
+        report = JoinReport(split)
+        spill_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-")
+        try:
+            spilled = None
+            if self.config.sensors == ("s1", "s2"):
+                spilled = spill_s1(index, files["s1"], spill_dir, dlc, report)
+            for archive in files[key_sensor]:
+                for name, band_files in archives.iter_archive_patches(archive, key_sensor, dlc):
+                    i = position.get(name)
+                    if i is None:
+                        report.archive_only += 1
+                        continue
+                    rows = index.rows(i)
+                    if spilled is not None and not spilled.has("s1", rows["s1_name"][0].as_py()):
+                        report.missing(name, "s1 archive")
+                        continue
+                    seen[i] = True
+
+                    def read(sensor, patch, band_files=band_files):
+                        return band_files if sensor == key_sensor else spilled.bands(sensor, patch)
+
+                    yield from self._examples(rows, self._images(read, rows, name, archive))
+            for i in np.flatnonzero(~seen):
+                if not report.is_missing(index.keys[i]):
+                    report.missing(index.keys[i], f"{key_sensor} archive")
+            report.finish(self.config.skip_missing)
+        finally:
+            if spilled is not None:
+                spilled.close()
+            shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def _images(self, read, rows: pa.Table, key: str, archive: str = "staging store") -> Dict[str, np.ndarray]:
+        """Decode the patch's bands once; all its annotations share the arrays."""
+        names = {"s2": rows["patch_id"][0].as_py(), "s1": rows["s1_name"][0].as_py()}
+        wanted = self.config.image_bands or tuple(b for g in groups_for_sensors(self.config.sensors) for b in g.bands)
+        arrays: Dict[str, np.ndarray] = {}
+        for sensor in self.config.sensors:
+            files = read(sensor, names[sensor])
+            for band in (b for b in wanted if GROUP_OF_BAND[b].sensor == sensor):
+                where = f"patch {names[sensor]} band {band} ({archive})"
+                if band not in files:
+                    raise raster.RasterError(f"{where}: the band file is missing from the archive")
+                arrays[band] = raster.check_band(raster.decode_geotiff(files[band], where=where), band, where=where)
+        if self.config.image_bands is not None:
+            return {"image": raster.stack_image(arrays, self.config.image_bands, self.config.img_size, self.config.resample)}
+        return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(self.config.sensors)}
+
+    def _examples(self, rows: pa.Table, images: Dict[str, np.ndarray]) -> Iterator[Tuple[object, dict]]:
+        columns = rows.to_pydict()
+        texts = [self._annotation(columns, j) for j in range(len(rows))]
+        if self.config.layout == "patch":
+            patch = {c: columns[c][0] for c in ann.PATCH_COLUMNS}
+            yield patch[self.config.key_column], {**patch, "annotations": texts, **images}
+            return
+        for j, annotation in enumerate(texts):
+            example = {c: columns[c][j] for c in ann.PATCH_COLUMNS}
+            example.update(annotation)
+            example.update(images)
+            yield annotation["ID"], example
+
+    def _annotation(self, columns: dict, j: int) -> dict:
+        row_id, kind, prompt, answer = columns["ID"][j], columns["type"][j], columns["input"][j], columns["output"][j]
+        parsed = text.parse_row(kind, prompt, answer, row_id)
+        category = columns["category"][j]
+        return {
+            "ID": row_id,
+            "input": text.replace_tokens(prompt, self.config.point_token, self.config.ref_token),
+            "output": answer,
+            "type": kind,
+            "category": None if category == "None" else category,
+            **parsed,
+        }
+
+
+# ----------------------------------------------------------------------------- the join
+
+
+@dataclass
+class JoinReport:
+    """Counts of patches that are in the text but not the archives, or the other way round."""
+
+    split: str
+    archive_only: int = 0
+
+    def __post_init__(self):
+        self._missing: Dict[str, str] = {}
+
+    def missing(self, key: str, where: str) -> None:
+        self._missing[key] = where
+
+    def is_missing(self, key: str) -> bool:
+        return key in self._missing
+
+    @property
+    def missing_count(self) -> int:
+        return len(self._missing)
+
+    def finish(self, skip_missing: bool) -> None:
+        if self._missing and not skip_missing:
+            first = ", ".join(f"{k} (not in the {w})" for k, w in list(self._missing.items())[:5])
+            raise MissingPatchError(
+                f"split {self.split}: {len(self._missing)} image pair(s) with annotations are missing from the "
+                f"archives, e.g. {first}. Pass skip_missing=True to skip them (they are counted in the report)."
+            )
+        logger.info(
+            "split %s: %d image pair(s) with annotations missing from the archives%s; %d archive patch(es) "
+            "without annotations in this config",
+            self.split, len(self._missing), " (skipped)" if self._missing else "", self.archive_only,
+        )
+        if self._missing:
+            logger.warning("split %s: skipped %d image pair(s) missing from the archives", self.split, len(self._missing))
+
+
+class MissingPatchError(ValueError):
+    """A requested image pair is not in the archives."""
+
+
+def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc) -> ann.PatchIndex:
+    """Read, check and group the config's rows; filter values are validated against the data first."""
+    requested = {option: getattr(config, option) for option in ann.FILTER_COLUMNS}
+    if any(v is not None for v in requested.values()):
+        present = ann.distinct_values(urlpath, list(ann.FILTER_COLUMNS.values()), TASKS[config.task], dlc)
+        ann.check_filter_values(requested, present)
+    table = ann.read_selection(urlpath, config.selection(split), download_config=dlc)
+    where = sources.display_name(urlpath)
+    ann.check_types(table, where)
+    index = ann.group_by_patch(table, config.key_column)
+    ann.check_patch_pairs(index, where)
+    return index
+
+
+def spill_s1(index: ann.PatchIndex, s1_archives: Sequence[str], root: str, dlc, report: JoinReport) -> store.StoreShard:
+    """Copy the S1 band files the selection needs into a local store (bounded memory for the s1s2 join)."""
+    needed = set(index.first("s1_name"))
+    writer = store.StoreWriter(root)
+    writer.open_shard("s1")
+    for archive in s1_archives:
+        for name, band_files in archives.iter_archive_patches(archive, "s1", dlc):
+            if name in needed:
+                writer.add("s1", "s1", name, band_files)
+            else:
+                report.archive_only += 1
+    writer.close(write_index=False)
+    return store.StoreShard(root, "s1", index=writer.index["s1"])
+
+
+@dataclass
+class StagingPlan:
+    root: str
+    shards: Dict[str, List[str]]  # split -> shard names
+
+
+def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int, dlc) -> StagingPlan:
+    """One sequential pass per archive: copy the selected patches into per-split shard files.
+
+    Shards are contiguous runs of image pairs in archive order, so the prepared
+    dataset has the same order as the streamed one whatever ``num_proc`` is.
+    """
+    index = select_annotations(config, files["annotations"], None, dlc)
+    key_sensor = "s1" if config.key_column == "s1_name" else "s2"
+    split_of = index.first("split")
+    shard_of: Dict[str, str] = {}
+    plan = StagingPlan(root, {})
+    for split in config.splits:
+        members = [i for i, s in enumerate(split_of) if s == split]
+        n = max(1, min(num_shards, len(members)))
+        plan.shards[split] = [f"{split}-{k:05d}-of-{n:05d}" for k in range(n)]
+        for rank, i in enumerate(members):
+            shard_of[index.keys[i]] = plan.shards[split][rank * n // len(members)]
+    _log_estimate(config, index, split_of)
+
+    writer = store.StoreWriter(root)
+    for names in plan.shards.values():
+        for name in names:
+            writer.open_shard(name)
+    report = JoinReport("all")
+    present = {sensor: set() for sensor in config.sensors}
+    pair_names = {"s2": index.first("patch_id"), "s1": index.first("s1_name")}
+    s1_to_key = dict(zip(pair_names["s1"], index.keys))
+    for sensor in config.sensors:
+        for archive in files[sensor]:
+            for name, band_files in archives.iter_archive_patches(archive, sensor, dlc):
+                key = name if sensor == key_sensor else s1_to_key.get(name)
+                if key not in shard_of:
+                    report.archive_only += sensor == key_sensor
+                    continue
+                writer.add(shard_of[key], sensor, name, band_files)
+                present[sensor].add(name)
+
+    keep = np.ones(len(index.table), dtype=bool)
+    for i, key in enumerate(index.keys):
+        absent = [s for s in config.sensors if pair_names[s][i] not in present[s]]
+        if absent:
+            report.missing(key, f"{absent[0]} archive")
+            keep[index.starts[i] : index.starts[i + 1]] = False
+    report.finish(config.skip_missing)
+
+    rows = index.table.filter(pa.array(keep))
+    row_shard = pa.array([shard_of[k] for k in rows[config.key_column].to_pylist()])
+    for split, names in plan.shards.items():
+        for name in names:
+            writer.write_rows(name, rows.filter(pa.compute.equal(row_shard, name)))
+    writer.close()
+    return plan
+
+
+def _log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex, split_of: List[str]) -> None:
+    """Tell the user, before the long pass, how large the Arrow cache will be."""
+    rows, patches = len(index.table), len(index)
+    text_bytes = int(sum(pa.compute.sum(pa.compute.binary_length(index.table[c])).as_py() or 0 for c in ("input", "output")))
+    total = estimate_cache_bytes(config, rows, patches, text_bytes)
+    logger.info(
+        "config %s (layout=%s): %d annotations on %d image pairs; estimated Arrow cache size %.2f GB",
+        config.name, config.layout, rows, patches, total / 1e9,
+    )
+
+
+def estimate_cache_bytes(config: BigEarthNetTxtConfig, rows: int, patches: int, text_bytes: int) -> int:
+    """Images once per example (per patch with layout="patch"), +2% Arrow list offsets, texts, ~120 B of columns per row."""
+    image_bytes = sum(int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize for f in image_features(config).values())
+    copies = patches if config.layout == "patch" else rows
+    return int(copies * image_bytes * 1.02 + text_bytes + rows * 120)
+
+
+def config_name_error(name: str) -> str:
+    import difflib
+
+    valid = [c.name for c in BigEarthNetTxt.BUILDER_CONFIGS]
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    return (
+        f"Unknown config {name!r}. Config names are <sensor>-<task>[-<split>] with sensor in {list(SENSORS)}, "
+        f"task in {list(TASKS)}, split in {list(SPLITS)}"
+        + (f". Did you mean {close}?" if close else ".")
+    )
+
+
+def _local_parent(output_dir: str) -> Optional[str]:
+    """Staging goes next to a local cache (same disk); a remote cache stages in the temp dir."""
+    import os
+
+    if "://" in output_dir:
+        return None
+    parent = os.path.dirname(output_dir.rstrip("/"))
+    os.makedirs(parent, exist_ok=True)
+    return parent
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bentxt.cli import main
+
+    sys.exit(main())
