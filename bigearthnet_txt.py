@@ -59,6 +59,7 @@ _CITATION = """\
 
 # ----------------------------------------------------------------------------- configs
 
+VERSION = datasets.Version("1.0.0")
 SENSORS: Dict[str, Tuple[str, ...]] = {"s1": ("s1",), "s2": ("s2",), "s1s2": ("s1", "s2")}
 TASKS: Dict[str, Tuple[str, ...]] = {
     "all": ann.TYPES,
@@ -151,8 +152,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
                     f"bands {foreign} are not read by config sensor {self.sensor!r}; use an s1s2-* config "
                     f"or bands from {[b for g in groups_for_sensors(self.sensors) for b in g.bands]}"
                 )
-            raster.check_img_size(self.img_size)
-            raster.check_mode(self.resample)
+            raster.check_resample_options(self.img_size, self.resample)
 
 
 def _make_configs() -> List[BigEarthNetTxtConfig]:
@@ -162,7 +162,9 @@ def _make_configs() -> List[BigEarthNetTxtConfig]:
             for split in (None,) + SPLITS:
                 name = f"{sensor}-{task}" + (f"-{split}" if split else "")
                 description = f"{sensor} bands, {task} texts" + (f", {split} split only" if split else "")
-                configs.append(BigEarthNetTxtConfig(name=name, sensor=sensor, task=task, split=split, description=description))
+                configs.append(
+                    BigEarthNetTxtConfig(name=name, version=VERSION, sensor=sensor, task=task, split=split, description=description)
+                )
     return configs
 
 
@@ -213,7 +215,7 @@ def _value_dtype(column: str) -> str:
 class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
     """Joins BigEarthNet.txt annotations with BigEarthNet v2.0 Sentinel-1/2 bands."""
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = VERSION
     BUILDER_CONFIG_CLASS = BigEarthNetTxtConfig
     BUILDER_CONFIGS = _make_configs()
     DEFAULT_CONFIG_NAME = "s1s2-all"
@@ -296,12 +298,12 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         position = index.position()
         seen = np.zeros(len(index), dtype=bool)
         key_sensor = "s1" if self.config.key_column == "s1_name" else "s2"
-        report = JoinReport(split)
+        report = JoinReport(f"split {split}")
         spill_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-")
         try:
             spilled = None
             if self.config.sensors == ("s1", "s2"):
-                spilled = spill_s1(index, files["s1"], spill_dir, dlc, report)
+                spilled = spill_s1(index, files["s1"], spill_dir, dlc)
             for archive in files[key_sensor]:
                 for name, band_files in archives.iter_archive_patches(archive, key_sensor, dlc):
                     i = position.get(name)
@@ -397,16 +399,16 @@ class JoinReport:
         if self._missing and not skip_missing:
             first = ", ".join(f"{k} (not in the {w})" for k, w in list(self._missing.items())[:5])
             raise MissingPatchError(
-                f"split {self.split}: {len(self._missing)} image pair(s) with annotations are missing from the "
+                f"{self.split}: {len(self._missing)} image pair(s) with annotations are missing from the "
                 f"archives, e.g. {first}. Pass skip_missing=True to skip them (they are counted in the report)."
             )
         logger.info(
-            "split %s: %d image pair(s) with annotations missing from the archives%s; %d archive patch(es) "
-            "without annotations in this config",
+            "%s: %d image pair(s) with annotations missing from the archives%s; %d archive patch(es) "
+            "outside this selection (other splits, filtered out, or without texts)",
             self.split, len(self._missing), " (skipped)" if self._missing else "", self.archive_only,
         )
         if self._missing:
-            logger.warning("split %s: skipped %d image pair(s) missing from the archives", self.split, len(self._missing))
+            logger.warning("%s: skipped %d image pair(s) missing from the archives", self.split, len(self._missing))
 
 
 class MissingPatchError(ValueError):
@@ -427,7 +429,7 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
     return index
 
 
-def spill_s1(index: ann.PatchIndex, s1_archives: Sequence[str], root: str, dlc, report: JoinReport) -> store.StoreShard:
+def spill_s1(index: ann.PatchIndex, s1_archives: Sequence[str], root: str, dlc) -> store.StoreShard:
     """Copy the S1 band files the selection needs into a local store (bounded memory for the s1s2 join)."""
     needed = set(index.first("s1_name"))
     writer = store.StoreWriter(root)
@@ -436,8 +438,6 @@ def spill_s1(index: ann.PatchIndex, s1_archives: Sequence[str], root: str, dlc, 
         for name, band_files in archives.iter_archive_patches(archive, "s1", dlc):
             if name in needed:
                 writer.add("s1", "s1", name, band_files)
-            else:
-                report.archive_only += 1
     writer.close(write_index=False)
     return store.StoreShard(root, "s1", index=writer.index["s1"])
 
@@ -461,7 +461,10 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     plan = StagingPlan(root, {})
     for split in config.splits:
         members = [i for i, s in enumerate(split_of) if s == split]
-        n = max(1, min(num_shards, len(members)))
+        if not members:  # datasets cannot load a split with no data: leave it out, and say so
+            logger.info("config %s: split %s has no rows in this selection and is left out", config.name, split)
+            continue
+        n = min(num_shards, len(members))
         plan.shards[split] = [f"{split}-{k:05d}-of-{n:05d}" for k in range(n)]
         for rank, i in enumerate(members):
             shard_of[index.keys[i]] = plan.shards[split][rank * n // len(members)]
@@ -471,7 +474,7 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     for names in plan.shards.values():
         for name in names:
             writer.open_shard(name)
-    report = JoinReport("all")
+    report = JoinReport(f"config {config.name}")
     present = {sensor: set() for sensor in config.sensors}
     pair_names = {"s2": index.first("patch_id"), "s1": index.first("s1_name")}
     s1_to_key = dict(zip(pair_names["s1"], index.keys))
@@ -542,6 +545,8 @@ def _local_parent(output_dir: str) -> Optional[str]:
     os.makedirs(parent, exist_ok=True)
     return parent
 
+
+register()
 
 if __name__ == "__main__":
     import sys

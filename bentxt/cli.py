@@ -24,18 +24,16 @@ def _builder(config: str, data_dir: Optional[str], cache_dir: Optional[str], **c
 
 
 def _describe(example: dict) -> str:
-    parts = []
+    lines = []
     for key, value in example.items():
         if isinstance(value, np.ndarray):
-            parts.append(f"  {key}: array {value.shape} {value.dtype} [{value.min():.4g} .. {value.max():.4g}]")
-        elif isinstance(value, list) and value and isinstance(value[0], list):
-            arr = np.asarray(value)
-            parts.append(f"  {key}: array {arr.shape} {arr.dtype}")
+            value = f"array {value.shape} {value.dtype}, values {value.min():.4g} .. {value.max():.4g}"
         elif isinstance(value, str) and len(value) > 100:
-            parts.append(f"  {key}: {value[:97]!r}...")
+            value = repr(value[:97] + "...")
         else:
-            parts.append(f"  {key}: {value!r}")
-    return "\n".join(parts)
+            value = repr(value)
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
 
 
 def demo(args) -> int:
@@ -47,14 +45,17 @@ def demo(args) -> int:
     ds = builder.as_dataset()
     for split, part in ds.items():
         print(f"  {split}: {part.num_rows} examples")
-    first = next(iter(ds.values())).with_format("numpy", dtype=None)
-    for i in range(min(args.examples, first.num_rows)):
-        print(f"example {i}:\n{_describe(first[i])}")
-    streamed = builder.as_streaming_dataset()
-    split = next(iter(ds))
-    n = sum(1 for _ in streamed[split])
-    print(f"streaming {split}: {n} examples read from the .tar.zst archives (prepared: {ds[split].num_rows})")
-    return 0 if n == ds[split].num_rows else 1
+    split = "test" if "test" in ds else next(iter(ds))
+    arrays = [k for k, f in ds[split].features.items() if type(f).__name__ == "Array3D"]
+    part = ds[split].with_format("numpy", columns=arrays, dtype=None, output_all_columns=True)
+    shown = set()
+    for i, kind in enumerate(ds[split]["type"]):
+        if kind not in shown and len(shown) < args.examples:
+            shown.add(kind)
+            print(f"{split} example {i} ({kind}):\n{_describe(part[i])}")
+    streamed = sum(1 for _ in builder.as_streaming_dataset(split=split))
+    print(f"streaming {split}: {streamed} examples read from the .tar.zst archives (prepared: {ds[split].num_rows})")
+    return 0 if streamed == ds[split].num_rows else 1
 
 
 def info(args) -> int:
@@ -88,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded synthetic sample (no network)")
     p.add_argument("--config", default="s1s2-all")
-    p.add_argument("--examples", type=int, default=3)
+    p.add_argument("--examples", type=int, default=4, help="how many examples (one per text type) to print")
     p.add_argument("--num-proc", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
     p.set_defaults(run=demo)

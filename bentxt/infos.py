@@ -42,7 +42,7 @@ def build() -> Dict[str, dict]:
 
 
 def render() -> str:
-    return json.dumps(build(), indent=1, sort_keys=True) + "\n"
+    return json.dumps(build(), indent=1) + "\n"
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,47 @@
+"""Shared pytest fixtures.
+
+``fixture_data`` (session scope) is the one synthetic data set every test reads:
+``make_fixtures.make_fixture(tmp, seed=0)`` with the default 8 patches, built once
+per test session. Its API is stable; see the ``tests/make_fixtures.py`` docstring.
+
+- ``fixture_data.s2_archive`` / ``.s1_archive`` / ``.maps_archive`` / ``.parquet``: paths of
+  ``BigEarthNet-S2.tar.zst``, ``BigEarthNet-S1.tar.zst``, ``Reference_Maps.tar.zst`` and
+  ``BigEarthNet.txt.parquet`` in one folder (``fixture_data.root``, usable as ``data_dir``).
+- ``fixture_data.patches``: ``FixturePatch`` records (``patch_id``, ``s1_name``, ``split``, ``tile``,
+  ``rows``, ``country``, ``season``, ``climate_zone``, ``latitude``, ``longitude``, ``epsg``, ``ul``,
+  ``in_archives``, ``has_caption``; ``.bands`` {band: native array}, ``.reference_map``,
+  ``.transform(resolution_m)``, ``.member_paths()``); ``fixture_data.patch(patch_id)`` looks one up.
+- ``fixture_data.table``: the pyarrow Table written to the parquet (rows shuffled).
+
+Splits: train 2 patches, validation 2, test 2 (including the real patch
+``make_fixtures.REAL_PATCH_ID`` with its 18 real rows), bench 2 (one without a caption).
+
+``fixture_lmdb`` (session scope): a rico-hdl style LMDB directory of ``fixture_data``
+(S1, S2 and reference-map records).
+
+Tests must treat both as read-only: copy files before modifying them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+for path in (TESTS_DIR.parent, TESTS_DIR):  # repo root (bentxt) and tests/ (make_fixtures), whatever the import mode
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from make_fixtures import Fixture, make_fixture, write_lmdb  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+    return make_fixture(tmp_path_factory.mktemp("bentxt_fixture"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def fixture_lmdb(fixture_data: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_lmdb(fixture_data, tmp_path_factory.mktemp("bentxt_lmdb") / "Encoded-BigEarthNet")

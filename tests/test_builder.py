@@ -1,0 +1,327 @@
+"""The builder end to end on generated fixtures: configs, features, values, join, shards, streaming."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+import bigearthnet_txt as bt
+from bentxt import bands as B
+from bentxt import text
+from make_fixtures import REAL_PATCH_ID
+from publisher_loader import stack_and_interpolate
+
+SENSOR_GROUPS = {s: [g for g in B.BAND_GROUPS if g.sensor in bt.SENSORS[s]] for s in bt.SENSORS}
+
+
+def prepare(config, fixture, cache, num_proc=None, **kwargs):
+    builder = bt.BigEarthNetTxt(config_name=config, data_dir=str(fixture.root), cache_dir=str(cache), **kwargs)
+    builder.download_and_prepare(num_proc=num_proc)
+    return builder, builder.as_dataset()
+
+
+def expected_rows(fixture, types=None, split=None):
+    t = fixture.table
+    if types is not None:
+        t = t.filter(pc.is_in(t["type"], __import__("pyarrow").array(list(types))))
+    if split is not None:
+        t = t.filter(pc.equal(t["split"], split))
+    return t
+
+
+@pytest.fixture(scope="module")
+def s1s2_all(fixture_data, tmp_path_factory):
+    return prepare("s1s2-all", fixture_data, tmp_path_factory.mktemp("cache"))
+
+
+# ----------------------------------------------------------------------------- configs and features
+
+
+def test_configs_are_generated_from_the_declared_lists():
+    names = [c.name for c in bt.BigEarthNetTxt.BUILDER_CONFIGS]
+    assert len(names) == len(set(names)) == len(bt.SENSORS) * len(bt.TASKS) * (1 + len(bt.SPLITS)) == 90
+    assert {"s1s2-vqa", "s2-captioning", "s1-grounding-bench", "s1s2-all-train"} <= set(names)
+    config = bt.BigEarthNetTxt.builder_configs["s1-mcq-validation"]
+    assert (config.sensors, config.task, config.splits) == (("s1",), "mcq", ("validation",))
+
+
+@pytest.mark.parametrize("sensor", list(bt.SENSORS))
+def test_features_derive_from_the_band_declaration(sensor):
+    features = bt.features_for(bt.BigEarthNetTxt.builder_configs[f"{sensor}-all"])
+    arrays = {k: v for k, v in features.items() if isinstance(v, datasets.Array3D)}
+    assert arrays == {g.name: datasets.Array3D(g.shape, g.dtype) for g in SENSOR_GROUPS[sensor]}
+    assert features["ID"] == datasets.Value("int64") and features["latitude"] == datasets.Value("float64")
+    assert list(features)[:13] == list(bt.ann.COLUMNS)
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def test_all_splits_hold_every_row_with_exact_bands(s1s2_all, fixture_data):
+    _, ds = s1s2_all
+    assert set(ds) == {"train", "validation", "test", "bench"}
+    for split, part in ds.items():
+        rows = expected_rows(fixture_data, split=split)
+        assert part.num_rows == len(rows)
+        assert sorted(part["ID"]) == sorted(rows["ID"].to_pylist())
+    part = ds["test"].with_format("numpy", dtype=None)
+    by_id = {r["ID"]: r for r in fixture_data.table.to_pylist()}
+    for i in range(part.num_rows):
+        ex = part[i]
+        patch = fixture_data.patch(str(ex["patch_id"]))
+        row = by_id[int(ex["ID"])]
+        assert str(ex["s1_name"]) == patch.s1_name == row["s1_name"]
+        for column in ("input", "output", "type", "split", "country", "season", "climate_zone"):
+            assert str(ex[column]) == row[column]
+        assert float(ex["latitude"]) == row["latitude"] and float(ex["longitude"]) == row["longitude"]
+        for group in B.BAND_GROUPS:
+            assert ex[group.name].dtype == np.dtype(group.dtype) and ex[group.name].shape == group.shape
+            assert np.array_equal(ex[group.name], np.stack([patch.bands[b] for b in group.bands]))
+
+
+def test_captioning_category_none_becomes_null_and_parsed_fields(s1s2_all):
+    _, ds = s1s2_all
+    test = {r["ID"]: r for r in ds["test"]}
+    assert test[27533]["type"] == "captioning" and test[27533]["category"] is None
+    assert test[27527]["bbox"] == [0.0, 0.0, 0.93, 0.45] and test[27527]["point"] == [0.35, 0.16]
+    assert test[27530]["bbox"] == [0.0, 0.0, 1.0, 0.94] and test[27530]["point"] is None
+    assert test[27536]["options"][2] == "Temperate, no dry season, warm summer" and test[27536]["bbox"] is None
+    assert test[27519]["options"] is None and test[27519]["output"] == "yes"
+    for r in test.values():
+        assert (r["bbox"] is not None) == (r["type"] == "bounding box")
+        assert (r["options"] is not None) == (r["type"] == "mcq")
+
+
+@pytest.mark.parametrize("task", list(bt.TASKS))
+def test_task_configs_select_their_types(task, fixture_data, tmp_path):
+    _, ds = prepare(f"s2-{task}-test", fixture_data, tmp_path)
+    assert list(ds) == ["test"]
+    rows = expected_rows(fixture_data, bt.TASKS[task], "test")
+    assert sorted(ds["test"]["ID"]) == sorted(rows["ID"].to_pylist())
+    assert set(ds["test"]["type"]) == set(bt.TASKS[task])
+    assert "s1" not in ds["test"].features and "s2_10m" in ds["test"].features
+
+
+def test_s1_config_reads_only_s1_in_s1_archive_order(fixture_data, tmp_path):
+    _, ds = prepare("s1-binary", fixture_data, tmp_path)
+    assert [k for k in ds["train"].features if k.startswith("s")] == ["s1_name", "split", "season", "s1"]
+    part = ds["train"].with_format("numpy", dtype=None)
+    names = [str(n) for n in part["s1_name"]]
+    assert names == sorted(names)  # S1 archive order: `_10_5` before `_9_5`
+    for i in range(part.num_rows):
+        patch = fixture_data.patch(str(part[i]["patch_id"]))
+        assert np.array_equal(part[i]["s1"], np.stack([patch.bands["VV"], patch.bands["VH"]]))
+        assert part[i]["s1"].dtype == np.float32
+
+
+def test_filters_select_rows_and_reject_unknown_values(fixture_data, tmp_path):
+    countries = sorted({p.country for p in fixture_data.patches})[:1]
+    _, ds = prepare("s2-mcq", fixture_data, tmp_path / "a", countries=countries, categories=["count", "season"])
+    got = [r for part in ds.values() for r in part]
+    t = fixture_data.table.to_pylist()
+    want = [r["ID"] for r in t if r["type"] == "mcq" and r["country"] in countries and r["category"] in ("count", "season")]
+    assert got and sorted(r["ID"] for r in got) == sorted(want)
+    with pytest.raises(ValueError, match=r"seasons=\['Monsoon'\].*Valid values: \[.*'Summer'"):
+        prepare("s2-mcq", fixture_data, tmp_path / "b", seasons=["Monsoon"])
+    with pytest.raises(ValueError, match=r"categories.*'point'.*not found.*Valid values"):
+        prepare("s2-vqa", fixture_data, tmp_path / "c", categories=["point"])
+
+
+def test_token_replacement_like_the_publisher(fixture_data, tmp_path):
+    kept = {r["ID"]: r["input"] for r in prepare("s2-grounding-test", fixture_data, tmp_path / "a")[1]["test"]}
+    assert kept[27527].startswith("Generate a bounding box for the land cover class instance found at <point>(0.35, 0.16)</point>")
+    stripped = {
+        r["ID"]: r["input"]
+        for r in prepare("s2-grounding-test", fixture_data, tmp_path / "b", point_token=["", ""], ref_token=["[", "]"])[1]["test"]
+    }
+    assert "found at (0.35, 0.16) in the satellite" in stripped[27527]
+    assert stripped[27530] == "Identify a continuous patch of [broad-leaved forest]."
+    with pytest.raises(ValueError, match="point_token"):
+        bt.BigEarthNetTxt(config_name="s2-all", data_dir=str(fixture_data.root), cache_dir=str(tmp_path), point_token="ab")
+
+
+def test_patch_layout_groups_annotations_per_image_pair(s1s2_all, fixture_data, tmp_path):
+    _, by_patch = prepare("s1s2-all", fixture_data, tmp_path, layout="patch")
+    _, by_row = s1s2_all
+    for split in by_row:
+        assert by_patch[split].num_rows == len(set(by_row[split]["patch_id"]))
+        flat = [a for ex in by_patch[split] for a in ex["annotations"]]
+        assert [a["ID"] for a in flat] == by_row[split]["ID"]  # same order, same rows
+    ex = by_patch["test"].with_format("numpy", dtype=None)[0]
+    patch = fixture_data.patch(str(ex["patch_id"]))
+    assert np.array_equal(ex["s2_20m"], np.stack([patch.bands[b] for b in B.BAND_GROUPS[1].bands]))
+    assert len(ex["annotations"]) == len([r for r in fixture_data.table.to_pylist() if r["patch_id"] == patch.patch_id])
+
+
+@pytest.mark.parametrize(
+    "bands,img_size,mode",
+    [("S1S2-10m20m", 120, "nearest"), ("RGB", 120, "nearest"), (["B01", "VH", "B8A"], 128, "nearest"), ("all", 64, "bilinear")],
+)
+def test_band_selection_matches_the_publisher_stacking(bands, img_size, mode, fixture_data, tmp_path):
+    _, ds = prepare("s1s2-binary-bench", fixture_data, tmp_path, bands=bands, img_size=img_size, resample=mode)
+    names = B.resolve_bands(bands)
+    feature = ds["bench"].features["image"]
+    assert (feature.shape, feature.dtype) == ((len(names), img_size, img_size), "float32")
+    assert not any(g.name in ds["bench"].features for g in B.BAND_GROUPS)
+    part = ds["bench"].with_format("numpy", dtype=None)
+    for pid in sorted(set(part["patch_id"])):
+        i = list(part["patch_id"]).index(pid)
+        expected = stack_and_interpolate(fixture_data.patch(str(pid)).bands, names, img_size, mode)
+        got = part[i]["image"]
+        if mode == "nearest":
+            assert np.array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_option_errors_name_the_option(fixture_data, tmp_path):
+    kw = {"data_dir": str(fixture_data.root), "cache_dir": str(tmp_path)}
+    with pytest.raises(ValueError, match=r"Unknown config 's2-vqaa'.*<sensor>-<task>\[-<split>\].*Did you mean.*'s2-vqa'"):
+        bt.BigEarthNetTxt(config_name="s2-vqaa", **kw)
+    with pytest.raises(ValueError, match=r"Unknown band name\(s\) \['B10'\]"):
+        bt.BigEarthNetTxt(config_name="s2-all", bands=["B02", "B10"], **kw)
+    with pytest.raises(ValueError, match=r"bands \['VV'\] are not read by config sensor 's2'"):
+        bt.BigEarthNetTxt(config_name="s2-all", bands=["B02", "VV"], **kw)
+    with pytest.raises(ValueError, match="img_size"):
+        bt.BigEarthNetTxt(config_name="s2-all", bands="RGB", img_size=0, **kw)
+    with pytest.raises(ValueError, match="layout='rows'"):
+        bt.BigEarthNetTxt(config_name="s2-all", layout="rows", **kw)
+
+
+def test_data_dir_missing_a_file_says_which_and_where(fixture_data, tmp_path):
+    os.symlink(fixture_data.parquet, tmp_path / "BigEarthNet.txt.parquet")
+    os.symlink(fixture_data.s2_archive, tmp_path / "BigEarthNet-S2.tar.zst")
+    b = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"has no BigEarthNet-S1.tar.zst.*zenodo.org/records/10891137"):
+        b.download_and_prepare()
+    _, ds = prepare("s2-captioning", type("F", (), {"root": tmp_path})(), tmp_path / "c2")  # s2 configs need no S1
+    assert sum(p.num_rows for p in ds.values()) == len(expected_rows(fixture_data, ["captioning"]))
+
+
+# ----------------------------------------------------------------------------- the join
+
+
+def test_missing_and_extra_patches_are_counted_and_reported(tmp_path, caplog):
+    from make_fixtures import make_fixture
+
+    fx = make_fixture(tmp_path / "fx", seed=3, archive_only=1, text_only=1)
+    missing = next(p for p in fx.patches if not p.in_archives)
+    with pytest.raises(ValueError, match=rf"1 image pair\(s\) with annotations are missing.*{missing.patch_id}"):
+        prepare(f"s1s2-all-{missing.split}", fx, tmp_path / "a")
+    with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+        _, ds = prepare(f"s1s2-all-{missing.split}", fx, tmp_path / "b", skip_missing=True)
+    assert missing.patch_id not in set(ds[missing.split]["patch_id"])
+    assert "skipped 1 image pair(s)" in caplog.text
+    assert ds[missing.split].num_rows == len(expected_rows(fx, split=missing.split)) - missing.rows
+    # streaming reports at the end of the split
+    builder = bt.BigEarthNetTxt(config_name=f"s2-all-{missing.split}", data_dir=str(fx.root), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=missing.patch_id):
+        list(builder.as_streaming_dataset(split=missing.split))
+
+
+def test_estimated_cache_size_is_logged_before_preparation(fixture_data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+        prepare("s1s2-vqa", fixture_data, tmp_path, layout="patch")
+    line = next(r.getMessage() for r in caplog.records if "estimated Arrow cache size" in r.getMessage())
+    n_vqa = len(expected_rows(fixture_data, ["binary", "mcq"]))
+    assert f"{n_vqa} annotations on 8 image pairs" in line and "layout=patch" in line
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def test_num_proc_writes_shards_in_parallel_with_the_same_content(s1s2_all, fixture_data, tmp_path):
+    builder, ds = prepare("s1s2-all", fixture_data, tmp_path, num_proc=2)
+    for split in ("train", "validation", "test", "bench"):
+        files = sorted(glob.glob(os.path.join(builder.cache_dir, f"bigearthnet_txt-{split}-*-of-*.arrow")))
+        assert len(files) == 2, files
+        assert ds[split]["ID"] == s1s2_all[1][split]["ID"]  # same order as with one process
+    assert builder.info.splits["train"].shard_lengths and sum(builder.info.splits["train"].shard_lengths) == ds["train"].num_rows
+
+
+def test_max_shard_size_is_honoured(fixture_data, tmp_path):
+    builder = bt.BigEarthNetTxt(config_name="s2-all-test", data_dir=str(fixture_data.root), cache_dir=str(tmp_path), writer_batch_size=4)
+    builder.download_and_prepare(max_shard_size=200_000)
+    files = glob.glob(os.path.join(builder.cache_dir, "bigearthnet_txt-test-*.arrow"))
+    assert len(files) >= 4
+    assert builder.as_dataset(split="test").num_rows == len(expected_rows(fixture_data, split="test"))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def assert_same_examples(streamed, prepared):
+    prepared = prepared.with_format("numpy", dtype=None)
+    assert len(streamed) == prepared.num_rows
+    for i, s in enumerate(streamed):
+        p = prepared[i]
+        assert set(s) == set(p)
+        for k, v in s.items():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == p[k].dtype and np.array_equal(v, p[k]), k
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                assert v == [dict(zip(x, x.values())) for x in _listify(p[k])], k
+            else:
+                assert _plain(v) == _plain(p[k]), k
+
+
+def _listify(value):
+    return [{k: _plain(x) for k, x in item.items()} for item in value]
+
+
+def _plain(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@pytest.mark.parametrize("config,layout", [("s1s2-all", "annotation"), ("s1-vqa", "annotation"), ("s2-grounding", "patch")])
+def test_streamed_examples_equal_prepared_ones(config, layout, fixture_data, tmp_path):
+    builder, ds = prepare(config, fixture_data, tmp_path, layout=layout)
+    streaming = builder.as_streaming_dataset()
+    for split in ds:
+        assert_same_examples(list(streaming[split]), ds[split])
+
+
+def test_streaming_over_http_reads_the_archives_as_a_stream(fixture_data, tmp_path):
+    from http_server import serve_directory
+
+    _, ds = prepare("s1s2-vqa-bench", fixture_data, tmp_path)
+    with serve_directory(str(fixture_data.root)) as (url, log):
+        files = {k: f"{url}/{n}" for k, n in [("annotations", "BigEarthNet.txt.parquet"), ("s1", "BigEarthNet-S1.tar.zst"), ("s2", "BigEarthNet-S2.tar.zst")]}
+        it = datasets.load_dataset("bigearthnet_txt", "s1s2-vqa-bench", data_files=files, split="bench", streaming=True, cache_dir=str(tmp_path / "c"))
+        assert_same_examples(list(it), ds["bench"])
+    archive_gets = [r for r in log if r[0] == "GET" and r[1].endswith(".tar.zst")]
+    assert archive_gets and all(r[2] in ("", "bytes=0-") for r in archive_gets)  # read front to back, never seeked
+
+
+# ----------------------------------------------------------------------------- name resolution
+
+
+def test_load_dataset_by_name_never_globs_the_working_directory(fixture_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stray.csv").write_text("a,b\n1,2\n")
+    builder = datasets.load_dataset_builder("bigearthnet_txt", "s2-vqa")
+    assert not builder.config.data_files and type(builder).__name__ == "BigEarthNetTxt"
+    assert bt.sources.resolve(builder.config, ("s2",))["s2"] == [bt.sources.release()["s2"]["url"]]
+    assert "s1s2-vqa" in datasets.get_dataset_config_names("bigearthnet_txt")
+    ds = datasets.load_dataset("bigearthnet_txt", "s2-binary-train", data_dir=str(fixture_data.root), cache_dir=str(tmp_path / "c"))
+    assert ds["train"].num_rows == len(expected_rows(fixture_data, ["binary"], "train"))
+    it = datasets.load_dataset("bigearthnet_txt", "s2-binary-train", data_dir=str(fixture_data.root), streaming=True, split="train")
+    assert sorted(r["ID"] for r in it) == sorted(ds["train"]["ID"])
+
+
+def test_real_patch_is_joined_to_its_s1_partner_through_s1_name(s1s2_all, fixture_data):
+    _, ds = s1s2_all
+    test = ds["test"].filter(lambda r: r["patch_id"] == REAL_PATCH_ID)
+    assert set(test["s1_name"]) == {"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39"}
+    assert sorted(test["ID"]) == sorted(r["ID"] for r in fixture_data.table.to_pylist() if r["patch_id"] == REAL_PATCH_ID)
+    assert text.parse_bbox(test.filter(lambda r: r["ID"] == 27531)["output"][0], 27531) == (0.0, 0.37, 1.0, 1.0)
