@@ -83,6 +83,8 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     loader (None keeps the tags). ``bands`` (a list or ``RGB``, ``S2-10m20m``,
     ``S1S2-10m20m``, ``all``) replaces the native band groups by one float32
     ``image`` resampled to ``img_size`` like the publisher's loader.
+    ``skip_missing`` / ``skip_invalid`` skip (and count) image pairs absent
+    from the archives / with undecodable band files instead of failing.
     """
 
     sensor: str = "s1s2"
@@ -99,6 +101,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     resample: str = "nearest"
     layout: str = "annotation"
     skip_missing: bool = False
+    skip_invalid: bool = False
 
     @property
     def sensors(self) -> Tuple[str, ...]:
@@ -241,7 +244,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
         self._verification_mode = verification_mode
-        self._staging_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-staging-", dir=_local_parent(self._output_dir))
+        self._staging_dir = start_clean(self._output_dir)
         try:
             super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
         finally:
@@ -265,7 +268,9 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         plan = stage(self.config, files, self._staging_dir, num_shards=max(1, num_proc or 1), dlc=dl_manager.download_config)
         self._expect_release_split_sizes(files, plan)
         return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"mode": "store", "root": plan.root, "shards": shards})
+            datasets.SplitGenerator(
+                name=split, gen_kwargs={"mode": "store", "root": plan.root, "shards": shards, "origin": archive_names(files)}
+            )
             for split, shards in plan.shards.items()
         ]
 
@@ -280,17 +285,20 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, mode: str, **kwargs) -> Iterator[Tuple[object, dict]]:
         if mode == "store":
             for shard in kwargs["shards"]:
-                yield from self._examples_from_store(kwargs["root"], shard)
+                yield from self._examples_from_store(kwargs["root"], shard, kwargs["origin"])
         else:
             yield from self._examples_from_archives(kwargs["files"], kwargs["split"], kwargs["dlc"])
 
-    def _examples_from_store(self, root: str, shard: str):
+    def _examples_from_store(self, root: str, shard: str, origin: Dict[str, str]):
+        invalid = InvalidReport(f"shard {shard}")
         with store.StoreShard(root, shard) as source:
             index = ann.group_by_patch(source.rows(), self.config.key_column)
             for i in range(len(index)):
                 rows = index.rows(i)
-                images = self._images(lambda sensor, name: source.bands(sensor, name), rows, index.keys[i])
-                yield from self._examples(rows, images)
+                images = self._images(source.bands, rows, origin, invalid)
+                if images is not None:
+                    yield from self._examples(rows, images)
+        invalid.finish()
 
     def _examples_from_archives(self, files: dict, split: str, dlc) -> Iterator[Tuple[object, dict]]:
         """Stream one split: S1 spilled to a temporary store for s1s2, then the driving archive read once."""
@@ -299,6 +307,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         seen = np.zeros(len(index), dtype=bool)
         key_sensor = "s1" if self.config.key_column == "s1_name" else "s2"
         report = JoinReport(f"split {split}")
+        invalid = InvalidReport(f"split {split}")
         spill_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-")
         try:
             spilled = None
@@ -319,27 +328,40 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
                     def read(sensor, patch, band_files=band_files):
                         return band_files if sensor == key_sensor else spilled.bands(sensor, patch)
 
-                    yield from self._examples(rows, self._images(read, rows, name, archive))
+                    images = self._images(read, rows, archive_names(files), invalid)
+                    if images is not None:
+                        yield from self._examples(rows, images)
             for i in np.flatnonzero(~seen):
                 if not report.is_missing(index.keys[i]):
                     report.missing(index.keys[i], f"{key_sensor} archive")
             report.finish(self.config.skip_missing)
+            invalid.finish()
         finally:
             if spilled is not None:
                 spilled.close()
             shutil.rmtree(spill_dir, ignore_errors=True)
 
-    def _images(self, read, rows: pa.Table, key: str, archive: str = "staging store") -> Dict[str, np.ndarray]:
-        """Decode the patch's bands once; all its annotations share the arrays."""
+    def _images(self, read, rows: pa.Table, origin: Dict[str, str], invalid: "InvalidReport") -> Optional[Dict[str, np.ndarray]]:
+        """Decode the patch's bands once (all its annotations share them); None = skipped as invalid."""
+        try:
+            return self._decode_patch(read, rows, origin)
+        except raster.RasterError as err:
+            if not self.config.skip_invalid:
+                raise
+            invalid.add(str(err))
+            return None
+
+    def _decode_patch(self, read, rows: pa.Table, origin: Dict[str, str]) -> Dict[str, np.ndarray]:
         names = {"s2": rows["patch_id"][0].as_py(), "s1": rows["s1_name"][0].as_py()}
         wanted = self.config.image_bands or tuple(b for g in groups_for_sensors(self.config.sensors) for b in g.bands)
         arrays: Dict[str, np.ndarray] = {}
         for sensor in self.config.sensors:
             files = read(sensor, names[sensor])
             for band in (b for b in wanted if GROUP_OF_BAND[b].sensor == sensor):
-                where = f"patch {names[sensor]} band {band} ({archive})"
+                where = f"patch {names[sensor]} band {band} (in {origin[sensor]})"
                 if band not in files:
                     raise raster.RasterError(f"{where}: the band file is missing from the archive")
+
                 arrays[band] = raster.check_band(raster.decode_geotiff(files[band], where=where), band, where=where)
         if self.config.image_bands is not None:
             return {"image": raster.stack_image(arrays, self.config.image_bands, self.config.img_size, self.config.resample)}
@@ -415,6 +437,21 @@ class MissingPatchError(ValueError):
     """A requested image pair is not in the archives."""
 
 
+class InvalidReport:
+    """Patches skipped with ``skip_invalid=True``: each is logged, and the count at the end."""
+
+    def __init__(self, scope: str):
+        self.scope, self.count = scope, 0
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        logger.warning("%s: skipped an image pair: %s", self.scope, reason)
+
+    def finish(self) -> None:
+        if self.count:
+            logger.warning("%s: skipped %d image pair(s) with invalid band files (skip_invalid=True)", self.scope, self.count)
+
+
 def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc) -> ann.PatchIndex:
     """Read, check and group the config's rows; filter values are validated against the data first."""
     requested = {option: getattr(config, option) for option in ann.FILTER_COLUMNS}
@@ -423,9 +460,9 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
         ann.check_filter_values(requested, present)
     table = ann.read_selection(urlpath, config.selection(split), download_config=dlc)
     where = sources.display_name(urlpath)
-    ann.check_types(table, where)
     index = ann.group_by_patch(table, config.key_column)
     ann.check_patch_pairs(index, where)
+    ann.check_pair_names(index.table.take(pa.array(index.starts[:-1])), where)
     return index
 
 
@@ -535,15 +572,32 @@ def config_name_error(name: str) -> str:
     )
 
 
-def _local_parent(output_dir: str) -> Optional[str]:
-    """Staging goes next to a local cache (same disk); a remote cache stages in the temp dir."""
+def archive_names(files: dict) -> Dict[str, str]:
+    """Per sensor, the archive file name(s) to quote in error messages."""
+    return {s: ", ".join(sources.display_name(str(p)).rsplit("/", 1)[-1] for p in files[s]) for s in SENSORS["s1s2"] if s in files}
+
+
+def start_clean(output_dir: str) -> str:
+    """Remove what an interrupted run left behind and return a fresh staging folder.
+
+    ``datasets`` writes into ``<cache>.incomplete`` and renames it only when every
+    split is done, so a killed run is never taken for a finished one; but it
+    reuses that folder, and a killed run's shard files (other names when
+    ``num_proc`` changed) would ride along. The staging folder sits beside the
+    cache (same disk) under a fixed name, so a rerun removes the old one.
+    """
     import os
 
-    if "://" in output_dir:
-        return None
-    parent = os.path.dirname(output_dir.rstrip("/"))
-    os.makedirs(parent, exist_ok=True)
-    return parent
+    if "://" in output_dir:  # remote cache: stage in the local temp dir
+        return tempfile.mkdtemp(prefix="bigearthnet_txt-staging-")
+    if output_dir.endswith(".incomplete") and os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    staging = output_dir.rstrip("/") + ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
 
 
 register()

@@ -37,6 +37,14 @@ COLUMNS: Dict[str, pa.DataType] = {
 }
 
 TYPES: Tuple[str, ...] = ("binary", "mcq", "captioning", "bounding box")
+
+#: categories per type (facts file, section 4; captioning's category is the literal string "None")
+CATEGORIES: Dict[str, Tuple[str, ...]] = {
+    "binary": ("presence", "area", "count", "adjacency"),
+    "mcq": ("presence", "area", "count", "adjacency", "relative pos", "country", "season", "climate zone"),
+    "bounding box": ("point", "reference"),
+    "captioning": ("None",),
+}
 SPLITS: Tuple[str, ...] = ("train", "validation", "test", "bench")
 
 #: columns a user may filter on (publisher loader's filters), config keyword -> column
@@ -130,11 +138,13 @@ def read_selection(
     f, pf = open_parquet(urlpath, download_config)
     columns = list(columns or COLUMNS)
     expr = selection.expression()
-    needed = sorted(set(columns) | {"type", "split"} | {c for c, _ in selection.filters})
+    needed = sorted(set(columns) | {"ID", "type", "category", "split"} | {c for c, _ in selection.filters})
     parts = []
     with f:
         for i in range(pf.num_row_groups):
             rg = pf.read_row_group(i, columns=needed)
+            check_types(rg, _display(urlpath))  # before filtering, which would drop such rows silently
+            check_categories(rg, _display(urlpath))
             parts.append(rg.filter(expr).select(columns))
     table = pa.concat_tables(parts) if parts else pa.schema([(c, COLUMNS[c]) for c in columns]).empty_table()
     return table.combine_chunks()
@@ -147,6 +157,53 @@ def check_types(table: pa.Table, where: str) -> None:
         row = bad.slice(0, 1).to_pylist()[0]
         raise AnnotationFileError(
             f"{where}: row ID {row['ID']} has unknown type {row['type']!r}; known types are {list(TYPES)}"
+        )
+
+
+def check_categories(table: pa.Table, where: str) -> None:
+    """A category outside its type's set is an error naming the first offending ID."""
+    for kind, allowed in CATEGORIES.items():
+        rows = table.filter(pc.equal(table["type"], kind))
+        bad = rows.filter(pc.invert(pc.is_in(rows["category"], pa.array(list(allowed)))))
+        if len(bad):
+            row = bad.slice(0, 1).to_pylist()[0]
+            raise AnnotationFileError(
+                f"{where}: row ID {row['ID']} has category {row['category']!r}, unknown for type {kind!r}; "
+                f"known categories are {list(allowed)}"
+            )
+
+
+_S2_NAME = r"_T(?P<tile>[0-9A-Z]{5})_(?P<x>\d+)_(?P<y>\d+)$"
+_S1_NAME = r"_(?P<tile>[0-9A-Z]{5})_(?P<x>\d+)_(?P<y>\d+)$"
+
+
+def check_pair_names(table: pa.Table, where: str) -> None:
+    """``patch_id`` and ``s1_name`` of a row must name the same tile and grid cell.
+
+    The two names differ in date, time and zero padding (``_05_43`` vs
+    ``_5_43``), but after ``int()`` tile and grid numbers agree for every real
+    pair (facts, section 7): a row that breaks this joins the wrong S1 patch.
+    """
+    if len(table) == 0:
+        return
+    s2 = pc.extract_regex(table["patch_id"], _S2_NAME)
+    s1 = pc.extract_regex(table["s1_name"], _S1_NAME)
+    for column, parsed, kind in (("patch_id", s2, "Sentinel-2"), ("s1_name", s1, "Sentinel-1")):
+        bad = pc.indices_nonzero(pc.is_null(parsed))
+        if len(bad):
+            r = int(bad[0].as_py())
+            raise AnnotationFileError(
+                f"{where}: row ID {table['ID'][r].as_py()}: {column} {table[column][r].as_py()!r} is not a {kind} patch name"
+            )
+    same = pc.equal(pc.struct_field(s2, "tile"), pc.struct_field(s1, "tile"))
+    for axis in ("x", "y"):
+        same = pc.and_(same, pc.equal(pc.cast(pc.struct_field(s2, axis), pa.int64()), pc.cast(pc.struct_field(s1, axis), pa.int64())))
+    bad = pc.indices_nonzero(pc.invert(same))
+    if len(bad):
+        r = int(bad[0].as_py())
+        raise AnnotationFileError(
+            f"{where}: row ID {table['ID'][r].as_py()} pairs patch_id {table['patch_id'][r].as_py()} with s1_name "
+            f"{table['s1_name'][r].as_py()}, which is another tile or grid cell"
         )
 
 

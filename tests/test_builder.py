@@ -325,3 +325,16 @@ def test_real_patch_is_joined_to_its_s1_partner_through_s1_name(s1s2_all, fixtur
     assert set(test["s1_name"]) == {"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39"}
     assert sorted(test["ID"]) == sorted(r["ID"] for r in fixture_data.table.to_pylist() if r["patch_id"] == REAL_PATCH_ID)
     assert text.parse_bbox(test.filter(lambda r: r["ID"] == 27531)["output"][0], 27531) == (0.0, 0.37, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("sensor", list(bt.SENSORS))
+@pytest.mark.parametrize("task", list(bt.TASKS))
+def test_every_config_family_prepares_its_rows_and_sensors(sensor, task, fixture_data, tmp_path):
+    _, ds = prepare(f"{sensor}-{task}-bench", fixture_data, tmp_path)
+    rows = expected_rows(fixture_data, bt.TASKS[task], "bench")
+    got = ds["bench"] if "bench" in ds else None
+    assert (got.num_rows if got is not None else 0) == len(rows)
+    if got is not None:
+        arrays = sorted(k for k, f in got.features.items() if isinstance(f, datasets.Array3D))
+        assert arrays == sorted(g.name for g in SENSOR_GROUPS[sensor])
+        assert sorted(got["ID"]) == sorted(rows["ID"].to_pylist())

@@ -1,0 +1,295 @@
+"""Bad input, faults and interruptions: each provoked on generated fixtures, each with a clear outcome."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+import bigearthnet_txt as bt
+from bentxt import sources
+from bentxt.archives import ArchiveError, iter_tar_zst
+from make_fixtures import PARQUET_SCHEMA, encode_geotiff, make_fixture, write_tar_zst
+
+RELEASE_FILES = {"annotations": "BigEarthNet.txt.parquet", "s1": "BigEarthNet-S1.tar.zst", "s2": "BigEarthNet-S2.tar.zst"}
+
+
+def copy_data(fixture, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RELEASE_FILES.values():
+        shutil.copy(Path(fixture.root) / name, dest / name)
+    return dest
+
+
+def prepare(data_dir, cache, config="s2-all", **kwargs):
+    builder = bt.BigEarthNetTxt(config_name=config, data_dir=str(data_dir), cache_dir=str(cache), **kwargs)
+    builder.download_and_prepare()
+    return builder.as_dataset()
+
+
+def error_chain(excinfo) -> str:
+    """``datasets`` wraps generation errors; the message that matters is in the chain."""
+    messages, err = [], excinfo.value
+    while err is not None:
+        messages.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(messages)
+
+
+def rewrite_archive(path: Path, edit) -> None:
+    """Re-pack an archive with ``edit(name, data) -> (name, data) | None`` applied to every member."""
+    members = []
+    for name, data in iter_tar_zst(str(path)):
+        out = edit(name, data)
+        if out is not None:
+            members.append(out)
+    write_tar_zst(path, sorted(members))
+
+
+# ----------------------------------------------------------------------------- 1. truncated archives
+
+
+def test_archive_cut_in_a_member_names_the_last_good_member(fixture_data, tmp_path):
+    data = copy_data(fixture_data, tmp_path / "d")
+    raw = zstandard.ZstdDecompressor().stream_reader(open(data / RELEASE_FILES["s2"], "rb")).read()
+    members = [n for n, _ in iter_tar_zst(str(fixture_data.s2_archive))]
+    cut = raw[: len(raw) // 2]  # ends inside a member's data
+    (data / RELEASE_FILES["s2"]).write_bytes(zstandard.ZstdCompressor(level=6).compress(cut))
+    with pytest.raises(Exception) as excinfo:
+        prepare(data, tmp_path / "c")
+    message = error_chain(excinfo)
+    assert "BigEarthNet-S2.tar.zst is damaged or truncated after member" in message
+    last_good = message.split("after member ")[1].split(":")[0]
+    assert last_good in members and members.index(last_good) > 0
+
+
+def test_archive_cut_in_a_zstd_frame_is_an_archive_error(fixture_data, tmp_path):
+    data = copy_data(fixture_data, tmp_path / "d")
+    path = data / RELEASE_FILES["s1"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(Exception) as excinfo:
+        prepare(data, tmp_path / "c", config="s1-vqa")
+    assert "BigEarthNet-S1.tar.zst is damaged or truncated after member BigEarthNet-S1/" in error_chain(excinfo)
+    with pytest.raises(ArchiveError, match="BigEarthNet-S1.tar.zst"):
+        list(iter_tar_zst(str(path)))
+
+
+def test_checksum_error_comes_before_the_archive_error(fixture_data, tmp_path, monkeypatch):
+    data = copy_data(fixture_data, tmp_path / "d")
+    recorded = {k: dict(v) for k, v in sources.release().items()}
+    for key, name in RELEASE_FILES.items():
+        content = (data / name).read_bytes()
+        recorded[key].update(num_bytes=len(content), sha256=None, md5=hashlib.md5(content).hexdigest())
+    monkeypatch.setattr(sources, "release", lambda: recorded)
+    monkeypatch.setattr(sources, "recorded_infos", lambda: {})
+    path = data / RELEASE_FILES["s2"]
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(sources.ChecksumError, match=rf"BigEarthNet-S2.tar.zst: size {path.stat().st_size} bytes, expected {recorded['s2']['num_bytes']} bytes"):
+        bt.BigEarthNetTxt(config_name="s2-all", data_dir=str(data), cache_dir=str(tmp_path / "c")).download_and_prepare(
+            verification_mode="all_checks"
+        )
+
+
+# ----------------------------------------------------------------------------- 2. bad band files
+
+
+def _patch_to_break(fixture):
+    return next(p for p in fixture.patches if p.split == "train" and p.in_archives)
+
+
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        ("not_tiff", r"band B03 \(in BigEarthNet-S2.tar.zst\).*not a TIFF"),
+        ("wrong_dtype", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(dtype|uint16)"),
+        ("wrong_size", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(shape|120)"),
+        ("two_bands", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(band|sample)"),
+        ("missing", r"band B03 \(in BigEarthNet-S2.tar.zst\): the band file is missing"),
+    ],
+)
+def test_bad_band_file_names_patch_and_band_or_is_skipped_and_counted(damage, expected, fixture_data, tmp_path, caplog):
+    patch = _patch_to_break(fixture_data)
+    data = copy_data(fixture_data, tmp_path / "d")
+    target = f"{patch.patch_id}_B03.tif"
+    b03 = patch.bands["B03"]
+    transform = patch.transform(10)
+
+    def edit(name, content):
+        if not name.endswith(target):
+            return name, content
+        if damage == "missing":
+            return None
+        if damage == "not_tiff":
+            return name, b"<html>Not Found</html>"
+        if damage == "wrong_dtype":
+            return name, encode_geotiff(b03.astype(np.float32), patch.epsg, transform, None)
+        if damage == "wrong_size":
+            return name, encode_geotiff(b03[:60, :60].copy(), patch.epsg, transform, 0)
+        return name, _two_band_tiff(b03, patch.epsg, transform)
+
+    rewrite_archive(data / RELEASE_FILES["s2"], edit)
+    with pytest.raises(Exception) as excinfo:
+        prepare(data, tmp_path / "c", config="s2-all-train")
+    message = error_chain(excinfo)
+    assert patch.patch_id in message
+    import re
+
+    assert re.search(expected, message, re.S), message
+    with caplog.at_level(logging.WARNING, logger="bigearthnet_txt"):
+        ds = prepare(data, tmp_path / "c2", config="s2-all-train", skip_invalid=True)
+    assert patch.patch_id not in set(ds["train"]["patch_id"])
+    assert ds["train"].num_rows == sum(1 for s in fixture_data.table["split"].to_pylist() if s == "train") - patch.rows
+    assert "skipped 1 image pair(s) with invalid band files" in caplog.text and patch.patch_id in caplog.text
+
+
+def _two_band_tiff(band, epsg, transform) -> bytes:
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=band.shape[1], height=band.shape[0], count=2, dtype=band.dtype,
+                      crs=rasterio.crs.CRS.from_epsg(epsg), transform=transform) as dst:
+            dst.write(np.stack([band, band]))
+        return mem.read()
+
+
+# ----------------------------------------------------------------------------- 3. bad parquet
+
+
+def write_table(data: Path, table: pa.Table) -> None:
+    pq.write_table(table, data / RELEASE_FILES["annotations"], row_group_size=40)
+
+
+def _with_column(table: pa.Table, name: str, values) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, pa.field(name, values.type), values)
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda t: t.drop_columns(["season"]), r"BigEarthNet.txt.parquet: missing column\(s\) \['season'\]"),
+        (lambda t: _with_column(t, "ID", pc.cast(t["ID"], pa.string())), r"column 'ID' has type string, expected int64"),
+        (lambda t: _with_column(t, "latitude", pc.cast(t["latitude"], pa.float32())), r"column 'latitude' has type float, expected double"),
+    ],
+)
+def test_parquet_schema_errors_name_the_column(change, expected, fixture_data, tmp_path):
+    data = copy_data(fixture_data, tmp_path / "d")
+    write_table(data, change(fixture_data.table))
+    with pytest.raises(ValueError, match=expected):
+        prepare(data, tmp_path / "c")
+
+
+def _set_row(table: pa.Table, row_id: int, **values) -> pa.Table:
+    rows = table.to_pylist()
+    for r in rows:
+        if r["ID"] == row_id:
+            r.update(values)
+    return pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        ({"type": "ranking"}, r"row ID 27522 has unknown type 'ranking'"),
+        ({"category": "colour"}, r"row ID 27522 has category 'colour', unknown for type 'binary'"),
+        ({"s1_name": "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_62_39"}, r"row ID 27522 .*(s1_name|another tile or grid cell)"),
+    ],
+)
+def test_parquet_row_errors_name_the_id(values, expected, fixture_data, tmp_path):
+    data = copy_data(fixture_data, tmp_path / "d")
+    write_table(data, _set_row(fixture_data.table, 27522, **values))
+    with pytest.raises(ValueError, match=expected):
+        prepare(data, tmp_path / "c", config="s1s2-all")
+
+
+@pytest.mark.parametrize(
+    "row_id,values,expected",
+    [
+        (27527, {"output": "[0.0, 0.0, 0.93, 0.45]"}, r"ID 27527: output"),
+        (27527, {"input": "Generate a box at <point>(0.35 0.16)</point>."}, r"ID 27527: input"),
+        (27534, {"input": "Select the classes in contact: a) x, b) y, c) z"}, r"ID 27534: input"),
+    ],
+)
+def test_malformed_box_point_or_options_name_the_id(row_id, values, expected, fixture_data, tmp_path):
+    data = copy_data(fixture_data, tmp_path / "d")
+    write_table(data, _set_row(fixture_data.table, row_id, **values))
+    with pytest.raises(Exception) as excinfo:
+        prepare(data, tmp_path / "c", config="s2-all-test")
+    import re
+
+    assert re.search(expected, error_chain(excinfo)), error_chain(excinfo)
+
+
+def test_unknown_data_files_keys_are_rejected(fixture_data, tmp_path):
+    with pytest.raises(ValueError, match=r"data_files must name each file.*'annotations'"):
+        bt.BigEarthNetTxt(config_name="s2-all", data_files={"train": str(fixture_data.parquet)}, cache_dir=str(tmp_path)).download_and_prepare()
+
+
+# ----------------------------------------------------------------------------- 5. interruption
+
+_PREPARE = """
+import sys
+sys.path.insert(0, {root!r})
+import datasets, bigearthnet_txt as bt
+datasets.disable_progress_bars()
+b = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=sys.argv[1], cache_dir=sys.argv[2], writer_batch_size=8)
+b.download_and_prepare(num_proc=int(sys.argv[3]))
+"""
+
+
+@pytest.fixture(scope="module")
+def larger_fixture(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("larger"), seed=5, n_extra_patches=120)
+
+
+def _kill_when(cache: Path, data: Path, num_proc: int, ready) -> None:
+    code = _PREPARE.format(root=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(cache), str(num_proc)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.005)
+    assert proc.poll() is None, "preparation finished before the kill point; make the fixture larger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("point", ["staging", "first shard written", "late"])
+def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixture, tmp_path):
+    cache = tmp_path / "cache"
+    expected = {s: sum(1 for x in larger_fixture.table["split"].to_pylist() if x == s) for s in bt.SPLITS}
+
+    def arrow_files():
+        return glob.glob(str(cache / "**" / "*.arrow"), recursive=True)
+
+    ready = {
+        "staging": lambda: bool(glob.glob(str(cache / "**" / "*.staging" / "*.bin"), recursive=True)),
+        "first shard written": lambda: bool(arrow_files()),
+        "late": lambda: len(arrow_files()) >= 5,
+    }[point]
+    _kill_when(cache, larger_fixture.root, 2, ready)
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(larger_fixture.root), cache_dir=str(cache))
+    assert not os.path.exists(builder.cache_dir)  # only the .incomplete folder: nothing claims to be done
+    with pytest.raises(Exception):
+        builder.as_dataset()
+    builder.download_and_prepare()  # the rerun starts clean
+    ds = builder.as_dataset()
+    assert {s: ds[s].num_rows for s in ds} == expected
+    assert {s: builder.info.splits[s].num_examples for s in ds} == expected
+    leftovers = glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True) + glob.glob(str(cache / "**" / "*.staging"), recursive=True)
+    assert [p for p in leftovers if not p.endswith(".lock")] == []  # datasets' own lock files may stay
