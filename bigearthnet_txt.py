@@ -13,20 +13,25 @@ example per image pair with its annotations as a list). The readers live in
 
 from __future__ import annotations
 
+import itertools
 import logging
+from contextlib import closing
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter, ParquetWriter
+from datasets.builder import DatasetGenerationError
 from datasets.download.streaming_download_manager import StreamingDownloadManager
 
 from bentxt import annotations as ann
-from bentxt import archives, raster, sources, store, text
-from bentxt.bands import BAND_GROUPS, DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
+from bentxt import archives, imagery, raster, sources, store, text
+from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, SENSOR_BANDS, groups_for_sensors, resolve_bands
 from bentxt.registration import register
 
 logger = logging.getLogger("bigearthnet_txt")
@@ -85,6 +90,8 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     ``image`` resampled to ``img_size`` like the publisher's loader.
     ``skip_missing`` / ``skip_invalid`` skip (and count) image pairs absent
     from the archives / with undecodable band files instead of failing.
+    ``image_source`` names where the imagery is (a path, or ``{"s1": ..,
+    "s2": ..}``): ``.tar.zst`` archives, extracted folders or an LMDB.
     """
 
     sensor: str = "s1s2"
@@ -102,6 +109,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     layout: str = "annotation"
     skip_missing: bool = False
     skip_invalid: bool = False
+    image_source: Optional[object] = None
 
     @property
     def sensors(self) -> Tuple[str, ...]:
@@ -268,9 +276,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         plan = stage(self.config, files, self._staging_dir, num_shards=max(1, num_proc or 1), dlc=dl_manager.download_config)
         self._expect_release_split_sizes(files, plan)
         return [
-            datasets.SplitGenerator(
-                name=split, gen_kwargs={"mode": "store", "root": plan.root, "shards": shards, "origin": archive_names(files)}
-            )
+            datasets.SplitGenerator(name=split, gen_kwargs={"mode": "store", "root": plan.root, "shards": shards, "files": files})
             for split, shards in plan.shards.items()
         ]
 
@@ -280,89 +286,175 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         if expected is not None:
             self.info.splits = expected
 
+    # --- writing
+
+    def _prepare_split_single(self, gen_kwargs, fpath, file_format, max_shard_size, split_info, job_id):
+        """``datasets``' per-job write loop (same protocol, 5.2), one writer batch at a time.
+
+        ``datasets`` turns every example's arrays into Arrow lists one by one
+        and encodes every example through Python; our examples come out of
+        the generator already in their declared types, so a batch's arrays
+        are stacked once and handed to the writer as ndarrays (one Arrow
+        conversion per column per batch). Shards still roll over at
+        ``max_shard_size``, checked between batches as ``datasets`` does.
+        """
+        writer_class = ParquetWriter if file_format == "parquet" else ArrowWriter
+        batch_size = self._writer_batch_size or datasets.config.DEFAULT_MAX_BATCH_SIZE
+        arrays = [k for k, f in self.info.features.items() if isinstance(f, datasets.Array3D)]
+        shard_id, shard_lengths, total_examples, total_bytes = 0, [], 0, 0
+
+        def open_writer():
+            path = fpath.replace("SSSSS", f"{shard_id:05d}").replace("JJJJJ", f"{job_id:05d}")
+            return writer_class(
+                features=self.info.features, path=path, writer_batch_size=batch_size,
+                storage_options=self._fs.storage_options, embed_local_files=file_format == "parquet",
+            )
+
+        writer = open_writer()
+        progress, last_update = 0, time.time()
+        try:
+            examples = self._generate_examples(**gen_kwargs)
+            while batch := list(itertools.islice(examples, batch_size)):
+                if max_shard_size is not None and writer._num_bytes > max_shard_size:
+                    num_examples, num_bytes = writer.finalize()
+                    writer.close()
+                    shard_lengths.append(num_examples)
+                    total_examples, total_bytes, shard_id = total_examples + num_examples, total_bytes + num_bytes, shard_id + 1
+                    writer = open_writer()
+                columns = {k: [example[k] for _, example in batch] for k in batch[0][1]}
+                for k in arrays:
+                    columns[k] = np.stack(columns[k])
+                writer.write_batch(columns)
+                progress += len(batch)
+                if time.time() > last_update + datasets.config.PBAR_REFRESH_TIME_INTERVAL:
+                    yield job_id, False, progress
+                    progress, last_update = 0, time.time()
+            num_examples, num_bytes = writer.finalize()
+        except Exception as err:
+            raise DatasetGenerationError("An error occurred while generating the dataset") from err
+        finally:
+            writer.close()
+        yield job_id, False, progress
+        shard_lengths.append(num_examples)
+        total_examples, total_bytes = total_examples + num_examples, total_bytes + num_bytes
+        yield job_id, True, (total_examples, total_bytes, writer._features, shard_id + 1, shard_lengths, 1, [total_examples])
+
     # --- examples
 
     def _generate_examples(self, mode: str, **kwargs) -> Iterator[Tuple[object, dict]]:
         if mode == "store":
             for shard in kwargs["shards"]:
-                yield from self._examples_from_store(kwargs["root"], shard, kwargs["origin"])
+                yield from self._examples_from_store(kwargs["root"], shard, kwargs["files"])
         else:
-            yield from self._examples_from_archives(kwargs["files"], kwargs["split"], kwargs["dlc"])
+            yield from self._examples_streamed(kwargs["files"], kwargs["split"], kwargs["dlc"])
 
-    def _examples_from_store(self, root: str, shard: str, origin: Dict[str, str]):
+    def _wanted_bands(self) -> Dict[str, Tuple[str, ...]]:
+        wanted = self.config.image_bands or tuple(b for g in groups_for_sensors(self.config.sensors) for b in g.bands)
+        return {s: tuple(b for b in wanted if GROUP_OF_BAND[b].sensor == s) for s in self.config.sensors}
+
+    def _examples_from_store(self, root: str, shard: str, files: dict):
+        """A prepared shard: rows from the store, bands from the store (archives) or read by patch (folders, LMDB)."""
         invalid = InvalidReport(f"shard {shard}")
-        with store.StoreShard(root, shard) as source:
-            index = ann.group_by_patch(source.rows(), self.config.key_column)
+        readers = {s: imagery.open_reader(files[s], self._wanted_bands()) for s in self.config.sensors if not files[s].sequential}
+        with store.StoreShard(root, shard) as staged:
+            sensors = {s: readers.get(s, staged) for s in self.config.sensors}
+            index = ann.group_by_patch(staged.rows(), self.config.key_column)
             for i in range(len(index)):
                 rows = index.rows(i)
-                images = self._images(source.bands, rows, origin, invalid)
+                images = self._images(sensors, rows, files, invalid)
                 if images is not None:
                     yield from self._examples(rows, images)
+        for reader in readers.values():
+            reader.close()
         invalid.finish()
 
-    def _examples_from_archives(self, files: dict, split: str, dlc) -> Iterator[Tuple[object, dict]]:
-        """Stream one split: S1 spilled to a temporary store for s1s2, then the driving archive read once."""
+    def _examples_streamed(self, files: dict, split: str, dlc) -> Iterator[Tuple[object, dict]]:
+        """Stream one split in the driving sensor's order, reading each patch once.
+
+        The driving sensor (S2, or S1 for ``s1-*``) is read front to back if it
+        is an archive, or by patch in key order if it is a folder or LMDB. For
+        ``s1s2`` the other sensor is read by patch too; an S1 *archive* is first
+        spilled to a temporary local store, because the two archives are
+        sorted differently and a merge would have to buffer nearly all of it.
+        """
         index = select_annotations(self.config, files["annotations"], split, dlc)
-        position = index.position()
-        seen = np.zeros(len(index), dtype=bool)
         key_sensor = "s1" if self.config.key_column == "s1_name" else "s2"
-        report = JoinReport(f"split {split}")
-        invalid = InvalidReport(f"split {split}")
-        spill_dir = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-")
+        report, invalid = JoinReport(f"split {split}"), InvalidReport(f"split {split}")
+        s1_names = index.first("s1_name")
+        spill_dir, readers = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-"), {}
         try:
-            spilled = None
-            if self.config.sensors == ("s1", "s2"):
-                spilled = spill_s1(index, files["s1"], spill_dir, dlc)
-            for archive in files[key_sensor]:
-                for name, band_files in archives.iter_archive_patches(archive, key_sensor, dlc):
-                    i = position.get(name)
-                    if i is None:
-                        report.archive_only += 1
-                        continue
-                    rows = index.rows(i)
-                    if spilled is not None and not spilled.has("s1", rows["s1_name"][0].as_py()):
-                        report.missing(name, "s1 archive")
-                        continue
-                    seen[i] = True
-
-                    def read(sensor, patch, band_files=band_files):
-                        return band_files if sensor == key_sensor else spilled.bands(sensor, patch)
-
-                    images = self._images(read, rows, archive_names(files), invalid)
-                    if images is not None:
-                        yield from self._examples(rows, images)
-            for i in np.flatnonzero(~seen):
-                if not report.is_missing(index.keys[i]):
-                    report.missing(index.keys[i], f"{key_sensor} archive")
+            for sensor in self.config.sensors:
+                if sensor == key_sensor and files[sensor].sequential:
+                    continue
+                if files[sensor].sequential:
+                    readers[sensor] = spill(files[sensor], sensor, set(s1_names), spill_dir, dlc)
+                else:
+                    readers[sensor] = imagery.open_reader(files[sensor], self._wanted_bands())
+            other = [s for s in self.config.sensors if s != key_sensor]
+            for i, name, band_files in self._driving_patches(files[key_sensor], key_sensor, index, readers, dlc, report):
+                rows = index.rows(i)
+                if other and not readers[other[0]].has(other[0], s1_names[i] if other[0] == "s1" else rows["patch_id"][0].as_py()):
+                    report.missing(index.keys[i], f"{other[0]} source {files[other[0]].name}")
+                    continue
+                images = self._images({**readers, key_sensor: InHand(band_files)}, rows, files, invalid)
+                if images is not None:
+                    yield from self._examples(rows, images)
             report.finish(self.config.skip_missing)
             invalid.finish()
         finally:
-            if spilled is not None:
-                spilled.close()
+            for reader in readers.values():
+                reader.close()
             shutil.rmtree(spill_dir, ignore_errors=True)
 
-    def _images(self, read, rows: pa.Table, origin: Dict[str, str], invalid: "InvalidReport") -> Optional[Dict[str, np.ndarray]]:
-        """Decode the patch's bands once (all its annotations share them); None = skipped as invalid."""
+    def _driving_patches(self, source, sensor, index, readers, dlc, report):
+        """``(row-range index, patch name, band data)`` in the driving source's own order; misses go to the report."""
+        seen = np.zeros(len(index), dtype=bool)
+        if source.sequential:
+            position = index.position()
+            for name, band_files in iter_patches(source, sensor, dlc):
+                i = position.get(name)
+                if i is None:
+                    report.archive_only += 1
+                    continue
+                seen[i] = True
+                yield i, name, band_files
+        else:
+            reader = readers[sensor]
+            for i, name in enumerate(index.keys):
+                band_files = reader.read(sensor, name)
+                if band_files is not None:
+                    seen[i] = True
+                    yield i, name, band_files
+        for i in np.flatnonzero(~seen):
+            if not report.is_missing(index.keys[i]):
+                report.missing(index.keys[i], f"{sensor} source {source.name}")
+
+    def _images(self, readers: dict, rows: pa.Table, files: dict, invalid: "InvalidReport") -> Optional[Dict[str, np.ndarray]]:
+        """Decode the patch's bands once (all its annotations share them); None = skipped as invalid.
+
+        ``readers[sensor].read(sensor, patch name)`` gives GeoTIFF bytes per band
+        (archives, folders) or decoded arrays (LMDB); both are checked the same way.
+        """
         try:
-            return self._decode_patch(read, rows, origin)
+            return self._decode_patch(readers, rows, files)
         except raster.RasterError as err:
             if not self.config.skip_invalid:
                 raise
             invalid.add(str(err))
             return None
 
-    def _decode_patch(self, read, rows: pa.Table, origin: Dict[str, str]) -> Dict[str, np.ndarray]:
+    def _decode_patch(self, readers: dict, rows: pa.Table, files: dict) -> Dict[str, np.ndarray]:
         names = {"s2": rows["patch_id"][0].as_py(), "s1": rows["s1_name"][0].as_py()}
-        wanted = self.config.image_bands or tuple(b for g in groups_for_sensors(self.config.sensors) for b in g.bands)
         arrays: Dict[str, np.ndarray] = {}
-        for sensor in self.config.sensors:
-            files = read(sensor, names[sensor])
-            for band in (b for b in wanted if GROUP_OF_BAND[b].sensor == sensor):
-                where = f"patch {names[sensor]} band {band} (in {origin[sensor]})"
-                if band not in files:
-                    raise raster.RasterError(f"{where}: the band file is missing from the archive")
-
-                arrays[band] = raster.check_band(raster.decode_geotiff(files[band], where=where), band, where=where)
+        for sensor, wanted in self._wanted_bands().items():
+            data = readers[sensor].read(sensor, names[sensor]) or {}
+            for band in wanted:
+                where = f"patch {names[sensor]} band {band} (in {files[sensor].name})"
+                if band not in data:
+                    raise raster.RasterError(f"{where}: the band file is missing")
+                value = data[band]
+                decoded = value if isinstance(value, np.ndarray) else raster.decode_geotiff(value, where=where)
+                arrays[band] = raster.check_band(decoded, band, where=where)
         if self.config.image_bands is not None:
             return {"image": raster.stack_image(arrays, self.config.image_bands, self.config.img_size, self.config.resample)}
         return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(self.config.sensors)}
@@ -382,7 +474,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
 
     def _annotation(self, columns: dict, j: int) -> dict:
         row_id, kind, prompt, answer = columns["ID"][j], columns["type"][j], columns["input"][j], columns["output"][j]
-        parsed = text.parse_row(kind, prompt, answer, row_id)
+        parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in text.parse_row(kind, prompt, answer, row_id).items()}
         category = columns["category"][j]
         return {
             "ID": row_id,
@@ -466,17 +558,31 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
     return index
 
 
-def spill_s1(index: ann.PatchIndex, s1_archives: Sequence[str], root: str, dlc) -> store.StoreShard:
-    """Copy the S1 band files the selection needs into a local store (bounded memory for the s1s2 join)."""
-    needed = set(index.first("s1_name"))
+def iter_patches(source: imagery.ImageSource, sensor: str, dlc):
+    """Patches of a sequential source, archive after archive."""
+    for path in source.paths:
+        yield from archives.iter_archive_patches(path, sensor, dlc)
+
+
+class InHand:
+    """The reader interface over band data already read (the driving archive's current patch)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def read(self, sensor: str, name: str):
+        return self.data
+
+
+def spill(source: imagery.ImageSource, sensor: str, needed: set, root: str, dlc) -> store.StoreShard:
+    """Copy the band files the selection needs into a local store (bounded memory for the s1s2 join)."""
     writer = store.StoreWriter(root)
-    writer.open_shard("s1")
-    for archive in s1_archives:
-        for name, band_files in archives.iter_archive_patches(archive, "s1", dlc):
-            if name in needed:
-                writer.add("s1", "s1", name, band_files)
+    writer.open_shard(sensor)
+    for name, band_files in iter_patches(source, sensor, dlc):
+        if name in needed:
+            writer.add(sensor, sensor, name, band_files)
     writer.close(write_index=False)
-    return store.StoreShard(root, "s1", index=writer.index["s1"])
+    return store.StoreShard(root, sensor, index=writer.index[sensor])
 
 
 @dataclass
@@ -516,20 +622,24 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     pair_names = {"s2": index.first("patch_id"), "s1": index.first("s1_name")}
     s1_to_key = dict(zip(pair_names["s1"], index.keys))
     for sensor in config.sensors:
-        for archive in files[sensor]:
-            for name, band_files in archives.iter_archive_patches(archive, sensor, dlc):
-                key = name if sensor == key_sensor else s1_to_key.get(name)
-                if key not in shard_of:
-                    report.archive_only += sensor == key_sensor
-                    continue
-                writer.add(shard_of[key], sensor, name, band_files)
-                present[sensor].add(name)
+        source = files[sensor]
+        if not source.sequential:  # folders, LMDB: read by patch later; only check presence now
+            with closing(imagery.open_reader(source, {sensor: SENSOR_BANDS[sensor]})) as reader:
+                present[sensor] = {name for name in pair_names[sensor] if reader.has(sensor, name)}
+            continue
+        for name, band_files in iter_patches(source, sensor, dlc):
+            key = name if sensor == key_sensor else s1_to_key.get(name)
+            if key not in shard_of:
+                report.archive_only += sensor == key_sensor
+                continue
+            writer.add(shard_of[key], sensor, name, band_files)
+            present[sensor].add(name)
 
     keep = np.ones(len(index.table), dtype=bool)
     for i, key in enumerate(index.keys):
         absent = [s for s in config.sensors if pair_names[s][i] not in present[s]]
         if absent:
-            report.missing(key, f"{absent[0]} archive")
+            report.missing(key, f"{absent[0]} source {files[absent[0]].name}")
             keep[index.starts[i] : index.starts[i + 1]] = False
     report.finish(config.skip_missing)
 
@@ -570,11 +680,6 @@ def config_name_error(name: str) -> str:
         f"task in {list(TASKS)}, split in {list(SPLITS)}"
         + (f". Did you mean {close}?" if close else ".")
     )
-
-
-def archive_names(files: dict) -> Dict[str, str]:
-    """Per sensor, the archive file name(s) to quote in error messages."""
-    return {s: ", ".join(sources.display_name(str(p)).rsplit("/", 1)[-1] for p in files[s]) for s in SENSORS["s1s2"] if s in files}
 
 
 def start_clean(output_dir: str) -> str:

@@ -24,7 +24,7 @@ def register() -> None:
     import datasets
     import datasets.load as load
     from datasets.data_files import DataFilesDict
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES, _hash_python_lines
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     major = int(datasets.__version__.split(".")[0])
     if major != _SUPPORTED_MAJOR:

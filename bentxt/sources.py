@@ -1,9 +1,15 @@
 """Where a config's files come from, and whether they are the release's files.
 
-Three ways, checked in this order:
+Images may also come from ``image_source=`` (a path for both sensors, or
+``{"s1": path, "s2": path}``): an archive, an extracted folder or an LMDB; it
+is a config option because ``datasets`` resolves ``data_files`` as files only.
+Otherwise three ways, checked in this order:
 1. ``data_files={"annotations": ..., "s1": ..., "s2": ...}``: explicit paths or
-   URLs (local, ``http(s)://``, ``hf://``); a missing key falls back to 2 or 3;
-2. ``data_dir=``: a folder holding the release files under their release names;
+   URLs (local, ``http(s)://``, ``hf://``); an image key may name an archive, its
+   parts, an extracted folder or an LMDB; a missing key falls back to 2 or 3;
+2. ``data_dir=``: a folder holding the release files under their release names,
+   the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees, an LMDB
+   (``Encoded-BigEarthNet/``) or torchgeo's ``.tar.gzaa``/``.tar.gzab`` parts;
 3. nothing: the release URLs recorded in ``dataset_infos/sources.json``.
 """
 
@@ -18,6 +24,9 @@ from importlib import resources
 from typing import Dict, List, Optional
 
 import fsspec
+
+from .imagery import ImageSource, detect
+from .layout import ROOT_DIR
 from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
@@ -68,29 +77,68 @@ def resolve(config, sensors) -> Dict[str, object]:
             f"'s1': '.../BigEarthNet-S1.tar.zst', 's2': '.../BigEarthNet-S2.tar.zst'}} (got keys {unnamed})"
         )
     files: Dict[str, object] = {}
+    chosen = _image_source_option(getattr(config, "image_source", None), sensors)
     for key in needed:
-        if key in named:
-            files[key] = named[key]
+        if key in chosen:
+            files[key] = chosen[key]
+        elif key in named:
+            paths = named[key]
+            if key == "annotations":
+                if len(paths) != 1:
+                    raise SourceError(f"data_files['annotations'] must be one parquet file, got {paths}")
+                files[key] = paths[0]
+            else:
+                files[key] = detect(paths[0], key) if len(paths) == 1 else ImageSource("archives", tuple(paths))
         elif config.data_dir:
-            files[key] = [_in_data_dir(config.data_dir, key)]
+            files[key] = _in_data_dir(config.data_dir, key)
         else:
-            files[key] = [release()[key]["url"]]
-    if len(files["annotations"]) != 1:
-        raise SourceError(f"data_files['annotations'] must be one parquet file, got {files['annotations']}")
-    files["annotations"] = files["annotations"][0]
+            files[key] = release()[key]["url"] if key == "annotations" else ImageSource("archives", (release()[key]["url"],))
     return files
 
 
-def _in_data_dir(data_dir: str, key: str) -> str:
+def _image_source_option(option, sensors) -> Dict[str, ImageSource]:
+    if option is None:
+        return {}
+    if isinstance(option, str):
+        option = {sensor: option for sensor in sensors}
+    if not isinstance(option, dict) or not set(option) <= set(ROOT_DIR):
+        raise SourceError(f"image_source must be a path or a dict with keys 's1'/'s2', got {option!r}")
+    out = {}
+    for sensor, value in option.items():
+        paths = [value] if isinstance(value, str) else list(value)
+        out[sensor] = detect(paths[0], sensor) if len(paths) == 1 else ImageSource("archives", tuple(paths))
+    return out
+
+
+def _in_data_dir(data_dir: str, key: str):
+    """The release file by its release name, or for images any other form the imagery is kept in."""
     info = release()[key]
-    path = f"{data_dir.rstrip('/')}/{info['file_name']}"
-    fs, inner = fsspec.core.url_to_fs(path)
-    if not fs.exists(inner):
-        raise SourceError(
-            f"data_dir {data_dir} has no {info['file_name']} (the {_what(key)}, {info['num_bytes'] / 1e9:.1f} GB). "
-            f"Download it from {info['url']} into that folder, or pass data_files={{'{key}': <path or URL>}}."
-        )
-    return path if "://" in path else os.path.abspath(path)
+    root = data_dir.rstrip("/")
+    fs, inner = fsspec.core.url_to_fs(root)
+    local = (lambda p: p) if "://" in root else os.path.abspath
+
+    def found(name: str) -> bool:
+        return fs.exists(f"{inner}/{name}")
+
+    if found(info["file_name"]):
+        path = local(f"{root}/{info['file_name']}")
+        return path if key == "annotations" else ImageSource("archives", (path,))
+    if key != "annotations":
+        if fs.isdir(f"{inner}/{ROOT_DIR[key]}"):
+            return ImageSource("folders", (local(root),))
+        for lmdb_dir in ("", "/Encoded-BigEarthNet"):
+            if found(f"{lmdb_dir.lstrip('/')}/data.mdb".lstrip("/")):
+                return ImageSource("lmdb", (local(root + lmdb_dir),))
+        parts = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{inner}/{ROOT_DIR[key]}.tar.gz??"))
+        if parts:
+            return ImageSource("archives", tuple(local(f"{root}/{p}") for p in parts))
+    forms = "" if key == "annotations" else (
+        f", an extracted {ROOT_DIR[key]}/ folder, an LMDB (Encoded-BigEarthNet/data.mdb) or torchgeo's {ROOT_DIR[key]}.tar.gzaa parts"
+    )
+    raise SourceError(
+        f"data_dir {data_dir} has no {info['file_name']} (the {_what(key)}, {info['num_bytes'] / 1e9:.1f} GB){forms}. "
+        f"Download it from {info['url']} into that folder, or pass data_files={{'{key}': <path or URL>}}."
+    )
 
 
 def _what(key: str) -> str:
@@ -99,7 +147,12 @@ def _what(key: str) -> str:
 
 def download(files: Dict[str, object], dl_manager) -> Dict[str, object]:
     """Remote files go to the datasets download cache; local paths are used in place (no copy)."""
-    return dl_manager.download(files)
+    out = dict(files)
+    out["annotations"] = dl_manager.download(files["annotations"])
+    for key, source in files.items():
+        if isinstance(source, ImageSource) and source.kind == "archives":
+            out[key] = ImageSource("archives", tuple(dl_manager.download(list(source.paths))))
+    return out
 
 
 def verify(files: Dict[str, object], verification_mode) -> None:
@@ -111,7 +164,10 @@ def verify(files: Dict[str, object], verification_mode) -> None:
     if verification_mode not in (VerificationMode.ALL_CHECKS, "all_checks"):
         return
     for key, value in files.items():
-        paths = [value] if isinstance(value, str) else list(value)
+        if isinstance(value, ImageSource) and value.kind != "archives":
+            logger.info("%s is read from %s (%s): checksums are recorded for the release archives only", key, value.kind, value.name)
+            continue
+        paths = [value] if isinstance(value, str) else list(value.paths)
         if len(paths) != 1:
             logger.info("%s comes in %d parts; checksums are recorded for the single release file only", key, len(paths))
             continue

@@ -91,6 +91,10 @@ class StoreShard:
     def has(self, sensor: str, patch: str) -> bool:
         return patch in self.index.get(sensor, {})
 
+    def read(self, sensor: str, patch: str) -> Optional[Dict[str, memoryview]]:
+        """The reader interface shared with folders and LMDB: None when the patch is not here."""
+        return self.bands(sensor, patch) if self.has(sensor, patch) else None
+
     def bands(self, sensor: str, patch: str) -> Dict[str, memoryview]:
         view = memoryview(self._map) if self._map is not None else memoryview(b"")
         return {band: view[o : o + n] for band, (o, n) in self.index[sensor][patch].items()}

@@ -311,7 +311,7 @@ def test_load_dataset_by_name_never_globs_the_working_directory(fixture_data, tm
     (tmp_path / "stray.csv").write_text("a,b\n1,2\n")
     builder = datasets.load_dataset_builder("bigearthnet_txt", "s2-vqa")
     assert not builder.config.data_files and type(builder).__name__ == "BigEarthNetTxt"
-    assert bt.sources.resolve(builder.config, ("s2",))["s2"] == [bt.sources.release()["s2"]["url"]]
+    assert bt.sources.resolve(builder.config, ("s2",))["s2"] == bt.imagery.ImageSource("archives", (bt.sources.release()["s2"]["url"],))
     assert "s1s2-vqa" in datasets.get_dataset_config_names("bigearthnet_txt")
     ds = datasets.load_dataset("bigearthnet_txt", "s2-binary-train", data_dir=str(fixture_data.root), cache_dir=str(tmp_path / "c"))
     assert ds["train"].num_rows == len(expected_rows(fixture_data, ["binary"], "train"))

@@ -1,0 +1,109 @@
+"""Every form of the imagery gives the same examples: archives, extracted folders, a rico-hdl LMDB, mixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import bigearthnet_txt as bt
+from bentxt.archives import iter_tar_zst
+from bentxt.imagery import ImageSource, detect
+from test_builder import assert_same_examples, prepare
+
+
+@pytest.fixture(scope="module")
+def extracted(fixture_data, tmp_path_factory) -> Path:
+    """The fixture as users keep it after `tar -xf`: BigEarthNet-S1/ and BigEarthNet-S2/ trees beside the parquet."""
+    root = tmp_path_factory.mktemp("extracted")
+    for archive in (fixture_data.s1_archive, fixture_data.s2_archive):
+        for name, data in iter_tar_zst(str(archive)):
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    os.symlink(fixture_data.parquet, root / "BigEarthNet.txt.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def with_lmdb(fixture_data, fixture_lmdb, tmp_path_factory) -> Path:
+    """The publisher's recommended layout: the parquet beside Encoded-BigEarthNet/."""
+    root = tmp_path_factory.mktemp("lmdb_dir")
+    os.symlink(fixture_lmdb, root / "Encoded-BigEarthNet")
+    os.symlink(fixture_data.parquet, root / "BigEarthNet.txt.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def from_archives(fixture_data, tmp_path_factory):
+    return {
+        layout: prepare("s1s2-all", fixture_data, tmp_path_factory.mktemp(f"arch-{layout}"), layout=layout)[1]
+        for layout in ("annotation", "patch")
+    }
+
+
+def _dir(path):
+    return type("Data", (), {"root": path})()
+
+
+def test_data_dir_forms_are_detected(extracted, with_lmdb, fixture_data):
+    config = bt.BigEarthNetTxt.builder_configs["s1s2-all"]
+    for root, kind in ((extracted, "folders"), (with_lmdb, "lmdb"), (fixture_data.root, "archives")):
+        config = type(config)(name="s1s2-all", data_dir=str(root))
+        files = bt.sources.resolve(config, ("s1", "s2"))
+        assert files["s1"].kind == files["s2"].kind == kind
+    assert detect(str(extracted / "BigEarthNet-S2"), "s2") == ImageSource("folders", (str(extracted),))
+    assert detect(str(with_lmdb / "Encoded-BigEarthNet"), "s1").kind == "lmdb"
+
+
+@pytest.mark.parametrize("layout", ["annotation", "patch"])
+@pytest.mark.parametrize("form", ["folders", "lmdb"])
+def test_each_form_prepares_the_same_examples_as_the_archives(form, layout, extracted, with_lmdb, from_archives, tmp_path):
+    root = extracted if form == "folders" else with_lmdb
+    builder, ds = prepare("s1s2-all", _dir(root), tmp_path, num_proc=2, layout=layout)
+    reference = from_archives[layout]
+    assert set(ds) == set(reference)
+    for split in reference:
+        assert_same_datasets(ds[split], reference[split])
+        assert_same_examples(list(builder.as_streaming_dataset(split=split)), reference[split])
+
+
+def assert_same_datasets(a, b):
+    """Same features, same rows in the same order: texts as Python values, arrays exactly."""
+    assert a.features == b.features and a.num_rows == b.num_rows
+    arrays = [k for k, f in a.features.items() if type(f).__name__ == "Array3D"]
+    for column in a.column_names:
+        if column in arrays:
+            x, y = (d.with_format("numpy", columns=[column], dtype=None)[:][column] for d in (a, b))
+            assert x.dtype == y.dtype and (x == y).all(), column
+        else:
+            assert list(a[column]) == list(b[column]), column
+
+
+def test_sources_mix_per_sensor(extracted, fixture_data, fixture_lmdb, from_archives, tmp_path):
+    files = {"annotations": str(fixture_data.parquet), "s2": str(fixture_data.s2_archive)}
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_files=files, image_source={"s1": str(extracted / "BigEarthNet-S1")}, cache_dir=str(tmp_path / "a"))
+    builder.download_and_prepare()
+    assert_same_datasets(builder.as_dataset()["bench"], from_archives["annotation"]["bench"])
+    sources = {"s2": str(fixture_lmdb), "s1": str(fixture_data.s1_archive)}
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=sources, cache_dir=str(tmp_path / "b"))
+    assert_same_examples(list(builder.as_streaming_dataset(split="train")), from_archives["annotation"]["train"])
+    builder = bt.BigEarthNetTxt(config_name="s2-vqa", data_dir=str(fixture_data.root), image_source=str(fixture_lmdb), cache_dir=str(tmp_path / "c"))
+    assert builder.config.image_source == str(fixture_lmdb)
+
+
+def test_a_patch_missing_from_a_folder_is_reported(extracted, fixture_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "partial"
+    shutil.copytree(extracted, root, symlinks=True)
+    victim = next(p for p in fixture_data.patches if p.split == "validation")
+    shutil.rmtree(root / "BigEarthNet-S1" / "_".join(victim.s1_name.split("_")[:-3]) / victim.s1_name)
+    with pytest.raises(ValueError, match=rf"{victim.patch_id} \(not in the s1 source partial\)"):
+        prepare("s1s2-all-validation", _dir(root), tmp_path / "c")
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all-validation", data_dir=str(root), cache_dir=str(tmp_path / "d"))
+    with pytest.raises(ValueError, match=victim.patch_id):
+        list(builder.as_streaming_dataset(split="validation"))
+    _, ds = prepare("s1s2-all-validation", _dir(root), tmp_path / "e", skip_missing=True)
+    assert victim.patch_id not in set(ds["validation"]["patch_id"])
