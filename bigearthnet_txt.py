@@ -559,9 +559,9 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
 
 
 def iter_patches(source: imagery.ImageSource, sensor: str, dlc):
-    """Patches of a sequential source, archive after archive."""
-    for path in source.paths:
-        yield from archives.iter_archive_patches(path, sensor, dlc)
+    """Patches of a sequential source, archive after archive (an archive's parts read as one stream)."""
+    for parts in source.archives:
+        yield from archives.iter_archive_patches(parts, sensor, dlc)
 
 
 class InHand:

@@ -15,6 +15,7 @@ files must not cross a fork.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
@@ -38,6 +39,15 @@ class ImageSource:
     @property
     def sequential(self) -> bool:
         return self.kind == "archives"
+
+    @property
+    def archives(self) -> Tuple[Tuple[str, ...], ...]:
+        """The archives to read, each as its parts: split parts (``x.tar.gzaa``, ``x.tar.gzab``) form one archive."""
+        groups: Dict[str, list] = {}
+        for path in self.paths:
+            stem = path[:-2] if re.search(r"\.tar\.gz[a-z]{2}$", path) else path
+            groups.setdefault(stem, []).append(path)
+        return tuple(tuple(sorted(parts)) for parts in groups.values())
 
     @property
     def name(self) -> str:

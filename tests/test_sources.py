@@ -107,3 +107,38 @@ def test_a_patch_missing_from_a_folder_is_reported(extracted, fixture_data, tmp_
         list(builder.as_streaming_dataset(split="validation"))
     _, ds = prepare("s1s2-all-validation", _dir(root), tmp_path / "e", skip_missing=True)
     assert victim.patch_id not in set(ds["validation"]["patch_id"])
+
+
+@pytest.fixture(scope="module")
+def torchgeo_parts(fixture_data, tmp_path_factory) -> Path:
+    """torchgeo's Hub mirror: each archive as gzip tar split into .tar.gzaa / .tar.gzab parts."""
+    import gzip
+
+    import zstandard
+
+    root = tmp_path_factory.mktemp("torchgeo")
+    for archive, stem in ((fixture_data.s1_archive, "BigEarthNet-S1"), (fixture_data.s2_archive, "BigEarthNet-S2")):
+        tar = zstandard.ZstdDecompressor().stream_reader(open(archive, "rb")).read()
+        packed = gzip.compress(tar, mtime=0)
+        cut = len(packed) // 2
+        (root / f"{stem}.tar.gzaa").write_bytes(packed[:cut])
+        (root / f"{stem}.tar.gzab").write_bytes(packed[cut:])
+    os.symlink(fixture_data.parquet, root / "BigEarthNet.txt.parquet")
+    return root
+
+
+def test_torchgeo_split_gzip_parts_stream_as_one_archive(torchgeo_parts, from_archives, tmp_path):
+    config = type(bt.BigEarthNetTxt.builder_configs["s1s2-all"])(name="s1s2-all", data_dir=str(torchgeo_parts))
+    files = bt.sources.resolve(config, ("s1", "s2"))
+    assert [p.rsplit("/", 1)[-1] for p in files["s2"].paths] == ["BigEarthNet-S2.tar.gzaa", "BigEarthNet-S2.tar.gzab"]
+    builder, ds = prepare("s1s2-all", _dir(torchgeo_parts), tmp_path)
+    for split in from_archives["annotation"]:
+        assert_same_datasets(ds[split], from_archives["annotation"][split])
+    assert_same_examples(list(builder.as_streaming_dataset(split="bench")), from_archives["annotation"]["bench"])
+
+
+def test_a_missing_part_is_an_archive_error_naming_the_archive(torchgeo_parts, tmp_path):
+    from bentxt.archives import ArchiveError, iter_tar
+
+    with pytest.raises(ArchiveError, match=r"BigEarthNet-S2.tar.gzaa \(\+0 parts\)|BigEarthNet-S2.tar.gzaa is damaged"):
+        list(iter_tar([str(torchgeo_parts / "BigEarthNet-S2.tar.gzaa")]))
