@@ -32,14 +32,35 @@ from datasets.download.streaming_download_manager import StreamingDownloadManage
 from bentxt import annotations as ann
 from bentxt import archives, imagery, raster, sources, store, text
 from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, SENSOR_BANDS, groups_for_sensors, resolve_bands
+from bentxt.collate import Collate, collate  # torch is imported only when called
+from bentxt.plot import plot  # matplotlib is imported only when called
 from bentxt.registration import register
+from bentxt.transforms import (
+    BAND_MEAN,
+    BAND_STD,
+    GROUP_MEAN,
+    GROUP_STD,
+    INVERSE,
+    OPS,
+    GeometricAugment,
+    Normalize,
+    OrientationTextError,
+    apply_op,
+    band_stats,
+    normalize,
+    orientation_text,
+    transform_bbox,
+    transform_image,
+    transform_point,
+)
 
 logger = logging.getLogger("bigearthnet_txt")
 if not logger.handlers:  # the cache-size estimate and the join report should reach the user by default
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("bigearthnet_txt: %(message)s"))
     logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 _DESCRIPTION = (
     "BigEarthNet.txt: 464,044 co-registered Sentinel-1 SAR / Sentinel-2 multispectral patches over Europe "
@@ -281,8 +302,17 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         ]
 
     def _expect_release_split_sizes(self, files, plan) -> None:
-        """With the release parquet and no filters, split sizes are checked against dataset_infos."""
+        """Expected split sizes: the recorded release sizes when they apply, else the staging plan's counts.
+
+        ``datasets`` checks them after generation (``verification_mode``), and
+        the "Generating" progress bars get a total and an ETA from them.
+        Skipping invalid patches makes the plan's counts an upper bound only.
+        """
         expected = sources.expected_split_sizes(self.config, files)
+        if expected is None and not self.config.skip_invalid:
+            expected = datasets.SplitDict()
+            for split, count in plan.examples.items():
+                expected.add(datasets.SplitInfo(name=split, num_examples=count))
         if expected is not None:
             self.info.splits = expected
 
@@ -589,6 +619,7 @@ def spill(source: imagery.ImageSource, sensor: str, needed: set, root: str, dlc)
 class StagingPlan:
     root: str
     shards: Dict[str, List[str]]  # split -> shard names
+    examples: Dict[str, int] = None  # split -> examples the split will have
 
 
 def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int, dlc) -> StagingPlan:
@@ -644,6 +675,10 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     report.finish(config.skip_missing)
 
     rows = index.table.filter(pa.array(keep))
+    kept_pairs = keep[index.starts[:-1]] if len(index) else np.zeros(0, dtype=bool)
+    per_pair = np.diff(index.starts) if config.layout == "annotation" else np.ones(len(index), dtype=np.int64)
+    pair_split = np.array(split_of, dtype=object)
+    plan.examples = {split: int(per_pair[kept_pairs & (pair_split == split)].sum()) for split in plan.shards}
     row_shard = pa.array([shard_of[k] for k in rows[config.key_column].to_pylist()])
     for split, names in plan.shards.items():
         for name in names:

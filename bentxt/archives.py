@@ -236,6 +236,36 @@ class _PartsStream(io.RawIOBase):
         super().close()
 
 
+class _Counted(io.RawIOBase):
+    """Counts the compressed bytes read, for a progress bar with an ETA over a multi-GB archive."""
+
+    def __init__(self, raw, bar):
+        self._raw, self._bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer)
+        self._bar.update(n)
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        self._bar.close()
+        super().close()
+
+
+def _progress_bar(paths: Sequence[str], download_config: Optional[DownloadConfig], name: str):
+    from datasets.utils import tqdm
+
+    try:
+        total = sum(fsspec.core.url_to_fs(p.split("::")[-1])[0].size(p.split("::")[-1]) for p in paths)
+    except Exception:  # a server that does not tell the size: a bar without ETA
+        total = None
+    return tqdm(total=total, unit="B", unit_scale=True, desc=f"Reading {name.rsplit('/', 1)[-1]}", leave=False)
+
+
 def _decompressed(raw, name: str):
     """zstd for the release, gzip for torchgeo's parts, nothing for a plain .tar; chosen by file name."""
     stem = name.rsplit("/", 1)[-1]
@@ -324,7 +354,9 @@ def _pax_path(data: bytes) -> Optional[str]:
     return None
 
 
-def iter_tar(paths: Sequence[str], download_config: Optional[DownloadConfig] = None) -> Iterator[Tuple[str, bytes]]:
+def iter_tar(
+    paths: Sequence[str], download_config: Optional[DownloadConfig] = None, progress: bool = False
+) -> Iterator[Tuple[str, bytes]]:
     """Yield ``(member name, bytes)`` for every regular file of one archive, in archive order.
 
     ``paths`` are the parts of one archive (one path for the release's
@@ -337,6 +369,8 @@ def iter_tar(paths: Sequence[str], download_config: Optional[DownloadConfig] = N
     last_good = "(none: the archive failed before its first member)"
     try:
         raw = open_archive(paths[0], download_config) if len(paths) == 1 else _PartsStream(paths, download_config)
+        if progress:
+            raw = _Counted(raw, _progress_bar(paths, download_config, name))
         with raw, _decompressed(raw, paths[0]) as stream:
             for member, data in _members(stream):
                 yield member, data
@@ -353,7 +387,7 @@ def iter_tar_zst(urlpath: str, download_config: Optional[DownloadConfig] = None)
 
 
 def iter_archive_patches(
-    paths: Union[str, Sequence[str]], sensor: str, download_config: Optional[DownloadConfig] = None
+    paths: Union[str, Sequence[str]], sensor: str, download_config: Optional[DownloadConfig] = None, progress: bool = True
 ) -> Iterator[Tuple[str, Dict[str, bytes]]]:
     """Group consecutive band files of one patch: yield ``(patch name, {band: tiff bytes})``.
 
@@ -367,7 +401,7 @@ def iter_archive_patches(
     current: Optional[str] = None
     bands: Dict[str, bytes] = {}
     finished = set()
-    for name, data in iter_tar(paths, download_config):
+    for name, data in iter_tar(paths, download_config, progress=progress):
         parsed = parse_member(name)
         if parsed is None or parsed[0] != sensor:
             continue

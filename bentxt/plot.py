@@ -1,0 +1,180 @@
+"""``plot(example)``: one BigEarthNet.txt example as a matplotlib Figure (needs the ``plot`` extra).
+
+Left panel: Sentinel-2 true colour (B04, B03, B02); right panel: Sentinel-1
+false colour (R = VV, G = VH, B = VV - VH, all in dB). Each channel gets a
+robust stretch (its 2nd..98th percentile mapped to 0..1, S2 nodata 0
+ignored), so one bright pixel does not darken the picture (the same
+rendering as the export's quicklook, ``bentxt.preview``). Both panels are drawn in image fractions
+(``extent=(0, 1, 1, 0)``: x = column to the right, y = row downwards, origin
+top-left, the release's convention), so the grounding box ``[x0, y0, x1, y1]``
+and the point ``[x, y]`` are drawn as stored, whatever the band's pixel size.
+The question and the answer (the MCQ answer with its option text) are the title.
+
+Works with the native band groups (``s2_10m``, ``s1``), with a resampled
+``image`` (pass its ``bands``), and with normalised arrays (the stretch is per
+channel). Examples may hold numpy arrays or the nested lists of the python
+format. In the patch layout pass ``annotation=`` (an index into
+``example["annotations"]``) to pick the text.
+
+The figure is a bare ``matplotlib.figure.Figure`` (no pyplot state): save it
+with ``fig.savefig("x.png")``; it displays in Jupyter. ``fig.axes`` are the
+panels, S2 first.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .bands import BAND_GROUPS, NODATA, resolve_bands
+
+__all__ = ["plot", "robust_stretch", "true_colour", "sar_false_colour"]
+
+_RGB = ("B04", "B03", "B02")
+_SAR = ("VV", "VH")
+
+
+def robust_stretch(channels: np.ndarray, low: float = 2.0, high: float = 98.0, nodata: Optional[float] = None) -> np.ndarray:
+    """(C, H, W) -> (H, W, C) float in [0, 1]: each channel's ``low``..``high`` percentile mapped to 0..1.
+
+    Percentiles are taken over the finite pixels that are not ``nodata``.
+    """
+    channels = np.asarray(channels, dtype=np.float64)
+    out = np.zeros(channels.shape[1:] + channels.shape[:1])
+    for c, band in enumerate(channels):
+        valid = np.isfinite(band) if nodata is None else np.isfinite(band) & (band != nodata)
+        finite = band[valid]
+        if finite.size == 0:
+            continue
+        lo, hi = np.percentile(finite, [low, high])
+        if hi > lo:
+            out[..., c] = np.clip((np.nan_to_num(band, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    return out
+
+
+def _bands_of(example: Mapping[str, Any], wanted: Sequence[str], bands: Optional[Sequence[str]]) -> Optional[np.ndarray]:
+    """The ``wanted`` bands as (C, H, W) from a native group or from ``image`` (channel order ``bands``)."""
+    for group in BAND_GROUPS:
+        if group.name in example and example[group.name] is not None and set(wanted) <= set(group.bands):
+            array = np.asarray(example[group.name])
+            return array[[group.bands.index(b) for b in wanted]]
+    if example.get("image") is not None and bands is not None and set(wanted) <= set(bands):
+        array = np.asarray(example["image"])
+        return array[[list(bands).index(b) for b in wanted]]
+    return None
+
+
+def true_colour(example: Mapping[str, Any], bands: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
+    """Sentinel-2 B04/B03/B02 as (H, W, 3) in [0, 1], or None if the example has no such bands."""
+    rgb = _bands_of(example, _RGB, bands)
+    return None if rgb is None else robust_stretch(rgb, nodata=NODATA["s2"])
+
+
+def sar_false_colour(example: Mapping[str, Any], bands: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
+    """Sentinel-1 R = VV, G = VH, B = VV - VH (dB) as (H, W, 3) in [0, 1], or None without VV/VH."""
+    sar = _bands_of(example, _SAR, bands)
+    if sar is None:
+        return None
+    sar = np.asarray(sar, dtype=np.float64)
+    return robust_stretch(np.stack([sar[0], sar[1], sar[0] - sar[1]]))
+
+
+def _text_of(example: Mapping[str, Any], annotation: Optional[int]) -> Mapping[str, Any]:
+    if "annotations" in example:
+        annotations = example["annotations"] or []
+        if not annotations:
+            return {}
+        index = 0 if annotation is None else int(annotation)
+        if not -len(annotations) <= index < len(annotations):
+            raise IndexError(f"annotation={index}: this patch has {len(annotations)} annotations")
+        return annotations[index]
+    if annotation not in (None, 0):
+        raise ValueError("annotation= selects a text in the patch layout; this example has one text (annotation layout)")
+    return example
+
+
+def _answer(row: Mapping[str, Any]) -> str:
+    answer = str(row.get("output") or "")
+    options = row.get("options")
+    if row.get("type") == "mcq" and options and answer in "abcd" and len(answer) == 1:
+        answer = f"{answer}) {options['abcd'.index(answer)]}"
+    return answer
+
+
+def _title(example: Mapping[str, Any], row: Mapping[str, Any], width: int, max_chars: int) -> str:
+    def short(s: str) -> str:
+        return s if len(s) <= max_chars else s[: max_chars - 3].rstrip() + "..."
+
+    lines = []
+    what = " / ".join(str(v) for v in (row.get("type"), row.get("category")) if v)
+    head = " | ".join(str(v) for v in (example.get("patch_id"), example.get("split"), what) if v)
+    if head:
+        lines.append(textwrap.fill(head, width, break_long_words=False))
+    if row.get("input"):
+        lines.append(textwrap.fill("Q: " + short(str(row["input"])), width))
+    if row.get("output") is not None:
+        lines.append(textwrap.fill("A: " + short(_answer(row)), width))
+    return "\n".join(lines)
+
+
+def plot(
+    example: Mapping[str, Any],
+    annotation: Optional[int] = None,
+    bands: Optional[Union[str, Sequence[str]]] = None,
+    box_color: str = "#ffff00",
+    point_color: str = "#ff00ff",
+    panel_size: float = 4.0,
+    title_width: Optional[int] = None,
+    max_text_chars: int = 400,
+    dpi: int = 100,
+):
+    """Draw one example; returns the matplotlib Figure (``fig.axes``: S2 panel, then S1 panel).
+
+    ``annotation``: index into ``example["annotations"]`` (patch layout; default 0).
+    ``bands``: channel order of ``example["image"]`` (the config's ``bands``, e.g. ``"RGB"``).
+    """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plot() needs matplotlib: pip install 'bigearthnet-txt[plot]'") from err
+
+    band_order = None if bands is None else resolve_bands(bands)
+    if example.get("image") is not None and band_order is None:
+        raise ValueError("this example has a resampled 'image': pass bands= (the config's bands, e.g. 'RGB') to plot it")
+    panels: list[Tuple[str, np.ndarray]] = []
+    rgb = true_colour(example, band_order)
+    if rgb is not None:
+        panels.append(("Sentinel-2 true colour (B04, B03, B02)", rgb))
+    sar = sar_false_colour(example, band_order)
+    if sar is not None:
+        panels.append(("Sentinel-1 false colour (VV, VH, VV-VH)", sar))
+    if not panels:
+        raise ValueError("nothing to draw: the example has neither S2 B02/B03/B04 nor S1 VV/VH")
+
+    row = _text_of(example, annotation)
+    width = title_width or max(40, int(panel_size * len(panels) * 12))
+    title = _title(example, row, width, max_text_chars)
+    height = panel_size + 0.3 + 0.17 * (title.count("\n") + 1)
+    fig = Figure(figsize=(panel_size * len(panels), height), dpi=dpi, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    box = row.get("bbox")
+    point = row.get("point")
+    for ax, (name, picture) in zip(axes, panels):
+        ax.imshow(picture, extent=(0.0, 1.0, 1.0, 0.0), interpolation="nearest")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(1.0, 0.0)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("x (column fraction)", fontsize=8)
+        ax.set_ylabel("y (row fraction)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if box is not None:
+            x0, y0, x1, y1 = (float(v) for v in box)
+            # clip_on=False: an edge on the image border (0 or 1, common) is drawn whole, not halved by the axes
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=box_color, linewidth=2, clip_on=False))
+        if point is not None:
+            ax.plot([float(point[0])], [float(point[1])], marker="+", markersize=14, markeredgewidth=2.5, color=point_color)
+    fig.suptitle(title, fontsize=9)
+    return fig
