@@ -13,6 +13,7 @@ example per image pair with its annotations as a list). The readers live in
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 from contextlib import closing
@@ -53,6 +54,14 @@ from bentxt.transforms import (
     transform_image,
     transform_point,
 )
+
+__all__ = [
+    "BigEarthNetTxt", "BigEarthNetTxtConfig", "features_for", "estimate_cache_bytes", "register",
+    "SENSORS", "TASKS", "SPLITS", "LAYOUTS", "MissingPatchError",
+    "plot", "collate", "Collate", "normalize", "Normalize", "GeometricAugment", "OrientationTextError",
+    "BAND_MEAN", "BAND_STD", "GROUP_MEAN", "GROUP_STD", "OPS", "INVERSE", "band_stats", "apply_op",
+    "orientation_text", "transform_bbox", "transform_image", "transform_point",
+]
 
 logger = logging.getLogger("bigearthnet_txt")
 if not logger.handlers:  # the cache-size estimate and the join report should reach the user by default
@@ -482,9 +491,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
                 where = f"patch {names[sensor]} band {band} (in {files[sensor].name})"
                 if band not in data:
                     raise raster.RasterError(f"{where}: the band file is missing")
-                value = data[band]
-                decoded = value if isinstance(value, np.ndarray) else raster.decode_geotiff(value, where=where)
-                arrays[band] = raster.check_band(decoded, band, where=where)
+                arrays[band] = raster.check_band(_as_array(data[band], where), band, where=where)
         if self.config.image_bands is not None:
             return {"image": raster.stack_image(arrays, self.config.image_bands, self.config.img_size, self.config.resample)}
         return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(self.config.sensors)}
@@ -590,8 +597,20 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
 
 def iter_patches(source: imagery.ImageSource, sensor: str, dlc):
     """Patches of a sequential source, archive after archive (an archive's parts read as one stream)."""
+    if source.kind == "export":
+        yield from imagery.iter_export_patches(source.paths[0], sensor, dlc)
+        return
     for parts in source.archives:
         yield from archives.iter_archive_patches(parts, sensor, dlc)
+
+
+def _as_array(value, where: str) -> np.ndarray:
+    """Band data as read: an array (LMDB, export), a staged .npy (export), or GeoTIFF bytes (archives, folders)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if bytes(value[:6]) == b"\x93NUMPY":
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    return raster.decode_geotiff(value, where=where)
 
 
 class InHand:

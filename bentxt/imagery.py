@@ -5,7 +5,9 @@
 - ``folders``: the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees: one file per band,
   random access by path;
 - ``lmdb``: a rico-hdl conversion (``Encoded-BigEarthNet/``): key = patch name, value =
-  ``safetensors`` dict of native arrays, random access.
+  ``safetensors`` dict of native arrays, random access;
+- ``export``: a Parquet export of this builder (``bentxt/export.py``), locally or a Hub repo
+  (``hf://datasets/<org>/<name>`` or ``<org>/<name>``): sequential, native band groups per row.
 
 A source is a small picklable description (``ImageSource``); readers are opened
 where they are used, once per process, because LMDB environments and open
@@ -24,7 +26,7 @@ import numpy as np
 
 from .layout import ROOT_DIR, band_path
 
-KINDS = ("archives", "folders", "lmdb")
+KINDS = ("archives", "folders", "lmdb", "export")
 
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
@@ -38,7 +40,7 @@ class ImageSource:
 
     @property
     def sequential(self) -> bool:
-        return self.kind == "archives"
+        return self.kind in ("archives", "export")
 
     @property
     def archives(self) -> Tuple[Tuple[str, ...], ...]:
@@ -57,8 +59,12 @@ class ImageSource:
 
 def detect(path: str, sensor: str) -> ImageSource:
     """What a user-given path holds: an archive (or its parts), an extracted tree, or an LMDB."""
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not os.path.exists(path):  # a Hub repo id
+        path = f"hf://datasets/{path}"
     fs, inner = fsspec.core.url_to_fs(path)
     if fs.isdir(inner):
+        if fs.exists(f"{inner.rstrip('/')}/README.md") and fs.isdir(f"{inner.rstrip('/')}/data"):
+            return ImageSource("export", (path,))
         if fs.exists(f"{inner.rstrip('/')}/data.mdb"):
             return ImageSource("lmdb", (path,))
         if fs.isdir(f"{inner.rstrip('/')}/{ROOT_DIR[sensor]}"):
@@ -143,6 +149,51 @@ class LmdbReader:
             if entry[1] == 0:
                 entry[0].close()
                 del self._open[self._key]
+
+
+def iter_export_patches(root: str, sensor: str, download_config=None):
+    """``(patch name, {band: array})`` from an export: any exported config holding the sensor's native groups.
+
+    A patch's rows are consecutive in an export (``bentxt/export.py``), so the
+    first row of each run carries its arrays; the patch layout, one row per
+    pair, is preferred when the export has it.
+    """
+    import pyarrow.parquet as pq
+
+    from .bands import groups_for_sensors
+
+    groups = groups_for_sensors((sensor,))
+    key = "s1_name" if sensor == "s1" else "patch_id"
+    fs, inner = fsspec.core.url_to_fs(root, **((download_config.storage_options or {}) if download_config else {}))
+    candidates = []
+    for config_dir in sorted(fs.glob(f"{inner.rstrip('/')}/data/*")):
+        files = sorted(fs.glob(f"{config_dir}/*.parquet"))
+        if files:
+            names = pq.read_schema(fs.open(files[0], "rb")).names
+            if all(g.name in names for g in groups):
+                candidates.append(("annotations" not in names, config_dir, files))
+    if not candidates:
+        raise ValueError(f"export {root} has no config with the native {sensor} band groups {[g.name for g in groups]}")
+    _, config_dir, files = min(candidates)
+    for path in files:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            for i in range(parquet.num_row_groups):
+                table = parquet.read_row_group(i, columns=[key] + [g.name for g in groups])
+                names = table[key].to_pylist()
+                first = [j for j in range(len(names)) if j == 0 or names[j] != names[j - 1]]
+                arrays = {g.name: _array3d(table[g.name], g.shape) for g in groups}
+                for j in first:
+                    yield names[j], {b: arrays[g.name][j, k] for g in groups for k, b in enumerate(g.bands)}
+
+
+def _array3d(column, shape) -> np.ndarray:
+    """An Array3D column as one (rows, *shape) ndarray, without Python lists."""
+    storage = column.combine_chunks()
+    storage = getattr(storage, "storage", storage)
+    for _ in range(3):
+        storage = storage.flatten()
+    return storage.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
 
 
 def open_reader(source: ImageSource, bands: Dict[str, Tuple[str, ...]]):

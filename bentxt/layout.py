@@ -16,6 +16,8 @@ from .bands import SENSOR_BANDS
 
 #: top-level folder of each sensor's archive / extracted tree
 ROOT_DIR = {"s1": "BigEarthNet-S1", "s2": "BigEarthNet-S2"}
+#: top-level folder of the reference-map archive
+MAPS_DIR = "Reference_Maps"
 
 #: patch directory names (rico-hdl discovery regexes, anchored)
 PATCH_NAME_RE = {
@@ -33,6 +35,11 @@ def parent_dir(sensor: str, patch_name: str) -> str:
 def band_path(sensor: str, patch_name: str, band: str) -> str:
     """Relative path of one band file, as stored in the archive and in extracted folders."""
     return f"{ROOT_DIR[sensor]}/{parent_dir(sensor, patch_name)}/{patch_name}/{patch_name}_{band}.tif"
+
+
+def reference_map_path(patch_id: str) -> str:
+    """A patch's reference map sits in the S2 tile directory layout under ``Reference_Maps/``."""
+    return f"{MAPS_DIR}/{parent_dir('s2', patch_id)}/{patch_id}/{patch_id}_reference_map.tif"
 
 
 def patch_band_paths(sensor: str, patch_name: str) -> Tuple[str, ...]:

@@ -15,11 +15,13 @@ S1 ~116 kB per patch). Memory cost: the index, ~0.3 kB per patch.
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import os
 from typing import Dict, Iterable, Optional, Tuple
 
+import numpy as np
 import pyarrow as pa
 
 Index = Dict[str, Dict[str, Dict[str, Tuple[int, int]]]]  # sensor -> patch -> band -> (offset, length)
@@ -49,6 +51,10 @@ class StoreWriter:
             raise ValueError(f"patch {patch} appears twice in the {sensor} archive")
         f, offset, record = self._files[shard], self._offsets[shard], {}
         for band, data in bands.items():
+            if isinstance(data, np.ndarray):  # decoded arrays (an export) are kept as self-describing .npy
+                buffer = io.BytesIO()
+                np.save(buffer, data, allow_pickle=False)
+                data = buffer.getvalue()
             f.write(data)
             record[band] = (offset, len(data))
             offset += len(data)

@@ -62,7 +62,8 @@ if str(REPO_ROOT) not in sys.path:  # running as a script puts only tests/ on sy
     sys.path.insert(0, str(REPO_ROOT))
 
 from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, NODATA, SENSOR_BANDS, BandGroup, groups_for_sensors  # noqa: E402
-from bentxt.layout import band_path, parent_dir  # noqa: E402
+from bentxt.annotations import COLUMNS  # noqa: E402
+from bentxt.layout import band_path, reference_map_path  # noqa: E402
 
 # --------------------------------------------------------------------------- format constants
 
@@ -74,40 +75,14 @@ ARCHIVE_NAME: Dict[str, str] = {sensor: _RELEASE[sensor]["file_name"] for sensor
 #: GNU tar --mtime="2024-01-01 00:00:00" of the release pipeline (facts section 9), as UTC
 TAR_MTIME = 1_704_067_200
 ZSTD_LEVEL = 6
-MAPS_ROOT = "Reference_Maps"
 MAPS_ARCHIVE_NAME = "Reference_Maps.tar.zst"
 MAP_DTYPE = np.dtype("uint16")
 MAP_NODATA = 0
 SYNTHETIC_METADATA = {b"synthetic": b"true", b"generator": b"tests/make_fixtures.py"}
 SYNTHETIC_MD = "SYNTHETIC.md"
 
-#: the annotation parquet's 13 columns, in file order (facts section 3)
-PARQUET_SCHEMA = pa.schema(
-    [
-        ("ID", pa.int64()),
-        ("s1_name", pa.string()),
-        ("patch_id", pa.string()),
-        ("input", pa.string()),
-        ("output", pa.string()),
-        ("type", pa.string()),
-        ("category", pa.string()),
-        ("split", pa.string()),
-        ("latitude", pa.float64()),
-        ("longitude", pa.float64()),
-        ("country", pa.string()),
-        ("season", pa.string()),
-        ("climate_zone", pa.string()),
-    ]
-)
-
-
-def reference_map_path(patch_id: str) -> str:
-    """Archive member of a patch's reference map (facts section 9).
-
-    bentxt.layout declares only the S1/S2 band rule; the map shares the S2
-    tile directory, so it is derived from ``parent_dir`` rather than restated.
-    """
-    return f"{MAPS_ROOT}/{parent_dir('s2', patch_id)}/{patch_id}/{patch_id}_reference_map.tif"
+#: the annotation parquet's 13 columns, in file order (facts section 3), as the reader declares them
+PARQUET_SCHEMA = pa.schema(list(COLUMNS.items()))
 
 
 # --------------------------------------------------------------------------- vocabulary
