@@ -175,16 +175,18 @@ def iter_export_patches(root: str, sensor: str, download_config=None):
     if not candidates:
         raise ValueError(f"export {root} has no config with the native {sensor} band groups {[g.name for g in groups]}")
     _, config_dir, files = min(candidates)
+    previous = None  # a patch's rows may straddle row groups and files: yield it once
     for path in files:
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             for i in range(parquet.num_row_groups):
                 table = parquet.read_row_group(i, columns=[key] + [g.name for g in groups])
                 names = table[key].to_pylist()
-                first = [j for j in range(len(names)) if j == 0 or names[j] != names[j - 1]]
+                first = [j for j in range(len(names)) if names[j] != (names[j - 1] if j else previous)]
                 arrays = {g.name: _array3d(table[g.name], g.shape) for g in groups}
                 for j in first:
                     yield names[j], {b: arrays[g.name][j, k] for g in groups for k, b in enumerate(g.bands)}
+                previous = names[-1] if names else previous
 
 
 def _array3d(column, shape) -> np.ndarray:

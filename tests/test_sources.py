@@ -142,3 +142,25 @@ def test_a_missing_part_is_an_archive_error_naming_the_archive(torchgeo_parts, t
 
     with pytest.raises(ArchiveError, match=r"BigEarthNet-S2.tar.gzaa \(\+0 parts\)|BigEarthNet-S2.tar.gzaa is damaged"):
         list(iter_tar([str(torchgeo_parts / "BigEarthNet-S2.tar.gzaa")]))
+
+
+def test_an_export_is_an_image_source_too(fixture_data, from_archives, tmp_path):
+    """The packed export (patch layout) feeds any other config: its arrays are the release's, exactly."""
+    from bentxt.export import export
+
+    root = export("s1s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), layout="patch", name="s1s2-all-patch", progress=False)
+    assert bt.imagery.detect(str(root), "s2").kind == "export"
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=str(root), cache_dir=str(tmp_path / "c"))
+    builder.download_and_prepare(num_proc=2)
+    for split, reference in from_archives["annotation"].items():
+        assert_same_datasets(builder.as_dataset()[split], reference)
+    assert_same_examples(list(builder.as_streaming_dataset(split="test")), from_archives["annotation"]["test"])
+
+
+def test_an_annotation_layout_export_yields_each_patch_once(fixture_data, tmp_path):
+    """Rows of one patch straddle row groups in an annotation-layout export: each patch still comes once."""
+    from bentxt.export import export
+
+    root = export("s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), rows_per_group=7, progress=False)
+    names = [name for name, _ in bt.imagery.iter_export_patches(str(root), "s2")]
+    assert len(names) == len(set(names)) == len([p for p in fixture_data.patches if p.in_archives])
