@@ -266,14 +266,20 @@ def _progress_bar(paths: Sequence[str], download_config: Optional[DownloadConfig
     return tqdm(total=total, unit="B", unit_scale=True, desc=f"Reading {name.rsplit('/', 1)[-1]}", leave=False)
 
 
-def _decompressed(raw, name: str):
-    """zstd for the release, gzip for torchgeo's parts, nothing for a plain .tar; chosen by file name."""
-    stem = name.rsplit("/", 1)[-1]
-    if stem.endswith(".zst") or stem.endswith(".zstd"):  # buffered: tar headers are read 512 bytes at a time
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, closefd=False), 1 << 16)
-    if ".tar.gz" in stem or stem.endswith(".tgz"):
-        return gzip.GzipFile(fileobj=io.BufferedReader(raw, 1 << 20), mode="rb")
-    return io.BufferedReader(raw, 1 << 20)
+def _decompressed(raw):
+    """zstd for the release, gzip for torchgeo's parts, nothing for a plain tar: chosen by the stream's magic bytes.
+
+    Not by file name: ``datasets``' download cache stores a remote archive
+    under a hash without its extension.
+    """
+    buffered = io.BufferedReader(raw, 1 << 16)
+    magic = buffered.peek(4)[:4]
+    if magic == b"\x28\xb5\x2f\xfd":  # buffered: tar headers are read 512 bytes at a time
+        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_size=1 << 16, closefd=False)
+        return io.BufferedReader(reader, 1 << 16)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    return buffered
 
 
 class _TarError(Exception):
@@ -293,7 +299,10 @@ def _read_exact(stream, n: int) -> bytes:
 def _number(field: bytes) -> int:
     if field[:1] == b"\x80":  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field[1:], "big")
-    return int(field.strip(b"\0 ") or b"0", 8)
+    try:
+        return int(field.strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise _TarError(f"not a tar header (numeric field {field!r}): not a tar archive, or corrupted") from None
 
 
 def _members(stream) -> Iterator[Tuple[str, bytes]]:
@@ -371,7 +380,7 @@ def iter_tar(
         raw = open_archive(paths[0], download_config) if len(paths) == 1 else _PartsStream(paths, download_config)
         if progress:
             raw = _Counted(raw, _progress_bar(paths, download_config, name))
-        with raw, _decompressed(raw, paths[0]) as stream:
+        with raw, _decompressed(raw) as stream:
             for member, data in _members(stream):
                 yield member, data
                 last_good = member

@@ -338,3 +338,17 @@ def test_every_config_family_prepares_its_rows_and_sensors(sensor, task, fixture
         arrays = sorted(k for k, f in got.features.items() if isinstance(f, datasets.Array3D))
         assert arrays == sorted(g.name for g in SENSOR_GROUPS[sensor])
         assert sorted(got["ID"]) == sorted(rows["ID"].to_pylist())
+
+
+def test_prepare_from_http_urls_reads_the_downloaded_archives(fixture_data, tmp_path):
+    """Non-streaming: remote archives land in the download cache under a hash, without their extension."""
+    from http_server import serve_directory
+
+    _, local = prepare("s1s2-vqa-bench", fixture_data, tmp_path / "local")
+    with serve_directory(str(fixture_data.root)) as (url, _log):
+        files = {k: f"{url}/{n}" for k, n in [("annotations", "BigEarthNet.txt.parquet"), ("s1", "BigEarthNet-S1.tar.zst"), ("s2", "BigEarthNet-S2.tar.zst")]}
+        builder = bt.BigEarthNetTxt(config_name="s1s2-vqa-bench", data_files=files, cache_dir=str(tmp_path / "remote"))
+        builder.download_and_prepare()
+    downloaded = glob.glob(str(tmp_path / "remote" / "downloads" / "*"))
+    assert downloaded and not any(p.endswith(".zst") for p in downloaded)
+    assert_same_examples(list(local["bench"].with_format("numpy", dtype=None)), builder.as_dataset()["bench"])
