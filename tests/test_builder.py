@@ -352,3 +352,19 @@ def test_prepare_from_http_urls_reads_the_downloaded_archives(fixture_data, tmp_
     downloaded = glob.glob(str(tmp_path / "remote" / "downloads" / "*"))
     assert downloaded and not any(p.endswith(".zst") for p in downloaded)
     assert_same_examples(list(local["bench"].with_format("numpy", dtype=None)), builder.as_dataset()["bench"])
+
+
+def test_any_fsspec_protocol_works_like_hf(fixture_data, tmp_path):
+    """hf:// goes through fsspec like any other protocol; memory:// exercises that path offline."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    names = {"annotations": "BigEarthNet.txt.parquet", "s1": "BigEarthNet-S1.tar.zst", "s2": "BigEarthNet-S2.tar.zst"}
+    for name in names.values():
+        memory.pipe(f"/ben-{tmp_path.name}/{name}", (fixture_data.root / name).read_bytes())
+    files = {k: f"memory://ben-{tmp_path.name}/{n}" for k, n in names.items()}
+    _, local = prepare("s1s2-grounding-test", fixture_data, tmp_path / "local")
+    builder = bt.BigEarthNetTxt(config_name="s1s2-grounding-test", data_files=files, cache_dir=str(tmp_path / "mem"))
+    assert_same_examples(list(builder.as_streaming_dataset(split="test")), local["test"])
+    builder.download_and_prepare()
+    assert builder.as_dataset()["test"]["ID"] == local["test"]["ID"]
