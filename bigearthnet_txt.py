@@ -649,24 +649,25 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     """
     index = select_annotations(config, files["annotations"], None, dlc)
     key_sensor = "s1" if config.key_column == "s1_name" else "s2"
-    split_of = index.first("split")
-    shard_of: Dict[str, str] = {}
+    pair_split = np.array(index.first("split"), dtype=object)
+    pair_shard = np.full(len(index), -1, dtype=np.int64)  # per image pair: position in `names`
+    names: List[str] = []
     plan = StagingPlan(root, {})
     for split in config.splits:
-        members = [i for i, s in enumerate(split_of) if s == split]
-        if not members:  # datasets cannot load a split with no data: leave it out, and say so
+        members = np.flatnonzero(pair_split == split)
+        if not len(members):  # datasets cannot load a split with no data: leave it out, and say so
             logger.info("config %s: split %s has no rows in this selection and is left out", config.name, split)
             continue
         n = min(num_shards, len(members))
         plan.shards[split] = [f"{split}-{k:05d}-of-{n:05d}" for k in range(n)]
-        for rank, i in enumerate(members):
-            shard_of[index.keys[i]] = plan.shards[split][rank * n // len(members)]
-    _log_estimate(config, index, split_of)
+        pair_shard[members] = len(names) + np.arange(len(members)) * n // len(members)
+        names += plan.shards[split]
+    shard_of = {key: names[j] for key, j in zip(index.keys, pair_shard) if j >= 0}
+    _log_estimate(config, index)
 
     writer = store.StoreWriter(root)
-    for names in plan.shards.values():
-        for name in names:
-            writer.open_shard(name)
+    for name in names:
+        writer.open_shard(name)
     report = JoinReport(f"config {config.name}")
     present = {sensor: set() for sensor in config.sensors}
     pair_names = {"s2": index.first("patch_id"), "s1": index.first("s1_name")}
@@ -693,20 +694,17 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
             keep[index.starts[i] : index.starts[i + 1]] = False
     report.finish(config.skip_missing)
 
-    rows = index.table.filter(pa.array(keep))
     kept_pairs = keep[index.starts[:-1]] if len(index) else np.zeros(0, dtype=bool)
     per_pair = np.diff(index.starts) if config.layout == "annotation" else np.ones(len(index), dtype=np.int64)
-    pair_split = np.array(split_of, dtype=object)
     plan.examples = {split: int(per_pair[kept_pairs & (pair_split == split)].sum()) for split in plan.shards}
-    row_shard = pa.array([shard_of[k] for k in rows[config.key_column].to_pylist()])
-    for split, names in plan.shards.items():
-        for name in names:
-            writer.write_rows(name, rows.filter(pa.compute.equal(row_shard, name)))
+    row_shard = np.repeat(pair_shard, np.diff(index.starts))
+    for j, name in enumerate(names):
+        writer.write_rows(name, index.table.filter(pa.array(keep & (row_shard == j))))
     writer.close()
     return plan
 
 
-def _log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex, split_of: List[str]) -> None:
+def _log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
     """Tell the user, before the long pass, how large the Arrow cache will be."""
     rows, patches = len(index.table), len(index)
     text_bytes = int(sum(pa.compute.sum(pa.compute.binary_length(index.table[c])).as_py() or 0 for c in ("input", "output")))
