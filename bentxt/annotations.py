@@ -2,15 +2,26 @@
 
 9.55 M rows share 464,044 image pairs (~20.6 rows each) and a patch's rows are
 scattered through the file, so the join reads only the needed columns, filters
-row group by row group with Arrow compute, sorts once by (patch, ID) and keeps
-one ``patch -> row range`` entry per image pair. No Python object per row is
-ever built for rows that are not yielded.
+row group by row group, sorts once by (patch, ID) and keeps one
+``patch -> row range`` entry per image pair. No Python object per row is ever
+built for rows that are not yielded.
+
+Memory and time at full scale (``benchmarks/run.py --only text``): the string
+columns that repeat per image pair or per kind of row (``DICTIONARY_COLUMNS``)
+come back dictionary-encoded (1-4 bytes a row instead of 6-50), so sorting and
+the per-pair checks work on integer codes. With ``read_selection(...,
+sort_by=key)`` only the key is hashed and the bulky ``input`` / ``output``
+columns are read after the row order is known, the largest one straight into
+its sorted place, so ``group_by_patch`` has nothing left to copy and the peak
+stays near the size of the result (s1s2-all: ~15 s, < 3 GB; see the README).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +69,12 @@ FILTER_COLUMNS: Dict[str, str] = {
 #: per-patch columns: equal on every row of one image pair
 PATCH_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name", "split", "latitude", "longitude", "country", "season", "climate_zone")
 
+#: string columns returned dictionary-encoded by ``read_selection``: one value per image pair or a handful of values
+DICTIONARY_COLUMNS: Tuple[str, ...] = ("s1_name", "patch_id", "type", "category", "split", "country", "season", "climate_zone")
+
+#: the bulk of the bytes (~1.5 GB of 2 GB at full scale): read last, one column at a time
+_HEAVY_COLUMNS: Tuple[str, ...] = ("input", "output")
+
 
 class AnnotationFileError(ValueError):
     """The parquet does not have the release's shape; the message names the file and column or ID."""
@@ -77,6 +94,8 @@ def check_schema(schema: pa.Schema, where: str) -> None:
         )
     for name, expected in COLUMNS.items():
         found = schema.field(name).type
+        if pa.types.is_dictionary(found):  # read with read_dictionary: the values carry the type
+            found = found.value_type
         ok = _is_string(found) if _is_string(expected) else found == expected
         if not ok:
             raise AnnotationFileError(f"{where}: column {name!r} has type {found}, expected {expected}")
@@ -96,16 +115,37 @@ class Selection:
             expr = expr & pc.field(column).isin(list(values))
         return expr
 
+    def columns(self) -> List[str]:
+        return ["type", "split"] + [c for c, _ in self.filters]
 
-def open_parquet(urlpath: str, download_config: Optional[DownloadConfig] = None):
-    """Open the parquet through fsspec so local paths, http(s):// and hf:// all work."""
+    def mask(self, table: pa.Table) -> np.ndarray:
+        """The rows :meth:`expression` selects, as a numpy bool array (nulls are not selected)."""
+        keep = np.ones(len(table), dtype=bool)
+        for column, values in (("type", self.types), ("split", self.splits), *self.filters):
+            keep &= _isin(table[column], values)
+        return keep
+
+
+def open_parquet(
+    urlpath: str, download_config: Optional[DownloadConfig] = None, read_dictionary: Optional[Sequence[str]] = None
+):
+    """Open the parquet through fsspec so local paths, http(s):// and hf:// all work.
+
+    ``read_dictionary`` names string columns to read as ``dictionary<int32, string>``.
+    """
     f = xopen(urlpath, "rb", download_config=download_config)
     try:
         pf = pq.ParquetFile(f)
     except Exception as err:  # pyarrow raises ArrowInvalid for non-parquet bytes
         f.close()
         raise AnnotationFileError(f"{_display(urlpath)} is not a readable parquet file: {err}") from err
-    check_schema(pf.schema_arrow, _display(urlpath))
+    try:
+        check_schema(pf.schema_arrow, _display(urlpath))
+    except AnnotationFileError:
+        f.close()
+        raise
+    if read_dictionary:  # the same file and footer, string columns read as dictionaries
+        pf = pq.ParquetFile(f, metadata=pf.metadata, read_dictionary=list(read_dictionary))
     return f, pf
 
 
@@ -133,25 +173,371 @@ def read_selection(
     selection: Selection,
     columns: Optional[Sequence[str]] = None,
     download_config: Optional[DownloadConfig] = None,
+    sort_by: Optional[str] = None,
 ) -> pa.Table:
-    """The selected rows, read row group by row group so peak memory follows the selection, not the file."""
-    f, pf = open_parquet(urlpath, download_config)
+    """The selected rows, read row group by row group so peak memory follows the selection, not the file.
+
+    Columns in ``DICTIONARY_COLUMNS`` come back dictionary-encoded with a
+    sorted dictionary of distinct values (so the indices order like the
+    strings), the others with their file types. Rows are in file order (every
+    column one chunk), or sorted by ``(sort_by, ID)`` exactly as
+    :func:`group_by_patch` sorts them, which then has nothing left to do. When
+    sorting, only the key is hashed (on two threads), the other per-pair names
+    follow its codes, and the bulky ``input`` / ``output`` columns are read
+    after the order is known: the smaller whole, then reordered; the largest
+    row group by row group on two threads straight into its sorted place
+    (:func:`_read_in_order`), so no unsorted copy of it ever exists and the
+    peak stays near the size of the result.
+    """
     columns = list(columns or COLUMNS)
-    expr = selection.expression()
-    needed = sorted(set(columns) | {"ID", "type", "category", "split"} | {c for c, _ in selection.filters})
-    parts = []
+    if sort_by is not None and sort_by not in columns:
+        raise ValueError(f"sort_by={sort_by!r} is not among the columns read {columns}")
+    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
+    where = _display(urlpath)
+    light = sorted(
+        (set(columns) - set(_HEAVY_COLUMNS)) | {"ID", "type", "category", "split"} | set(selection.columns())
+    )
+    heavy = [c for c in columns if c in _HEAVY_COLUMNS]
+    masks: List[np.ndarray] = []
+    parts: Dict[str, list] = {c: [] for c in light}
     with f:
         for i in range(pf.num_row_groups):
-            rg = pf.read_row_group(i, columns=needed)
-            check_types(rg, _display(urlpath))  # before filtering, which would drop such rows silently
-            check_categories(rg, _display(urlpath))
-            parts.append(rg.filter(expr).select(columns))
-    table = pa.concat_tables(parts) if parts else pa.schema([(c, COLUMNS[c]) for c in columns]).empty_table()
-    return table.combine_chunks()
+            rg = pf.read_row_group(i, columns=light)
+            check_types(rg, where)  # before filtering, which would drop such rows silently
+            check_categories(rg, where)
+            keep = selection.mask(rg)
+            masks.append(keep)
+            if keep.any():
+                chosen = rg if keep.all() else rg.filter(pa.array(keep))
+                for c in light:
+                    parts[c].extend(chosen[c].chunks)
+            del rg
+        if not any(m.any() for m in masks):
+            return pa.schema([(c, COLUMNS[c]) for c in columns]).empty_table()
+        table = {c: _concat(parts.pop(c)) for c in light}
+        if sort_by is None:
+            # every per-pair name costs a hash per row: two at a time (Arrow releases the GIL)
+            encode = [c for c in light if c in DICTIONARY_COLUMNS]
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for c, encoded in zip(encode, pool.map(sorted_dictionary, [table[c] for c in encode])):
+                    table[c] = encoded
+            for c in heavy:
+                table[c] = _concat(_read_selected_chunks(pf, c, masks))
+            return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata)
+        # sorted: hash only the key; the other names follow its pair codes
+        by_pair = sort_by in DICTIONARY_COLUMNS
+        if by_pair:
+            table[sort_by] = sorted_dictionary(table[sort_by], threads=2)
+        order = _sort_order(table[sort_by], table["ID"])
+        pairs = _codes(table[sort_by]) if by_pair else None
+        for c in light:
+            if c in DICTIONARY_COLUMNS and c != sort_by:
+                table[c] = _encode_by_pair(table[c], pairs)
+        del pairs
+        if order is not None:
+            for c in light:
+                table[c] = table[c].take(order)
+        # smaller bulky columns first, read whole and reordered (fast; a second copy of a small column
+        # fits beside what is read so far); the largest last, straight into its sorted place
+        heavy.sort(key=lambda c: _column_bytes(pf, c))
+        for c in heavy[:-1]:
+            column = _concat(_read_selected_chunks(pf, c, masks))
+            table[c] = column if order is None else column.take(order)
+            del column
+    if heavy:
+        n = len(table["ID"])
+        source = (order.to_numpy() if order is not None else np.arange(n)).astype(np.int32 if n < 2**31 else np.int64)
+        del order
+        table[heavy[-1]] = _read_in_order(urlpath, download_config, heavy[-1], masks, source, slice_rows=_SLICE_ROWS)
+    return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata)
+
+
+def _column_bytes(pf: pq.ParquetFile, column: str) -> int:
+    """A column's uncompressed size in the file (all row groups)."""
+    j = pf.schema_arrow.get_field_index(column)
+    return sum(pf.metadata.row_group(g).column(j).total_uncompressed_size for g in range(pf.num_row_groups))
+
+
+#: output rows per chunk of a bulky column read in sorted order (~100 MB of ``input`` at full scale)
+_SLICE_ROWS = 1 << 20
+
+
+def _read_in_order(
+    urlpath: str,
+    download_config: Optional[DownloadConfig],
+    column: str,
+    masks: List[np.ndarray],
+    source: np.ndarray,
+    slice_rows: int = 1 << 20,
+    threads: int = 2,
+) -> Union[pa.Array, pa.ChunkedArray]:
+    """The selected rows of one column in the order ``source`` (output row -> selected row in file order).
+
+    Output rows are cut into slices of ``slice_rows``. Each row group is
+    decoded once (``threads`` at a time, each thread with its own file handle)
+    and immediately split into one small piece per slice: its rows that land
+    in that slice, in output order. A slice is then its pieces concatenated and
+    permuted, after which they are freed. At any time the column exists about
+    once (pieces + finished slices) plus the row groups being decoded, never as
+    a whole unsorted copy. Null-free strings are assembled into one array
+    (offsets from the pieces' lengths, data copied in a slice at a time);
+    anything else comes back as one chunk per slice.
+    """
+    n = len(source)
+    small = np.int32 if n < 2**31 else np.int64  # index arrays: 4 bytes a row at full scale
+    counts = np.array([int(m.sum()) for m in masks])
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    groups = [g for g in range(len(masks)) if counts[g]]
+    n_slices = max(1, -(-n // slice_rows))
+    width = len(masks)
+    # (slice, row group) of every output row; a stable sort keeps output order within each pair
+    bucket = (np.arange(n, dtype=small) // slice_rows) * width + (np.searchsorted(bounds, source, side="right") - 1).astype(small)
+    by_bucket = np.argsort(bucket, kind="stable").astype(small)
+    edges = np.searchsorted(bucket[by_bucket], np.arange(n_slices * width + 1))
+    del bucket
+    local = threading.local()
+    opened: list = []
+
+    def decode(g: int) -> Dict[Tuple[int, int], pa.Array]:
+        if not hasattr(local, "pf"):
+            local.f, local.pf = open_parquet(urlpath, download_config)
+            opened.append(local.f)
+        col = _one_array(local.pf.read_row_group(g, columns=[column])[column])
+        if not masks[g].all():
+            col = col.filter(pa.array(masks[g]))
+        out = {}
+        for k in range(n_slices):
+            a, b = edges[k * width + g], edges[k * width + g + 1]
+            if b > a:
+                out[(k, g)] = col.take(pa.array(source[by_bucket[a:b]] - bounds[g]))
+        return out
+
+    pieces: Dict[Tuple[int, int], pa.Array] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for part in pool.map(decode, groups):
+                pieces.update(part)
+    finally:
+        for handle in opened:
+            handle.close()
+    # one string array: its offsets are known from the pieces' lengths; the data buffer is filled a
+    # slice at a time while the pieces are freed (untouched pages of np.empty cost no memory)
+    string = all(pa.types.is_string(p.type) and p.null_count == 0 for p in pieces.values())
+    if string:
+        lengths = np.zeros(n + 1, dtype=np.int32)
+        for (k, g), piece in pieces.items():
+            a, b = edges[k * width + g], edges[k * width + g + 1]
+            lengths[by_bucket[a:b] + 1] = pc.binary_length(piece).to_numpy()
+        total = int(lengths.sum(dtype=np.int64))
+        string = total < 2**31  # else several chunks (int32 offsets)
+    if string:
+        offsets = np.cumsum(lengths, out=lengths)  # in place: lengths become the int32 offsets
+        del lengths
+        data = np.empty(total, dtype=np.uint8)
+    chunks = []
+    for k in range(n_slices):
+        got = [pieces.pop((k, g)) for g in groups if (k, g) in pieces]
+        joined = _concat(got)
+        del got
+        placed = by_bucket[edges[k * width] : edges[(k + 1) * width]] - k * slice_rows  # output position of each joined row
+        inverse = np.empty(len(placed), dtype=np.int64)
+        inverse[placed] = np.arange(len(placed))
+        part = joined.take(pa.array(inverse))
+        del joined
+        if string:
+            a, b = k * slice_rows, k * slice_rows + len(part)
+            own = np.frombuffer(part.buffers()[1], dtype=np.int32)[part.offset : part.offset + len(part) + 1]
+            data[offsets[a] : offsets[b]] = np.frombuffer(part.buffers()[2], dtype=np.uint8)[own[0] : own[-1]]
+        else:
+            chunks.append(part)
+        del part
+        pa.default_memory_pool().release_unused()
+    if string:
+        return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.chunked_array(chunks)
+
+
+#: read dictionary-encoded straight from the parquet (a handful of values: cheap for the reader)
+_FEW_VALUES: Tuple[str, ...] = ("type", "category", "split", "country", "season", "climate_zone")
+
+
+def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray]) -> list:
+    """One column's selected rows, one chunk per row group."""
+    chunks = []
+    for i, keep in enumerate(masks):
+        if keep.any():
+            col = pf.read_row_group(i, columns=[column])[column]
+            chunks.extend((col if keep.all() else col.filter(pa.array(keep))).chunks)
+            del col
+    return chunks
+
+
+def _encode_by_pair(column, pairs: Optional[np.ndarray], slice_rows: int = 1 << 20) -> pa.Array:
+    """Dictionary-encode a per-pair column without hashing it, from the pair codes of the key.
+
+    When every row carries its pair's value (checked against one row of the
+    pair, a slice at a time), the dictionary is one value per pair and the
+    indices are the pair codes. Otherwise, or with nulls, it falls back to
+    :func:`sorted_dictionary` (and ``check_patch_pairs`` reports the row).
+    """
+    array = _one_array(column)
+    if pairs is None or array.null_count or pa.types.is_dictionary(array.type) or len(array) == 0:
+        return sorted_dictionary(array)
+    first = np.full(int(pairs.max()) + 1, -1, dtype=np.int64)
+    first[pairs] = np.arange(len(pairs))  # some row of each pair (whichever write wins)
+    if (first < 0).any():
+        return sorted_dictionary(array)
+    for a in range(0, len(array), slice_rows):
+        b = min(a + slice_rows, len(array))
+        same = pc.equal(array.slice(a, b - a), array.take(pa.array(first[pairs[a:b]])))
+        if not pc.all(same).as_py():
+            return sorted_dictionary(array)
+    values = array.take(pa.array(first))
+    return sorted_dictionary(pa.DictionaryArray.from_arrays(pa.array(pairs.astype(np.int32)), values))
+
+
+def _concat(chunks: list) -> pa.Array:
+    """One array from row-group chunks (dictionary chunks get one unified dictionary)."""
+    return chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+
+
+def _one_array(column) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def sorted_dictionary(column, threads: int = 1) -> pa.Array:
+    """``column`` dictionary-encoded with its distinct values in ascending order (nulls stay null).
+
+    Equal strings get equal indices and the indices order like the strings,
+    so sorting, grouping and comparing work on integers; the indices are the
+    narrowest signed type that fits. Encoding a plain column hashes every value
+    once (~0.3 us a row); a per-pair name would otherwise cost ~50 bytes a row.
+    """
+    array = _one_array(column)
+    if not pa.types.is_dictionary(array.type):
+        if threads > 1 and len(array) >= 1 << 20:  # hash parts on several threads; concatenating unifies them
+            cuts = np.linspace(0, len(array), threads + 1).astype(int)
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                parts = list(pool.map(lambda ab: pc.dictionary_encode(array.slice(ab[0], ab[1] - ab[0])), zip(cuts, cuts[1:])))
+            array = pa.concat_arrays(parts)
+            del parts
+        else:
+            array = pc.dictionary_encode(array)
+    dictionary = array.dictionary
+    if dictionary.null_count or len(pc.unique(dictionary)) != len(dictionary):  # rare: merge duplicates first
+        values = pc.unique(dictionary.drop_null())
+        indices = pc.index_in(dictionary, value_set=values).take(array.indices)
+        array = pa.DictionaryArray.from_arrays(indices, values)
+        dictionary = values
+    width = pa.from_numpy_dtype(_index_dtype(len(dictionary)))
+    if _is_normalized(dictionary) and array.indices.type == width:
+        return array
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=width.to_pandas_dtype())
+    rank[order] = np.arange(len(order))
+    if array.null_count:
+        indices = pa.array(rank).take(array.indices)
+    else:
+        indices = pa.array(rank[array.indices.to_numpy()])
+    return pa.DictionaryArray.from_arrays(indices, dictionary.take(pa.array(order)))
+
+
+def _index_dtype(size: int) -> type:
+    return np.int8 if size <= 127 else np.int16 if size <= 32767 else np.int32
+
+
+def _is_normalized(dictionary: pa.Array) -> bool:
+    """Strictly ascending and null-free (so distinct): the indices are order-preserving codes."""
+    if dictionary.null_count:
+        return False
+    if len(dictionary) < 2:
+        return True
+    return bool(pc.all(pc.less(dictionary.slice(0, len(dictionary) - 1), dictionary.slice(1))).as_py())
+
+
+def _isin(column, values: Sequence[str]) -> np.ndarray:
+    """``column`` in ``values`` as numpy bools; dictionary columns are tested per dictionary value."""
+    array = _one_array(column)
+    value_set = pa.array(list(values), pa.string())
+    if pa.types.is_dictionary(array.type) and array.null_count == 0:
+        hit = pc.is_in(array.dictionary, value_set=value_set.cast(array.dictionary.type)).fill_null(False)
+        return hit.to_numpy(zero_copy_only=False)[array.indices.to_numpy()]
+    return pc.is_in(array, value_set=value_set.cast(array.type) if _is_string(array.type) else value_set).fill_null(False).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def _codes(column) -> Optional[np.ndarray]:
+    """Integer codes that order like the values (equal values, equal codes); None if there are nulls."""
+    array = _one_array(column)
+    if array.null_count:
+        return None
+    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+        return array.to_numpy()
+    if not (pa.types.is_dictionary(array.type) or _is_string(array.type) or pa.types.is_binary(array.type)
+            or pa.types.is_large_binary(array.type)):
+        return None
+    array = sorted_dictionary(array)
+    if array.null_count:
+        return None
+    return array.indices.to_numpy()
+
+
+def _sort_order(key, ids, codes: Optional[np.ndarray] = None) -> Optional[pa.Array]:
+    """Indices sorting rows by (key, ID) ascending, stable; None when the rows are sorted already.
+
+    ``codes`` are the key's :func:`_codes` when the caller has them already.
+    """
+    codes = _codes(key) if codes is None else codes
+    id_values = _codes(ids)
+    if codes is None or id_values is None:  # nulls: Arrow's sort puts them last
+        table = pa.table({"k": _decoded(_one_array(key)), "i": _one_array(ids)})
+        return pc.sort_indices(table, [("k", "ascending"), ("i", "ascending")])
+    if len(codes) < 2 or _is_sorted(codes, id_values):
+        return None
+    low, high = int(id_values.min()), int(id_values.max())
+    key_bits = max(1, int(codes.max())).bit_length()
+    if id_values.dtype.kind in "iu" and high - low < (1 << (63 - key_bits)):
+        # one stable integer sort of (code, ID) packed into an int64
+        packed = (codes.astype(np.int64) << (63 - key_bits)) | (id_values.astype(np.int64) - low)
+        order = np.argsort(packed)  # introsort; equal keys (a repeated ID within a pair) need the stable one
+        ordered = packed[order]
+        if (ordered[1:] == ordered[:-1]).any():
+            order = np.argsort(packed, kind="stable")
+        return pa.array(order)
+    return pa.array(np.lexsort((id_values, codes)))
+
+
+def _is_sorted(codes: np.ndarray, id_values: np.ndarray, slice_rows: int = 1 << 20) -> bool:
+    """Rows ascending by (code, ID)? Checked a slice at a time to keep the temporaries small."""
+    for a in range(0, len(codes) - 1, slice_rows):
+        b = min(a + slice_rows, len(codes) - 1)
+        up, down = codes[a + 1 : b + 1], codes[a:b]
+        if (up < down).any() or ((up == down) & (id_values[a + 1 : b + 1] < id_values[a:b])).any():
+            return False
+    return True
+
+
+def _decoded(array: pa.Array) -> pa.Array:
+    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
+
+
+def _used_values(column) -> Optional[List[str]]:
+    """Distinct values of a null-free dictionary column, from its codes (None: not dictionary / has nulls)."""
+    array = _one_array(column)
+    if not pa.types.is_dictionary(array.type) or array.null_count:
+        return None
+    used = np.bincount(array.indices.to_numpy(), minlength=len(array.dictionary)) > 0
+    return array.dictionary.filter(pa.array(used)).to_pylist()
 
 
 def check_types(table: pa.Table, where: str) -> None:
     """Unknown ``type`` values are an error naming the first offending ID (not a silently dropped row)."""
+    used = _used_values(table["type"])
+    if used is not None and set(used) <= set(TYPES):
+        return
     bad = table.filter(pc.invert(pc.is_in(table["type"], pa.array(list(TYPES)))))
     if len(bad):
         row = bad.slice(0, 1).to_pylist()[0]
@@ -162,6 +548,8 @@ def check_types(table: pa.Table, where: str) -> None:
 
 def check_categories(table: pa.Table, where: str) -> None:
     """A category outside its type's set is an error naming the first offending ID."""
+    if _known_combinations(table):
+        return
     for kind, allowed in CATEGORIES.items():
         rows = table.filter(pc.equal(table["type"], kind))
         bad = rows.filter(pc.invert(pc.is_in(rows["category"], pa.array(list(allowed)))))
@@ -171,6 +559,24 @@ def check_categories(table: pa.Table, where: str) -> None:
                 f"{where}: row ID {row['ID']} has category {row['category']!r}, unknown for type {kind!r}; "
                 f"known categories are {list(allowed)}"
             )
+
+
+def _known_combinations(table: pa.Table) -> bool:
+    """True when every (type, category) pair is allowed, decided on dictionary codes; False: look closer."""
+    kinds, categories = _one_array(table["type"]), _one_array(table["category"])
+    if not (pa.types.is_dictionary(kinds.type) and pa.types.is_dictionary(categories.type)):
+        return False
+    if kinds.null_count or categories.null_count:
+        return False
+    width = len(categories.dictionary)
+    pairs = kinds.indices.to_numpy().astype(np.int64) * width + categories.indices.to_numpy()
+    used = np.flatnonzero(np.bincount(pairs, minlength=len(kinds.dictionary) * width))
+    kind_names, category_names = kinds.dictionary.to_pylist(), categories.dictionary.to_pylist()
+    for pair in used:
+        kind, category = kind_names[pair // width], category_names[pair % width]
+        if kind in CATEGORIES and category not in CATEGORIES[kind]:
+            return False
+    return True
 
 
 _S2_NAME = r"_T(?P<tile>[0-9A-Z]{5})_(?P<x>\d+)_(?P<y>\d+)$"
@@ -186,8 +592,8 @@ def check_pair_names(table: pa.Table, where: str) -> None:
     """
     if len(table) == 0:
         return
-    s2 = pc.extract_regex(table["patch_id"], _S2_NAME)
-    s1 = pc.extract_regex(table["s1_name"], _S1_NAME)
+    s2 = pc.extract_regex(_decoded(_one_array(table["patch_id"])), _S2_NAME)
+    s1 = pc.extract_regex(_decoded(_one_array(table["s1_name"])), _S1_NAME)
     for column, parsed, kind in (("patch_id", s2, "Sentinel-2"), ("s1_name", s1, "Sentinel-1")):
         bad = pc.indices_nonzero(pc.is_null(parsed))
         if len(bad):
@@ -230,13 +636,29 @@ class PatchIndex:
 
 
 def group_by_patch(table: pa.Table, key: str) -> PatchIndex:
-    """Sort once by (key, ID) and find the run boundaries with vectorised compute."""
+    """Sort once by (key, ID) and find the run boundaries on integer codes.
+
+    A table that is sorted already (``read_selection(..., sort_by=key)``) is
+    kept as it is (no copy); otherwise it is reordered, one copy of the table.
+    """
     if len(table) == 0:
         return PatchIndex(table, [], np.zeros(1, dtype=np.int64))
-    table = table.take(pc.sort_indices(table, [(key, "ascending"), ("ID", "ascending")])).combine_chunks()
-    col = table[key].combine_chunks()
-    change = pc.not_equal(col.slice(1), col.slice(0, len(col) - 1))
-    starts = np.concatenate([[0], pc.indices_nonzero(change).to_numpy() + 1, [len(table)]]).astype(np.int64)
+    codes = _codes(table[key])
+    order = _sort_order(table[key], table["ID"], codes)
+    if order is not None:
+        table = pa.Table.from_arrays([_one_array(column).take(order) for column in table.columns], schema=table.schema)
+        codes = None if codes is None else codes[order.to_numpy()]
+    else:  # sorted already: no copy; only chunked dictionaries get one dictionary each (IPC files need that)
+        for i, column in enumerate(table.columns):
+            if column.num_chunks > 1 and pa.types.is_dictionary(column.type):
+                table = table.set_column(i, table.field(i), pa.chunked_array([column.combine_chunks()]))
+    col = _one_array(table[key])
+    if codes is None:
+        change = pc.not_equal(col.slice(1), col.slice(0, len(col) - 1))
+        inner = pc.indices_nonzero(change).to_numpy() + 1
+    else:
+        inner = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    starts = np.concatenate([[0], inner, [len(table)]]).astype(np.int64)
     keys = col.take(pa.array(starts[:-1])).to_pylist()
     return PatchIndex(table, keys, starts)
 
@@ -246,15 +668,17 @@ def check_patch_pairs(index: PatchIndex, where: str) -> None:
     t = index.table
     if len(t) == 0:
         return
-    starts = pa.array(index.starts[:-1])
-    row_patch = np.repeat(np.arange(len(index)), np.diff(index.starts))
+    first_row = np.repeat(index.starts[:-1].astype(np.int32 if len(t) < 2**31 else np.int64), np.diff(index.starts))
     for column in PATCH_COLUMNS:
-        first = t[column].take(starts).take(pa.array(row_patch))
-        differs = pc.invert(pc.equal(t[column], first))
-        hit = pc.indices_nonzero(differs)
+        values = _codes(t[column])
+        if values is not None:
+            hit = np.flatnonzero(values != values[first_row])
+        else:  # nulls: compare with Arrow (a null never counts as a difference)
+            first = t[column].take(pa.array(first_row))
+            hit = pc.indices_nonzero(pc.invert(pc.equal(t[column], first))).to_numpy()
         if len(hit):
-            r = int(hit[0].as_py())
-            i = int(row_patch[r])
+            r = int(hit[0])
+            i = int(np.searchsorted(index.starts, r, side="right") - 1)
             raise AnnotationFileError(
                 f"{where}: row ID {t['ID'][r].as_py()} gives {column}={t[column][r].as_py()!r} for image pair "
                 f"{index.keys[i]}, but row ID {t['ID'][int(index.starts[i])].as_py()} gives "
