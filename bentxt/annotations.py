@@ -153,6 +153,13 @@ def _display(urlpath: str) -> str:
     return urlpath.split("::")[-1]
 
 
+def _row_groups(pf: pq.ParquetFile, what: str) -> Iterable[int]:
+    """Row-group indices behind a progress bar (the release parquet is 466 MB); quiet with datasets' bars off."""
+    from datasets.utils import tqdm
+
+    return tqdm(range(pf.num_row_groups), desc=what, unit=" row groups", leave=False)
+
+
 def distinct_values(
     urlpath: str, columns: Sequence[str], types: Sequence[str], download_config: Optional[DownloadConfig] = None
 ) -> Dict[str, List[str]]:
@@ -160,7 +167,7 @@ def distinct_values(
     f, pf = open_parquet(urlpath, download_config)
     with f:
         seen: Dict[str, set] = {c: set() for c in columns}
-        for i in range(pf.num_row_groups):
+        for i in _row_groups(pf, f"Checking filter values in {_display(urlpath).rsplit('/', 1)[-1]}"):
             rg = pf.read_row_group(i, columns=sorted(set(columns) | {"type"}))
             rg = rg.filter(pc.is_in(rg["type"], pa.array(list(types))))
             for c in columns:
@@ -201,7 +208,7 @@ def read_selection(
     masks: List[np.ndarray] = []
     parts: Dict[str, list] = {c: [] for c in light}
     with f:
-        for i in range(pf.num_row_groups):
+        for i in _row_groups(pf, f"Reading {where.rsplit('/', 1)[-1]}"):
             rg = pf.read_row_group(i, columns=light)
             check_types(rg, where)  # before filtering, which would drop such rows silently
             check_categories(rg, where)
