@@ -26,8 +26,6 @@ import numpy as np
 
 from .layout import ROOT_DIR, band_path
 
-KINDS = ("archives", "folders", "lmdb", "export")
-
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
 

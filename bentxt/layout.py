@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import Optional, Tuple
 
-from .bands import SENSOR_BANDS
-
 #: top-level folder of each sensor's archive / extracted tree
 ROOT_DIR = {"s1": "BigEarthNet-S1", "s2": "BigEarthNet-S2"}
 #: top-level folder of the reference-map archive
@@ -40,11 +38,6 @@ def band_path(sensor: str, patch_name: str, band: str) -> str:
 def reference_map_path(patch_id: str) -> str:
     """A patch's reference map sits in the S2 tile directory layout under ``Reference_Maps/``."""
     return f"{MAPS_DIR}/{parent_dir('s2', patch_id)}/{patch_id}/{patch_id}_reference_map.tif"
-
-
-def patch_band_paths(sensor: str, patch_name: str) -> Tuple[str, ...]:
-    """All band files of a patch, in the archive's (lexicographic) order."""
-    return tuple(sorted(band_path(sensor, patch_name, b) for b in SENSOR_BANDS[sensor]))
 
 
 def parse_member(path: str) -> Optional[Tuple[str, str, str]]:

@@ -21,15 +21,15 @@ import logging
 import os
 from functools import lru_cache
 from importlib import resources
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import fsspec
-
-from .imagery import ImageSource, detect
-from .layout import ROOT_DIR
 from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
+
+from .imagery import ImageSource, detect
+from .layout import ROOT_DIR
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -225,7 +225,3 @@ def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict
     for name, info in splits.items():
         out.add(SplitInfo(name=name, num_examples=info["num_examples"]))
     return out
-
-
-def all_urls(sensors) -> List[str]:
-    return [release()[k]["url"] for k in ("annotations",) + tuple(sensors)]

@@ -19,7 +19,7 @@ import io
 import json
 import mmap
 import os
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -119,7 +119,3 @@ class StoreShard:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def patches_in(index: Index, sensor: str) -> Iterable[str]:
-    return index.get(sensor, {}).keys()
