@@ -33,6 +33,7 @@ from datasets.download.streaming_download_manager import StreamingDownloadManage
 from bentxt import annotations as ann
 from bentxt import archives, imagery, raster, sources, store, text
 from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, SENSOR_BANDS, groups_for_sensors, resolve_bands
+from bentxt.layout import NAME_COLUMN
 from bentxt.collate import Collate, collate  # torch is imported only when called
 from bentxt.plot import plot  # matplotlib is imported only when called
 from bentxt.registration import register
@@ -150,9 +151,13 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
         return (self.split,) if self.split else SPLITS
 
     @property
+    def key_sensor(self) -> str:
+        """The sensor whose archive drives generation order: S2 unless only S1 is read."""
+        return "s1" if self.sensors == ("s1",) else "s2"
+
+    @property
     def key_column(self) -> str:
-        """The archive that drives generation order: S2 unless only S1 is read."""
-        return "s1_name" if self.sensors == ("s1",) else "patch_id"
+        return NAME_COLUMN[self.key_sensor]
 
     @property
     def image_bands(self) -> Optional[Tuple[str, ...]]:
@@ -417,22 +422,22 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         sorted differently and a merge would have to buffer nearly all of it.
         """
         index = select_annotations(self.config, files["annotations"], split, dlc)
-        key_sensor = "s1" if self.config.key_column == "s1_name" else "s2"
+        key_sensor = self.config.key_sensor
         report, invalid = JoinReport(f"split {split}"), InvalidReport(f"split {split}")
-        s1_names = index.first("s1_name")
+        pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in self.config.sensors}
         spill_dir, readers = tempfile.mkdtemp(prefix="bigearthnet_txt-s1-spill-"), {}
         try:
             for sensor in self.config.sensors:
                 if sensor == key_sensor and files[sensor].sequential:
                     continue
                 if files[sensor].sequential:
-                    readers[sensor] = spill(files[sensor], sensor, set(s1_names), spill_dir, dlc)
+                    readers[sensor] = spill(files[sensor], sensor, set(pair_names[sensor]), spill_dir, dlc)
                 else:
                     readers[sensor] = imagery.open_reader(files[sensor], self._wanted_bands())
             other = [s for s in self.config.sensors if s != key_sensor]
             for i, name, band_files in self._driving_patches(files[key_sensor], key_sensor, index, readers, dlc, report):
                 rows = index.rows(i)
-                if other and not readers[other[0]].has(other[0], s1_names[i] if other[0] == "s1" else rows["patch_id"][0].as_py()):
+                if other and not readers[other[0]].has(other[0], pair_names[other[0]][i]):
                     report.missing(index.keys[i], f"{other[0]} source {files[other[0]].name}")
                     continue
                 images = self._images({**readers, key_sensor: InHand(band_files)}, rows, files, invalid)
@@ -483,7 +488,7 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
             return None
 
     def _decode_patch(self, readers: dict, rows: pa.Table, files: dict) -> Dict[str, np.ndarray]:
-        names = {"s2": rows["patch_id"][0].as_py(), "s1": rows["s1_name"][0].as_py()}
+        names = {sensor: rows[column][0].as_py() for sensor, column in NAME_COLUMN.items()}
         arrays: Dict[str, np.ndarray] = {}
         for sensor, wanted in self._wanted_bands().items():
             data = readers[sensor].read(sensor, names[sensor]) or {}
@@ -649,7 +654,7 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
     dataset has the same order as the streamed one whatever ``num_proc`` is.
     """
     index = select_annotations(config, files["annotations"], None, dlc)
-    key_sensor = "s1" if config.key_column == "s1_name" else "s2"
+    key_sensor = config.key_sensor
     pair_split = np.array(index.first("split"), dtype=object)
     pair_shard = np.full(len(index), -1, dtype=np.int64)  # per image pair: position in `names`
     names: List[str] = []
@@ -671,7 +676,7 @@ def stage(config: BigEarthNetTxtConfig, files: dict, root: str, num_shards: int,
         writer.open_shard(name)
     report = JoinReport(f"config {config.name}")
     present = {sensor: set() for sensor in config.sensors}
-    pair_names = {"s2": index.first("patch_id"), "s1": index.first("s1_name")}
+    pair_names = {sensor: index.first(column) for sensor, column in NAME_COLUMN.items()}
     s1_to_key = dict(zip(pair_names["s1"], index.keys))
     for sensor in config.sensors:
         source = files[sensor]

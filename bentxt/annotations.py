@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 from datasets.download.download_config import DownloadConfig
 from datasets.utils.file_utils import xopen
 
+from .layout import display_name
+
 #: the 13 columns of BigEarthNet.txt.parquet with their real Arrow types
 COLUMNS: Dict[str, pa.DataType] = {
     "ID": pa.int64(),
@@ -138,9 +140,9 @@ def open_parquet(
         pf = pq.ParquetFile(f)
     except Exception as err:  # pyarrow raises ArrowInvalid for non-parquet bytes
         f.close()
-        raise AnnotationFileError(f"{_display(urlpath)} is not a readable parquet file: {err}") from err
+        raise AnnotationFileError(f"{display_name(urlpath)} is not a readable parquet file: {err}") from err
     try:
-        check_schema(pf.schema_arrow, _display(urlpath))
+        check_schema(pf.schema_arrow, display_name(urlpath))
     except AnnotationFileError:
         f.close()
         raise
@@ -148,9 +150,6 @@ def open_parquet(
         pf = pq.ParquetFile(f, metadata=pf.metadata, read_dictionary=list(read_dictionary))
     return f, pf
 
-
-def _display(urlpath: str) -> str:
-    return urlpath.split("::")[-1]
 
 
 def _row_groups(pf: pq.ParquetFile, what: str) -> Iterable[int]:
@@ -167,7 +166,7 @@ def distinct_values(
     f, pf = open_parquet(urlpath, download_config)
     with f:
         seen: Dict[str, set] = {c: set() for c in columns}
-        for i in _row_groups(pf, f"Checking filter values in {_display(urlpath).rsplit('/', 1)[-1]}"):
+        for i in _row_groups(pf, f"Checking filter values in {display_name(urlpath).rsplit('/', 1)[-1]}"):
             rg = pf.read_row_group(i, columns=sorted(set(columns) | {"type"}))
             rg = rg.filter(pc.is_in(rg["type"], pa.array(list(types))))
             for c in columns:
@@ -200,7 +199,7 @@ def read_selection(
     if sort_by is not None and sort_by not in columns:
         raise ValueError(f"sort_by={sort_by!r} is not among the columns read {columns}")
     f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
-    where = _display(urlpath)
+    where = display_name(urlpath)
     light = sorted(
         (set(columns) - set(_HEAVY_COLUMNS)) | {"ID", "type", "category", "split"} | set(selection.columns())
     )

@@ -30,7 +30,7 @@ from datasets.download.download_config import DownloadConfig
 from datasets.utils.file_utils import _prepare_single_hop_path_and_storage_options, xopen
 from fsspec.exceptions import FSTimeoutError
 
-from .layout import parse_member
+from .layout import display_name, parse_member
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -51,9 +51,6 @@ class ResumeError(ArchiveError):
 class _Truncated(ConnectionError):
     """The body ended before its Content-Length: the connection was closed under us."""
 
-
-def _display(urlpath: str) -> str:
-    return urlpath.split("::")[-1]
 
 
 def _transport_errors() -> Tuple[type, ...]:
@@ -113,7 +110,7 @@ class ResumableHTTPStream(io.RawIOBase):
                 self._close_file()
                 answer = f"with Content-Range {content_range}" if content_range else "without Content-Range"
                 raise ResumeError(
-                    f"Archive {_display(self.url)}: the connection broke at byte {self.pos} and the server does "
+                    f"Archive {display_name(self.url)}: the connection broke at byte {self.pos} and the server does "
                     f"not support resuming (it answered Range: bytes={self.pos}- with HTTP {response.status} {answer})"
                 )
             total = content_range.rpartition("/")[2]
@@ -173,17 +170,17 @@ class ResumableHTTPStream(io.RawIOBase):
                 if status is not None and 400 <= status < 500 and status != 429:  # a refusal: retrying cannot help
                     if not self.pos:
                         raise
-                    raise ResumeError(f"Archive {_display(self.url)}: resuming at {where} got HTTP {status}") from err
+                    raise ResumeError(f"Archive {display_name(self.url)}: resuming at {where} got HTTP {status}") from err
                 if failures > self.max_retries:
                     raise ResumeError(
-                        f"Archive {_display(self.url)}: the download stopped at {where}; gave up after "
+                        f"Archive {display_name(self.url)}: the download stopped at {where}; gave up after "
                         f"{self.max_retries} retries ({failures} attempts in a row without progress; "
                         f"last error: {type(err).__name__}: {err})"
                     ) from err
                 delay = self.backoff * failures
                 logger.info(
                     "Archive %s: connection lost at %s (%s: %s); resuming with Range: bytes=%d- in %.1fs [%d/%d]",
-                    _display(self.url), where, type(err).__name__, err, self.pos, delay, failures, self.max_retries,
+                    display_name(self.url), where, type(err).__name__, err, self.pos, delay, failures, self.max_retries,
                 )
                 time.sleep(delay)
         buffer[: len(data)] = data
@@ -374,7 +371,7 @@ def iter_tar(
     archive and the last member read completely, so a user knows how far a
     download got.
     """
-    name = _display(paths[0]) + (f" (+{len(paths) - 1} parts)" if len(paths) > 1 else "")
+    name = display_name(paths[0]) + (f" (+{len(paths) - 1} parts)" if len(paths) > 1 else "")
     last_good = "(none: the archive failed before its first member)"
     try:
         raw = open_archive(paths[0], download_config) if len(paths) == 1 else _PartsStream(paths, download_config)
@@ -421,7 +418,7 @@ def iter_archive_patches(
                 yield current, bands
             if patch in finished:
                 raise ArchiveError(
-                    f"Archive {_display(paths[0])}: the files of patch {patch} are not consecutive "
+                    f"Archive {display_name(paths[0])}: the files of patch {patch} are not consecutive "
                     f"(member {name}); the archive is not sorted like the release"
                 )
             current, bands = patch, {}

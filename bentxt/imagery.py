@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple, Union
 import fsspec
 import numpy as np
 
-from .layout import ROOT_DIR, band_path
+from .layout import NAME_COLUMN, ROOT_DIR, band_path
 
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
@@ -161,7 +161,7 @@ def iter_export_patches(root: str, sensor: str, download_config=None):
     from .bands import groups_for_sensors
 
     groups = groups_for_sensors((sensor,))
-    key = "s1_name" if sensor == "s1" else "patch_id"
+    key = NAME_COLUMN[sensor]
     fs, inner = fsspec.core.url_to_fs(root, **((download_config.storage_options or {}) if download_config else {}))
     candidates = []
     for config_dir in sorted(fs.glob(f"{inner.rstrip('/')}/data/*")):

@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 #: top-level folder of each sensor's archive / extracted tree
 ROOT_DIR = {"s1": "BigEarthNet-S1", "s2": "BigEarthNet-S2"}
+#: the annotation column naming each sensor's patch (the join key of its imagery)
+NAME_COLUMN = {"s1": "s1_name", "s2": "patch_id"}
 #: top-level folder of the reference-map archive
 MAPS_DIR = "Reference_Maps"
 
@@ -22,6 +24,11 @@ PATCH_NAME_RE = {
     "s1": re.compile(r"^S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_[0-9A-Z]{5}_\d+_\d+$"),
     "s2": re.compile(r"^S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T[0-9A-Z]{5}_\d{2}_\d{2}$"),
 }
+
+
+def display_name(urlpath: str) -> str:
+    """How a file is named in messages: the last hop of a chained fsspec URL (``zstd://x::https://...``)."""
+    return urlpath.split("::")[-1]
 
 
 def parent_dir(sensor: str, patch_name: str) -> str:

@@ -3,8 +3,8 @@
 Left panel: Sentinel-2 true colour (B04, B03, B02); right panel: Sentinel-1
 false colour (R = VV, G = VH, B = VV - VH, all in dB). Each channel gets a
 robust stretch (its 2nd..98th percentile mapped to 0..1, S2 nodata 0
-ignored), so one bright pixel does not darken the picture (the same
-rendering as the export's quicklook, ``bentxt.preview``). Both panels are drawn in image fractions
+ignored), so one bright pixel does not darken the picture: the export's
+quicklook code (``bentxt.preview``), so both always look the same. Both panels are drawn in image fractions
 (``extent=(0, 1, 1, 0)``: x = column to the right, y = row downwards, origin
 top-left, the release's convention), so the grounding box ``[x0, y0, x1, y1]``
 and the point ``[x, y]`` are drawn as stored, whatever the band's pixel size.
@@ -28,57 +28,28 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .bands import BAND_GROUPS, NODATA, resolve_bands
+from .bands import NODATA, resolve_bands
+from .preview import QUICKLOOK_BANDS, band_planes, stretch
 
-__all__ = ["plot", "robust_stretch", "true_colour", "sar_false_colour"]
-
-_RGB = ("B04", "B03", "B02")
-_SAR = ("VV", "VH")
-
-
-def robust_stretch(channels: np.ndarray, low: float = 2.0, high: float = 98.0, nodata: Optional[float] = None) -> np.ndarray:
-    """(C, H, W) -> (H, W, C) float in [0, 1]: each channel's ``low``..``high`` percentile mapped to 0..1.
-
-    Percentiles are taken over the finite pixels that are not ``nodata``.
-    """
-    channels = np.asarray(channels, dtype=np.float64)
-    out = np.zeros(channels.shape[1:] + channels.shape[:1])
-    for c, band in enumerate(channels):
-        valid = np.isfinite(band) if nodata is None else np.isfinite(band) & (band != nodata)
-        finite = band[valid]
-        if finite.size == 0:
-            continue
-        lo, hi = np.percentile(finite, [low, high])
-        if hi > lo:
-            out[..., c] = np.clip((np.nan_to_num(band, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-    return out
-
-
-def _bands_of(example: Mapping[str, Any], wanted: Sequence[str], bands: Optional[Sequence[str]]) -> Optional[np.ndarray]:
-    """The ``wanted`` bands as (C, H, W) from a native group or from ``image`` (channel order ``bands``)."""
-    for group in BAND_GROUPS:
-        if group.name in example and example[group.name] is not None and set(wanted) <= set(group.bands):
-            array = np.asarray(example[group.name])
-            return array[[group.bands.index(b) for b in wanted]]
-    if example.get("image") is not None and bands is not None and set(wanted) <= set(bands):
-        array = np.asarray(example["image"])
-        return array[[list(bands).index(b) for b in wanted]]
-    return None
+__all__ = ["plot", "true_colour", "sar_false_colour"]
 
 
 def true_colour(example: Mapping[str, Any], bands: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
     """Sentinel-2 B04/B03/B02 as (H, W, 3) in [0, 1], or None if the example has no such bands."""
-    rgb = _bands_of(example, _RGB, bands)
-    return None if rgb is None else robust_stretch(rgb, nodata=NODATA["s2"])
+    wanted = QUICKLOOK_BANDS["s2"]
+    planes = band_planes(example, wanted, bands)
+    if len(planes) < len(wanted):
+        return None
+    return np.dstack([stretch(planes[b], NODATA["s2"]) for b in wanted]) / 255.0
 
 
 def sar_false_colour(example: Mapping[str, Any], bands: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
     """Sentinel-1 R = VV, G = VH, B = VV - VH (dB) as (H, W, 3) in [0, 1], or None without VV/VH."""
-    sar = _bands_of(example, _SAR, bands)
-    if sar is None:
+    planes = band_planes(example, QUICKLOOK_BANDS["s1"], bands)
+    if len(planes) < 2:
         return None
-    sar = np.asarray(sar, dtype=np.float64)
-    return robust_stretch(np.stack([sar[0], sar[1], sar[0] - sar[1]]))
+    vv, vh = (np.asarray(planes[b], dtype=np.float64) for b in ("VV", "VH"))
+    return np.dstack([stretch(vv), stretch(vh), stretch(vv - vh)]) / 255.0
 
 
 def _text_of(example: Mapping[str, Any], annotation: Optional[int]) -> Mapping[str, Any]:

@@ -67,7 +67,7 @@ def band_planes(
     planes: Dict[str, np.ndarray] = {}
     for band in bands:
         group = GROUP_OF_BAND[band]
-        if group.name in example:
+        if example.get(group.name) is not None:
             planes[band] = np.asarray(example[group.name])[group.bands.index(band)]
         elif "image" in example and image_bands is not None and band in image_bands:
             planes[band] = np.asarray(example["image"])[list(image_bands).index(band)]

@@ -29,7 +29,7 @@ from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
 
 from .imagery import ImageSource, detect
-from .layout import ROOT_DIR
+from .layout import ROOT_DIR, display_name  # noqa: F401  (re-exported: sources.display_name)
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -55,9 +55,6 @@ def release() -> Dict[str, dict]:
     data = json.loads(infos_dir().joinpath("sources.json").read_text())
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
-
-def display_name(urlpath: str) -> str:
-    return urlpath.split("::")[-1]
 
 
 def resolve(config, sensors) -> Dict[str, object]:
