@@ -1,7 +1,4 @@
-"""Readers and tools around the ``bigearthnet_txt`` builder (one job per module)."""
-
-#: modules whose code defines the generated data (hashed into the cache key)
-MODULES = ("annotations", "archives", "bands", "imagery", "layout", "raster", "sources", "store", "text")
+"""Readers and tools around the ``bigearthnet_txt`` builder (one job per module; see the README's "How it works")."""
 
 #: public helpers, imported on first use so that ``import bentxt`` stays light. ``plot`` and ``collate`` are
 #: not here: they share their submodule's name (``bentxt.plot.plot``, ``bentxt.collate.collate``).

@@ -64,3 +64,16 @@ def parse_member(path: str) -> Optional[Tuple[str, str, str]]:
         return None
     band = parts[3][len(patch) + 1 : -4]
     return sensor, patch, band
+
+
+def check_patch_name(sensor: str, name: str) -> str:
+    """A patch name must match the release grammar before any path is built from it (no ``../``, no slashes)."""
+    if not isinstance(name, str) or not PATCH_NAME_RE[sensor].match(name):
+        raise ValueError(f"{name!r} is not a BigEarthNet v2.0 {sensor.upper()} patch name (e.g. {EXAMPLE_NAME[sensor]})")
+    return name
+
+
+EXAMPLE_NAME = {
+    "s1": "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57",
+    "s2": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57",
+}

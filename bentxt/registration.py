@@ -3,35 +3,46 @@
 ``datasets`` 5.x runs no loading scripts and has no plugin mechanism; the only
 way a bare name reaches packaged code is its table of packaged modules, which
 ``load_dataset`` consults before looking at local folders or the Hub (notes,
-section 1a). That factory also globs the current working directory for data
-files when none are given, which would hand a stray ``notes.csv`` to our
-builder and key the cache on it, so for our name we return the module with an
-empty file list instead (notes, section 1c). Both touch private API: the
-version guard keeps a future ``datasets`` from being patched blindly.
+section 1a). That factory also resolves data files: with none given it globs
+the working directory (a stray ``notes.csv`` would reach the builder), and with
+``data_dir`` it lists every file below it (hours for the 7.7 M extracted band
+files). For our name it returns the module with the caller's ``data_dir`` and
+``data_files`` untouched instead; the builder reads them as named paths.
+
+Private ``datasets`` API used here (the only such use in the package):
+``packaged_modules._PACKAGED_DATASETS_MODULES``, ``packaged_modules._hash_python_lines``,
+``load.PackagedDatasetModuleFactory`` and ``load.DatasetModule``. They are checked
+at call time: with another ``datasets`` major version, :func:`register` raises
+``ImportError`` and the builder class still works without it.
 """
 
 from __future__ import annotations
 
-import importlib
+import ast
+import importlib.util
 import inspect
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Set
 
-NAME = "bigearthnet_txt"
-_SUPPORTED_MAJOR = 5
+from .metadata import NAME
+
+SUPPORTED_MAJOR = 5
 
 
 def register() -> None:
     """Idempotent; runs on ``import bigearthnet_txt``."""
     import datasets
     import datasets.load as load
-    from datasets.data_files import DataFilesDict
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     major = int(datasets.__version__.split(".")[0])
-    if major != _SUPPORTED_MAJOR:
+    if major != SUPPORTED_MAJOR:
         raise ImportError(
-            f"bigearthnet_txt registers itself with datasets {_SUPPORTED_MAJOR}.x internals; found datasets "
-            f"{datasets.__version__}. Install 'datasets>={_SUPPORTED_MAJOR},<{_SUPPORTED_MAJOR + 1}', or use the "
-            f"builder class directly: bigearthnet_txt.BigEarthNetTxt(config_name=...)"
+            f"bigearthnet_txt registers its name with datasets {SUPPORTED_MAJOR}.x internals; found datasets "
+            f"{datasets.__version__}, so load_dataset('{NAME}', ...) is unavailable. Install "
+            f"'datasets>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}', or use the builder class directly: "
+            f"bigearthnet_txt.BigEarthNetTxt(config_name=...)"
         )
     _PACKAGED_DATASETS_MODULES[NAME] = (NAME, code_hash())
     factory = load.PackagedDatasetModuleFactory
@@ -40,22 +51,64 @@ def register() -> None:
     original = factory.get_module
 
     def get_module(self):
-        if self.name == NAME and self.data_files is None and self.data_dir is None:
-            module_path, module_hash = _PACKAGED_DATASETS_MODULES[NAME]
-            return load.DatasetModule(module_path, module_hash, {"data_files": DataFilesDict(), "dataset_name": NAME})
-        return original(self)
+        if self.name != NAME:
+            return original(self)
+        module_path, module_hash = _PACKAGED_DATASETS_MODULES[NAME]
+        kwargs = {"dataset_name": NAME, "data_files": self.data_files, "data_dir": self.data_dir}
+        return load.DatasetModule(module_path, module_hash, kwargs)
 
     get_module._bigearthnet_txt = True
     factory.get_module = get_module
 
 
+@lru_cache(maxsize=None)
+def cache_modules() -> List[str]:
+    """The modules whose code defines the prepared data: the builder and what it imports from ``bentxt``, transitively.
+
+    Derived from the import statements, so a new module can never be left out
+    of the cache key (a hand-kept list once missed one and served stale caches).
+    """
+    root = Path(__file__).resolve().parent
+    builder = Path(importlib.util.find_spec(NAME).origin)
+    seen: Set[str] = set()
+    todo = [(NAME, builder)]
+    while todo:
+        name, path = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for module in _bentxt_imports(path, name):
+            file = root / (module.split(".", 1)[1].replace(".", "/") + ".py")
+            if file.exists():
+                todo.append((module, file))
+    return sorted(seen)
+
+
+def _bentxt_imports(path: Path, module: str) -> Set[str]:
+    found = set()
+    package = "bentxt" if module.startswith("bentxt") else ""
+    tree = ast.parse(path.read_text())
+    for main in [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]:
+        tree.body.remove(main)  # `python -m` entry points are not part of what defines the data
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y / from . import x
+                base = f"{package}.{base}" if base else package
+            if base == "bentxt":
+                found |= {f"bentxt.{a.name}" for a in node.names}
+            elif base.startswith("bentxt."):
+                found.add(base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("bentxt.")}
+    return found
+
+
 def code_hash() -> str:
-    """Hash of the builder and its package, so a code change gives a new cache directory."""
+    """Hash of the builder and the modules it uses, so a code change gives a new cache folder."""
     from datasets.packaged_modules import _hash_python_lines
 
-    import bentxt
-
-    lines = []
-    for name in [NAME] + sorted(f"bentxt.{m}" for m in bentxt.MODULES):
+    lines: List[str] = []
+    for name in cache_modules():
         lines += inspect.getsource(importlib.import_module(name)).splitlines()
     return _hash_python_lines(lines)

@@ -1,16 +1,23 @@
-"""Where a config's files come from, and whether they are the release's files.
+"""Where a config's files come from: one class per kind of image source, and the annotation parquet.
 
-Images may also come from ``image_source=`` (a path for both sensors, or
-``{"s1": path, "s2": path}``): an archive, an extracted folder or an LMDB; it
-is a config option because ``datasets`` resolves ``data_files`` as files only.
-Otherwise three ways, checked in this order:
-1. ``data_files={"annotations": ..., "s1": ..., "s2": ...}``: explicit paths or
-   URLs (local, ``http(s)://``, ``hf://``); an image key may name an archive, its
-   parts, an extracted folder or an LMDB; a missing key falls back to 2 or 3;
-2. ``data_dir=``: a folder holding the release files under their release names,
-   the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees, an LMDB
-   (``Encoded-BigEarthNet/``) or torchgeo's ``.tar.gzaa``/``.tar.gzab`` parts;
-3. nothing: the release URLs recorded in ``dataset_infos/sources.json``.
+The kinds (each a small picklable description; readers open where they are used,
+once per process, because LMDB environments and open files must not cross a fork):
+
+- :class:`ArchiveSource`: the release's ``.tar.zst`` (or torchgeo's ``.tar.gzaa``/``.tar.gzab``
+  parts), local or remote; read front to back only;
+- :class:`FolderSource`: the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees, by path;
+- :class:`LmdbSource`: a rico-hdl conversion (``data.mdb``), by key;
+- :class:`ExportSource`: a Parquet export of this builder (``bentxt/export.py``), read in order.
+
+A new kind is one class here (``detect``, ``find_in``, ``patches`` and, if it
+has random access, ``open_reader``) plus its fixture; nothing else dispatches
+on kinds.
+
+Files are chosen in this order: ``image_source=`` (a path for both sensors or
+``{"s1": path, "s2": path}``), ``data_files={"annotations": ..., "s1": ...,
+"s2": ...}``, ``data_dir=`` (release names, extracted trees, an LMDB or
+torchgeo parts, found by a few ``exists`` calls: a folder is never walked),
+then the release URLs recorded in ``dataset_infos/sources.json``.
 """
 
 from __future__ import annotations
@@ -19,17 +26,19 @@ import hashlib
 import json
 import logging
 import os
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
 from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
 
-from .imagery import ImageSource, detect
-from .layout import ROOT_DIR, display_name  # noqa: F401  (re-exported: sources.display_name)
+from . import archives, readers
+from .layout import MAPS_DIR, ROOT_DIR, display_name
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -56,41 +65,258 @@ def release() -> Dict[str, dict]:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _fs(path: str):
+    return fsspec.core.url_to_fs(path)
+
+
+# ----------------------------------------------------------------------------- image sources
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where one sensor's bands come from. Subclasses say how to find, fetch and read one kind."""
+
+    paths: Tuple[str, ...]
+    kind: ClassVar[str] = "?"
+    #: True: read front to back only (one pass, in the source's own order); False: random access by patch name
+    sequential: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        """For messages: the file or folder name(s), with the kind."""
+        names = ", ".join(display_name(p).rstrip("/").rsplit("/", 1)[-1] for p in self.paths)
+        return f"{self.kind} {names}"
+
+    @classmethod
+    def detect(cls, path: str, sensor: str) -> Optional["ImageSource"]:
+        """This kind, if a user-given ``path`` holds it."""
+        return None
+
+    @classmethod
+    def find_in(cls, data_dir: str, sensor: str) -> Optional["ImageSource"]:
+        """This kind, if ``data_dir`` holds it under the usual names (a few ``exists`` calls, never a walk)."""
+        return None
+
+    def download(self, dl_manager) -> "ImageSource":
+        """What preparing reads: remote files fetched into the datasets download cache where the kind needs it."""
+        return self
+
+    def verify(self, key: str, verification_mode) -> None:
+        logger.info("%s is read from %s: checksums are recorded for the release archives only", key, self.name)
+
+    def fingerprint(self) -> List[object]:
+        """What identifies the content cheaply (sizes and mtimes of the top files): part of the cache key."""
+        return [_stat(p) for p in self.paths]
+
+    def patches(self, sensor: str, bands: Sequence[str], dlc=None) -> Iterator[Tuple[str, readers.BandData]]:
+        """Every patch of the sensor, in the source's own order: ``(name, {band: data})``."""
+        raise NotImplementedError
+
+    def open_reader(self, bands: Dict[str, Tuple[str, ...]]):
+        """A reader with ``read(sensor, name)`` / ``has`` / ``close`` (random-access kinds only)."""
+        raise TypeError(f"{self.name} is read front to back, not by patch")
+
+
+@dataclass(frozen=True)
+class ArchiveSource(ImageSource):
+    kind: ClassVar[str] = "archive"
+    sequential: ClassVar[bool] = True
+
+    @classmethod
+    def detect(cls, path: str, sensor: str) -> Optional[ImageSource]:
+        return cls((path,))
+
+    @classmethod
+    def find_in(cls, data_dir: str, sensor: str) -> Optional[ImageSource]:
+        fs, inner = _fs(data_dir)
+        name = release()[sensor]["file_name"]
+        if fs.exists(f"{inner}/{name}"):
+            return cls((_join(data_dir, name),))
+        parts = [f"{ROOT_DIR[sensor]}.tar.gz{suffix}" for suffix in ("aa", "ab", "ac", "ad")]
+        found = [p for p in parts if fs.exists(f"{inner}/{p}")]
+        return cls(tuple(_join(data_dir, p) for p in found)) if found else None
+
+    @property
+    def archives(self) -> Tuple[Tuple[str, ...], ...]:
+        """The archives to read, each as its parts: split parts (``x.tar.gzaa``, ``x.tar.gzab``) form one archive."""
+        groups: Dict[str, list] = {}
+        for path in self.paths:
+            stem = path[:-2] if re.search(r"\.tar\.gz[a-z]{2}$", path) else path
+            groups.setdefault(stem, []).append(path)
+        return tuple(tuple(sorted(parts)) for parts in groups.values())
+
+    def download(self, dl_manager) -> ImageSource:
+        return ArchiveSource(tuple(dl_manager.download(list(self.paths))))
+
+    def verify(self, key: str, verification_mode) -> None:
+        if len(self.paths) != 1:
+            logger.info("%s comes in %d parts; checksums are recorded for the single release file only", key, len(self.paths))
+            return
+        verify_file(self.paths[0], release()[key])
+
+    def fingerprint(self) -> List[object]:
+        return [_stat(p) if not is_url(p) else [p, _recorded_checksum(p)] for p in self.paths]
+
+    def patches(self, sensor: str, bands: Sequence[str], dlc=None):
+        for parts in self.archives:
+            yield from archives.iter_archive_patches(parts, sensor, dlc)
+
+
+@dataclass(frozen=True)
+class FolderSource(ImageSource):
+    kind: ClassVar[str] = "folder"
+    sequential: ClassVar[bool] = False
+
+    @classmethod
+    def detect(cls, path: str, sensor: str) -> Optional[ImageSource]:
+        fs, inner = _fs(path)
+        if fs.isdir(f"{inner.rstrip('/')}/{ROOT_DIR[sensor]}"):
+            return cls((path.rstrip("/"),))
+        if inner.rstrip("/").endswith(ROOT_DIR[sensor]) and fs.isdir(inner):
+            return cls((path.rstrip("/").rsplit("/", 1)[0] or "/",))
+        return None
+
+    find_in = detect
+
+    def fingerprint(self) -> List[object]:
+        return [_stat(self.paths[0]), _stat(f"{self.paths[0].rstrip('/')}/{ROOT_DIR['s1']}"),
+                _stat(f"{self.paths[0].rstrip('/')}/{ROOT_DIR['s2']}")]
+
+    def open_reader(self, bands):
+        return readers.FolderReader(self.paths[0], bands)
+
+    def patches(self, sensor, bands, dlc=None):
+        raise TypeError(f"{self.name}: read by patch name (open_reader), the folder is never walked")
+
+
+@dataclass(frozen=True)
+class LmdbSource(ImageSource):
+    kind: ClassVar[str] = "LMDB"
+    sequential: ClassVar[bool] = False
+
+    @classmethod
+    def detect(cls, path: str, sensor: str) -> Optional[ImageSource]:
+        fs, inner = _fs(path)
+        return cls((path.rstrip("/"),)) if fs.exists(f"{inner.rstrip('/')}/data.mdb") else None
+
+    @classmethod
+    def find_in(cls, data_dir: str, sensor: str) -> Optional[ImageSource]:
+        return cls.detect(data_dir, sensor) or cls.detect(_join(data_dir, "Encoded-BigEarthNet"), sensor)
+
+    def fingerprint(self) -> List[object]:
+        return [_stat(f"{self.paths[0]}/data.mdb")]
+
+    def open_reader(self, bands):
+        return readers.LmdbReader(self.paths[0])
+
+    def patches(self, sensor, bands, dlc=None):
+        raise TypeError(f"{self.name}: read by patch name (open_reader)")
+
+
+@dataclass(frozen=True)
+class ExportSource(ImageSource):
+    kind: ClassVar[str] = "export"
+    sequential: ClassVar[bool] = True
+
+    @classmethod
+    def detect(cls, path: str, sensor: str) -> Optional[ImageSource]:
+        fs, inner = _fs(path)
+        root = inner.rstrip("/")
+        return cls((path,)) if fs.exists(f"{root}/README.md") and fs.isdir(f"{root}/data") else None
+
+    def fingerprint(self) -> List[object]:
+        return [_stat(f"{self.paths[0].rstrip('/')}/README.md")]
+
+    def patches(self, sensor, bands, dlc=None):
+        return readers.iter_export_patches(self.paths[0], sensor, dlc)
+
+
+#: detection order for a user-given path (an archive is what is left: any file)
+KINDS: Tuple[type, ...] = (ExportSource, LmdbSource, FolderSource)
+#: search order inside ``data_dir``
+DATA_DIR_KINDS: Tuple[type, ...] = (ArchiveSource, FolderSource, LmdbSource)
+
+
+def detect(path: str, sensor: str) -> ImageSource:
+    """What a user-given path holds. A Hub repo id becomes ``hf://``; other bare names never reach the network."""
+    if not is_url(path) and not os.path.exists(path):
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith("."):
+            path = f"hf://datasets/{path}"
+        else:
+            raise SourceError(f"image_source {path!r} does not exist (a local path, a URL, or a Hub repo id 'org/name')")
+    fs, inner = _fs(path)
+    if fs.isdir(inner):
+        for kind in KINDS:
+            found = kind.detect(path, sensor)
+            if found is not None:
+                return found
+        raise SourceError(
+            f"{path} is neither an extracted {ROOT_DIR[sensor]}/ tree (or its parent), an LMDB folder (data.mdb) "
+            f"nor an export (README.md + data/)"
+        )
+    return ArchiveSource.detect(path, sensor)
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if is_url(root) else os.path.abspath(os.path.join(root, name))
+
+
+def _stat(path: str) -> List[object]:
+    try:
+        fs, inner = _fs(path)
+        info = fs.info(inner)
+        return [display_name(path), info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("created")]
+    except (FileNotFoundError, OSError, ValueError):
+        return [display_name(path), None, None]
+
+
+def _recorded_checksum(path: str) -> Optional[str]:
+    for info in release().values():
+        if info["url"] == path:
+            return info.get("sha256") or info.get("md5")
+    return None
+
+
+# ----------------------------------------------------------------------------- choosing files
+
 
 def resolve(config, sensors) -> Dict[str, object]:
-    """``{"annotations": url, "s1": [urls], "s2": [urls]}`` for the keys a config needs."""
+    """``{"annotations": path or URL, "s1": ImageSource, "s2": ImageSource}`` for the keys a config needs."""
     needed = ("annotations",) + tuple(sensors)
     data_files = dict(config.data_files or {})
-    named = {k: list(v) for k, v in data_files.items() if k in SOURCE_KEYS}
+    named = {k: list(v) if not isinstance(v, str) else [v] for k, v in data_files.items() if k in SOURCE_KEYS}
     unnamed = [k for k in data_files if k not in SOURCE_KEYS]
-    if named and unnamed:
+    if unnamed:
         raise SourceError(
-            f"data_files keys {unnamed} are not understood; use the keys {list(SOURCE_KEYS)} "
-            f"(the annotation parquet and the S1 / S2 archives)"
+            f"data_files keys {unnamed} are not understood; name each file: data_files={{'annotations': "
+            f"'.../BigEarthNet.txt.parquet', 's1': '.../BigEarthNet-S1.tar.zst', 's2': '.../BigEarthNet-S2.tar.zst'}}"
         )
-    if unnamed and not config.data_dir:
-        raise SourceError(
-            f"data_files must name each file: data_files={{'annotations': '.../BigEarthNet.txt.parquet', "
-            f"'s1': '.../BigEarthNet-S1.tar.zst', 's2': '.../BigEarthNet-S2.tar.zst'}} (got keys {unnamed})"
-        )
+    chosen = _image_source_option(config.image_source, sensors)
     files: Dict[str, object] = {}
-    chosen = _image_source_option(getattr(config, "image_source", None), sensors)
     for key in needed:
         if key in chosen:
             files[key] = chosen[key]
         elif key in named:
-            paths = named[key]
+            paths = [_absolute(p) for p in named[key]]
             if key == "annotations":
                 if len(paths) != 1:
                     raise SourceError(f"data_files['annotations'] must be one parquet file, got {paths}")
                 files[key] = paths[0]
             else:
-                files[key] = detect(paths[0], key) if len(paths) == 1 else ImageSource("archives", tuple(paths))
+                files[key] = detect(paths[0], key) if len(paths) == 1 else ArchiveSource(tuple(paths))
         elif config.data_dir:
             files[key] = _in_data_dir(config.data_dir, key)
         else:
-            files[key] = release()[key]["url"] if key == "annotations" else ImageSource("archives", (release()[key]["url"],))
+            files[key] = release()[key]["url"] if key == "annotations" else ArchiveSource((release()[key]["url"],))
     return files
+
+
+def _absolute(path: str) -> str:
+    return path if is_url(path) else os.path.realpath(path)
 
 
 def _image_source_option(option, sensors) -> Dict[str, ImageSource]:
@@ -102,33 +328,29 @@ def _image_source_option(option, sensors) -> Dict[str, ImageSource]:
         raise SourceError(f"image_source must be a path or a dict with keys 's1'/'s2', got {option!r}")
     out = {}
     for sensor, value in option.items():
+        if sensor not in sensors:
+            continue
         paths = [value] if isinstance(value, str) else list(value)
-        out[sensor] = detect(paths[0], sensor) if len(paths) == 1 else ImageSource("archives", tuple(paths))
+        paths = [_absolute(p) if os.path.exists(p) else p for p in paths]
+        out[sensor] = detect(paths[0], sensor) if len(paths) == 1 else ArchiveSource(tuple(paths))
     return out
 
 
 def _in_data_dir(data_dir: str, key: str):
     """The release file by its release name, or for images any other form the imagery is kept in."""
     info = release()[key]
-    root = data_dir.rstrip("/")
-    fs, inner = fsspec.core.url_to_fs(root)
-    local = (lambda p: p) if "://" in root else os.path.abspath
-
-    def found(name: str) -> bool:
-        return fs.exists(f"{inner}/{name}")
-
-    if found(info["file_name"]):
-        path = local(f"{root}/{info['file_name']}")
-        return path if key == "annotations" else ImageSource("archives", (path,))
-    if key != "annotations":
-        if fs.isdir(f"{inner}/{ROOT_DIR[key]}"):
-            return ImageSource("folders", (local(root),))
-        for lmdb_dir in ("", "/Encoded-BigEarthNet"):
-            if found(f"{lmdb_dir.lstrip('/')}/data.mdb".lstrip("/")):
-                return ImageSource("lmdb", (local(root + lmdb_dir),))
-        parts = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{inner}/{ROOT_DIR[key]}.tar.gz??"))
-        if parts:
-            return ImageSource("archives", tuple(local(f"{root}/{p}") for p in parts))
+    root = data_dir.rstrip("/") if is_url(data_dir) else os.path.realpath(data_dir)
+    fs, inner = _fs(root)
+    if not fs.isdir(inner):
+        raise SourceError(f"data_dir {data_dir} is not a folder")
+    if key == "annotations":
+        if fs.exists(f"{inner}/{info['file_name']}"):
+            return _join(root, info["file_name"])
+    else:
+        for kind in DATA_DIR_KINDS:
+            found = kind.find_in(root, key)
+            if found is not None:
+                return found
     forms = "" if key == "annotations" else (
         f", an extracted {ROOT_DIR[key]}/ folder, an LMDB (Encoded-BigEarthNet/data.mdb) or torchgeo's {ROOT_DIR[key]}.tar.gzaa parts"
     )
@@ -142,13 +364,24 @@ def _what(key: str) -> str:
     return {"annotations": "BigEarthNet.txt annotation parquet", "s1": "Sentinel-1 archive", "s2": "Sentinel-2 archive"}[key]
 
 
+def fingerprint(files: Dict[str, object]) -> Dict[str, object]:
+    """Cheap identity of every input (sizes, mtimes, recorded checksums): a changed input means a new cache."""
+    out = {}
+    for key, value in files.items():
+        if isinstance(value, ImageSource):
+            out[key] = [value.kind, list(value.paths), value.fingerprint()]
+        else:
+            out[key] = [value, _stat(value) if not is_url(value) else _recorded_checksum(value)]
+    return out
+
+
 def download(files: Dict[str, object], dl_manager) -> Dict[str, object]:
-    """Remote files go to the datasets download cache; local paths are used in place (no copy)."""
+    """Remote files go to the datasets download cache where a kind needs it; local paths are used in place."""
     out = dict(files)
     out["annotations"] = dl_manager.download(files["annotations"])
     for key, source in files.items():
-        if isinstance(source, ImageSource) and source.kind == "archives":
-            out[key] = ImageSource("archives", tuple(dl_manager.download(list(source.paths))))
+        if isinstance(source, ImageSource):
+            out[key] = source.download(dl_manager)
     return out
 
 
@@ -161,19 +394,15 @@ def verify(files: Dict[str, object], verification_mode) -> None:
     if verification_mode not in (VerificationMode.ALL_CHECKS, "all_checks"):
         return
     for key, value in files.items():
-        if isinstance(value, ImageSource) and value.kind != "archives":
-            logger.info("%s is read from %s (%s): checksums are recorded for the release archives only", key, value.kind, value.name)
-            continue
-        paths = [value] if isinstance(value, str) else list(value.paths)
-        if len(paths) != 1:
-            logger.info("%s comes in %d parts; checksums are recorded for the single release file only", key, len(paths))
-            continue
-        verify_file(paths[0], release()[key])
+        if isinstance(value, ImageSource):
+            value.verify(key, verification_mode)
+        else:
+            verify_file(value, release()[key])
 
 
 def verify_file(path: str, info: dict) -> None:
     name = display_name(path)
-    fs, inner = fsspec.core.url_to_fs(path)
+    fs, inner = _fs(path)
     size = fs.size(inner)
     if info.get("num_bytes") is not None and size != info["num_bytes"]:
         raise ChecksumError(
@@ -198,7 +427,7 @@ def verify_file(path: str, info: dict) -> None:
 def is_release_file(path: str, key: str) -> bool:
     """Cheap identity check (size) used to decide whether recorded split sizes apply."""
     try:
-        fs, inner = fsspec.core.url_to_fs(path)
+        fs, inner = _fs(path)
         return fs.size(inner) == release()[key]["num_bytes"]
     except Exception:  # unreachable remote file: cannot tell, so do not claim it
         return False
@@ -213,7 +442,7 @@ def recorded_infos() -> Dict[str, dict]:
 
 def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict]:
     """Recorded split sizes, when they apply: the release parquet, no filters, the default layout."""
-    if config.layout != "annotation" or any(getattr(config, o) is not None for o in ("categories", "countries", "seasons", "climate_zones")):
+    if config.layout != "annotation" or any(v is not None for v in config.filters.values()):
         return None
     splits = recorded_infos().get(config.name, {}).get("splits")
     if not splits or not is_release_file(str(files["annotations"]), "annotations"):
@@ -222,3 +451,10 @@ def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict
     for name, info in splits.items():
         out.add(SplitInfo(name=name, num_examples=info["num_examples"]))
     return out
+
+
+__all__ = [
+    "ImageSource", "ArchiveSource", "FolderSource", "LmdbSource", "ExportSource", "KINDS", "DATA_DIR_KINDS",
+    "SourceError", "ChecksumError", "detect", "resolve", "download", "verify", "verify_file", "fingerprint",
+    "release", "recorded_infos", "expected_split_sizes", "is_release_file", "MAPS_DIR", "display_name",
+]

@@ -1,101 +1,93 @@
-"""Every place the imagery already lives, behind one description per sensor.
+"""How a patch's bands are read from each form the imagery is kept in.
 
-- ``archives``: the release's ``.tar.zst`` (or torchgeo's ``.tar.gzaa``/``.tar.gzab`` parts):
-  sequential only, read by ``bentxt.archives``;
-- ``folders``: the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees: one file per band,
-  random access by path;
-- ``lmdb``: a rico-hdl conversion (``Encoded-BigEarthNet/``): key = patch name, value =
-  ``safetensors`` dict of native arrays, random access;
-- ``export``: a Parquet export of this builder (``bentxt/export.py``), locally or a Hub repo
-  (``hf://datasets/<org>/<name>`` or ``<org>/<name>``): sequential, native band groups per row.
+- archives: ``bentxt.archives.iter_archive_patches`` (front to back, GeoTIFF bytes per band);
+- extracted folders: :class:`FolderReader` (one GeoTIFF per band, by path);
+- a rico-hdl LMDB: :class:`LmdbReader` (key = patch name, value = safetensors dict of arrays);
+- an export of this builder: :func:`iter_export_patches` (Parquet rows, arrays per band group).
 
-A source is a small picklable description (``ImageSource``); readers are opened
-where they are used, once per process, because LMDB environments and open
-files must not cross a fork.
+Every reader gives ``{band: GeoTIFF bytes or ndarray}``; :func:`band_array`
+turns either into a checked 2-D array, so every source fails the same way: a
+``RasterError`` that names the patch, the band and the source.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+import stat
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import fsspec
 import numpy as np
 
-from .layout import NAME_COLUMN, ROOT_DIR, band_path
+from . import raster
+from .bands import groups_for_sensors
+from .layout import NAME_COLUMN, band_path, check_patch_name
 
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """Where one sensor's bands come from: a kind and its paths (archive parts, a folder, an LMDB)."""
-
-    kind: str
-    paths: Tuple[str, ...]
-
-    @property
-    def sequential(self) -> bool:
-        return self.kind in ("archives", "export")
-
-    @property
-    def archives(self) -> Tuple[Tuple[str, ...], ...]:
-        """The archives to read, each as its parts: split parts (``x.tar.gzaa``, ``x.tar.gzab``) form one archive."""
-        groups: Dict[str, list] = {}
-        for path in self.paths:
-            stem = path[:-2] if re.search(r"\.tar\.gz[a-z]{2}$", path) else path
-            groups.setdefault(stem, []).append(path)
-        return tuple(tuple(sorted(parts)) for parts in groups.values())
-
-    @property
-    def name(self) -> str:
-        """For error messages: the file or folder name(s)."""
-        return ", ".join(p.split("::")[-1].rstrip("/").rsplit("/", 1)[-1] for p in self.paths)
+def band_array(value, band: str, where: str) -> np.ndarray:
+    """Band data as read (an array, or GeoTIFF bytes) -> the checked native 2-D array."""
+    array = value if isinstance(value, np.ndarray) else raster.decode_geotiff(value, where=where)
+    return raster.check_band(array, band, where=where)
 
 
-def detect(path: str, sensor: str) -> ImageSource:
-    """What a user-given path holds: an archive (or its parts), an extracted tree, or an LMDB."""
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not os.path.exists(path):  # a Hub repo id
-        path = f"hf://datasets/{path}"
-    fs, inner = fsspec.core.url_to_fs(path)
-    if fs.isdir(inner):
-        if fs.exists(f"{inner.rstrip('/')}/README.md") and fs.isdir(f"{inner.rstrip('/')}/data"):
-            return ImageSource("export", (path,))
-        if fs.exists(f"{inner.rstrip('/')}/data.mdb"):
-            return ImageSource("lmdb", (path,))
-        if fs.isdir(f"{inner.rstrip('/')}/{ROOT_DIR[sensor]}"):
-            return ImageSource("folders", (path,))
-        if inner.rstrip("/").endswith(ROOT_DIR[sensor]):
-            return ImageSource("folders", (path.rstrip("/").rsplit("/", 1)[0] or "/",))
-        raise ValueError(
-            f"{path} is neither an extracted {ROOT_DIR[sensor]}/ tree (or its parent) nor an LMDB folder (data.mdb)"
-        )
-    return ImageSource("archives", (path,))
+def decode_patch(data: Optional[BandData], bands, name: str, source: str) -> Dict[str, np.ndarray]:
+    """The wanted bands of one patch, decoded and checked; a missing band is a RasterError too."""
+    arrays = {}
+    for band in bands:
+        where = f"patch {name} band {band} (in {source})"
+        if not data or band not in data:
+            raise raster.RasterError(f"{where}: the band file is missing")
+        arrays[band] = band_array(data[band], band, where)
+    return arrays
 
 
 class FolderReader:
-    """Extracted trees: ``<root>/BigEarthNet-S2/<tile>/<patch>/<patch>_<band>.tif``."""
+    """Extracted trees: ``<root>/BigEarthNet-S2/<tile>/<patch>/<patch>_<band>.tif``.
+
+    Only what was asked for is read: the patch name must match the release
+    grammar before a path is built from it, a band file must be a regular file
+    (a link is refused, so nothing outside the tree is read), and a file larger
+    than its band could need is refused before it is read.
+    """
 
     def __init__(self, root: str, bands: Dict[str, Tuple[str, ...]]):
         self.root, self.bands_of = root.rstrip("/"), bands
         self.fs, self.inner = fsspec.core.url_to_fs(self.root)
+        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in getattr(self.fs, "protocol", ())
 
     def read(self, sensor: str, patch: str) -> Optional[BandData]:
         """All wanted band files of a patch; None when the patch folder does not exist."""
+        check_patch_name(sensor, patch)
         out: BandData = {}
         for band in self.bands_of[sensor]:
+            path = f"{self.inner}/{band_path(sensor, patch, band)}"
             try:
-                with self.fs.open(f"{self.inner}/{band_path(sensor, patch, band)}", "rb") as f:
-                    out[band] = f.read()
+                out[band] = self._read_file(path, band, patch)
             except FileNotFoundError:
                 continue  # a missing band is reported by the decoder, naming the band
         if not out and not self.fs.isdir(self._patch_dir(sensor, patch)):
             return None
         return out
 
+    def _read_file(self, path: str, band: str, patch: str) -> bytes:
+        limit = raster.max_band_file_bytes(band)
+        where = f"patch {patch} band {band} ({path})"
+        if self.local:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise raster.RasterError(f"{where}: not a regular file (a link or a device); band files must be plain files")
+            if info.st_size > limit:
+                raise raster.RasterError(f"{where}: {info.st_size} bytes, more than a {band} band file can hold ({limit})")
+        with self.fs.open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise raster.RasterError(f"{where}: more than {limit} bytes, more than a {band} band file can hold")
+        return data
+
     def has(self, sensor: str, patch: str) -> bool:
+        check_patch_name(sensor, patch)
         return self.fs.isdir(self._patch_dir(sensor, patch))
 
     def _patch_dir(self, sensor: str, patch: str) -> str:
@@ -123,6 +115,7 @@ class LmdbReader:
             from safetensors.numpy import load
         except ImportError as err:  # pragma: no cover - exercised only without the extra
             raise ImportError("Reading an LMDB needs the 'lmdb' extra: pip install 'bigearthnet-txt[lmdb]'") from err
+        self.path = path
         self._load, self._key = load, (os.getpid(), os.path.realpath(path))
         entry = self._open.get(self._key)
         if entry is None:
@@ -134,7 +127,15 @@ class LmdbReader:
     def read(self, sensor: str, patch: str) -> Optional[BandData]:
         with self.env.begin(write=False) as txn:
             value = txn.get(patch.encode())
-        return None if value is None else dict(self._load(value))
+        if value is None:
+            return None
+        try:
+            return dict(self._load(value))
+        except Exception as err:  # safetensors raises its own error types; name the record instead
+            raise raster.RasterError(
+                f"patch {patch} in LMDB {self.path}: the value ({len(value)} bytes) is not a safetensors record "
+                f"of band arrays ({type(err).__name__})"
+            ) from None
 
     def has(self, sensor: str, patch: str) -> bool:
         with self.env.begin(write=False, buffers=True) as txn:
@@ -149,7 +150,7 @@ class LmdbReader:
                 del self._open[self._key]
 
 
-def iter_export_patches(root: str, sensor: str, download_config=None):
+def iter_export_patches(root: str, sensor: str, download_config=None) -> Iterator[Tuple[str, BandData]]:
     """``(patch name, {band: array})`` from an export: any exported config holding the sensor's native groups.
 
     A patch's rows are consecutive in an export (``bentxt/export.py``), so the
@@ -158,7 +159,7 @@ def iter_export_patches(root: str, sensor: str, download_config=None):
     """
     import pyarrow.parquet as pq
 
-    from .bands import groups_for_sensors
+    from .imagery_table import array3d_values
 
     groups = groups_for_sensors((sensor,))
     key = NAME_COLUMN[sensor]
@@ -181,24 +182,13 @@ def iter_export_patches(root: str, sensor: str, download_config=None):
                 table = parquet.read_row_group(i, columns=[key] + [g.name for g in groups])
                 names = table[key].to_pylist()
                 first = [j for j in range(len(names)) if names[j] != (names[j - 1] if j else previous)]
-                arrays = {g.name: _array3d(table[g.name], g.shape) for g in groups}
+                try:
+                    arrays = {g.name: array3d_values(table[g.name], g.shape) for g in groups}
+                except Exception as err:
+                    raise raster.RasterError(
+                        f"export {path}, row group {i}: the band columns do not hold {sensor} arrays of the declared "
+                        f"shapes ({type(err).__name__}: {err})"
+                    ) from None
                 for j in first:
                     yield names[j], {b: arrays[g.name][j, k] for g in groups for k, b in enumerate(g.bands)}
                 previous = names[-1] if names else previous
-
-
-def _array3d(column, shape) -> np.ndarray:
-    """An Array3D column as one (rows, *shape) ndarray, without Python lists."""
-    storage = column.combine_chunks()
-    storage = getattr(storage, "storage", storage)
-    for _ in range(3):
-        storage = storage.flatten()
-    return storage.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
-
-
-def open_reader(source: ImageSource, bands: Dict[str, Tuple[str, ...]]):
-    if source.kind == "folders":
-        return FolderReader(source.paths[0], bands)
-    if source.kind == "lmdb":
-        return LmdbReader(source.paths[0])
-    raise ValueError(f"{source.kind} sources are read sequentially, not by patch")

@@ -1,0 +1,166 @@
+"""One selection, one cache, always current; and no folder left behind.
+
+The cache folder of a config is ``<cache>/bigearthnet_txt/<config id>/<version>/<code hash>/``.
+``datasets`` would key it on whatever route built it (the class, ``load_dataset``
+with its empty file list, the CLI's explicit defaults, a relative or absolute
+``data_dir``). Here the config id is ``<name>-<selection>-<inputs>``:
+
+- *selection*: the options that differ from the named config and the resolved
+  input locations (real paths), so every route to the same data agrees;
+- *inputs*: what the inputs are, cheaply: size and mtime of each file (of an
+  LMDB's ``data.mdb``, of an extracted tree's top folders) and the recorded
+  checksum of a release URL. A changed input gives a new id: the next run
+  prepares anew and logs which input changed (``inputs.json`` in each cache).
+
+Temporary folders (streaming's S1 spill) live beside the cache under
+``bigearthnet_txt/.spill/<pid>-<n>``: removed on exit, on exceptions and on
+SIGTERM/SIGINT, and a later run removes those of processes that no longer exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from typing import Iterator, Optional
+
+from datasets.fingerprint import Hasher
+
+from . import sources
+from .metadata import NAME
+
+logger = logging.getLogger("bigearthnet_txt")
+
+INPUTS_FILE = "inputs.json"
+SPILL_DIR = ".spill"
+
+
+def selection_and_inputs(config) -> tuple:
+    files = sources.resolve(config, config.sensors)
+    where = {k: (list(v.paths) if isinstance(v, sources.ImageSource) else v) for k, v in files.items()}
+    return {"options": config.options(), "files": where}, sources.fingerprint(files)
+
+
+def config_id(config) -> str:
+    selection, inputs = selection_and_inputs(config)
+    return f"{config.name}-{Hasher.hash(selection)[:12]}-{Hasher.hash(inputs)[:12]}"
+
+
+def write_inputs(output_dir: str, config) -> None:
+    """Record what the cache was prepared from, so a later rebuild can say what changed."""
+    if "://" in output_dir:
+        return
+    selection, inputs = selection_and_inputs(config)
+    with open(os.path.join(output_dir, INPUTS_FILE), "w") as f:
+        json.dump({"selection": selection, "inputs": inputs}, f, indent=1, default=str)
+
+
+def explain_rebuild(output_dir: str, config) -> None:
+    """Before preparing: if a cache of the same selection exists with other inputs, say which input changed."""
+    if "://" in output_dir or os.path.exists(output_dir):
+        return
+    version_dir = os.path.dirname(output_dir)
+    config_dir = os.path.dirname(version_dir)
+    family, here = os.path.dirname(config_dir), os.path.basename(config_dir)
+    prefix = here.rsplit("-", 1)[0] + "-"
+    try:
+        siblings = [d for d in os.listdir(family) if d.startswith(prefix) and d != here]
+    except FileNotFoundError:
+        return
+    _, inputs = selection_and_inputs(config)
+    for sibling in siblings:
+        old_dir = os.path.join(family, sibling, os.path.basename(version_dir), os.path.basename(output_dir))
+        try:
+            with open(os.path.join(old_dir, INPUTS_FILE)) as f:
+                old = json.load(f)["inputs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        changed = [key for key in inputs if json.dumps(inputs[key], default=str) != json.dumps(old.get(key), default=str)]
+        logger.info(
+            "config %s: input(s) %s changed since the cache %s was prepared: preparing a new cache (remove the old "
+            "folder to free its disk)", config.name, ", ".join(changed) or "?", old_dir,
+        )
+
+
+def start_clean(output_dir: str) -> None:
+    """Empty what an interrupted run left in ``<cache>.incomplete``.
+
+    ``datasets`` writes into ``<cache>.incomplete`` and renames it only when
+    every split is done, so a killed run is never taken for a finished one; but
+    it reuses that folder, and a killed run's files (imagery tables, shards of
+    another ``num_proc``) would ride along.
+    """
+    if "://" in output_dir or not output_dir.endswith(".incomplete") or not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def spill_root(cache_dir_root: str) -> str:
+    """The fixed, discoverable folder for temporary files of streaming, beside the cache."""
+    if "://" in cache_dir_root:
+        return os.path.join(tempfile.gettempdir(), f"{NAME}{SPILL_DIR}")
+    return os.path.join(cache_dir_root, NAME, SPILL_DIR)
+
+
+_counter = itertools.count()
+
+
+@contextlib.contextmanager
+def spill_dir(root: str) -> Iterator[str]:
+    """A private folder under ``root``, removed however the block ends (SIGTERM included)."""
+    remove_orphans(root)
+    path = os.path.join(root, f"{os.getpid()}-{next(_counter)}")
+    os.makedirs(path, exist_ok=True)
+    with _terminate_as_exit():
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphans(root: str) -> None:
+    """Folders of processes that no longer run (killed with SIGKILL) are removed."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit (so ``finally`` blocks run) while the block runs, if nobody else handles it."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

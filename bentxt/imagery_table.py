@@ -1,0 +1,295 @@
+"""Each image pair's pixels, once per cache: the imagery tables and the feature that points into them.
+
+Why: about 20 texts share one image pair. An ``Array3D`` per text stores every
+pair ~20 times (1.9 TB for ``s1s2-vqa``, 2.7 TB for ``s1s2-all``); no user has
+that disk. ``datasets`` keeps large media out of its rows the same way
+(``imagefolder`` caches paths, ``Image`` decodes them on access).
+
+Inside a prepared cache folder::
+
+    imagery/s2-00000.arrow   rows in the S2 source's own order: name, s2_10m, s2_20m, s2_60m (Array3D)
+    imagery/s1-00000.arrow   rows in the S1 source's own order: name, s1 (Array3D)
+
+Each is a plain ``datasets`` Arrow file (``Dataset.from_file`` reads it on its
+own). Rows of a sensor are numbered across its files in name order. A text row
+stores, per image column, ``{"s1": row, "s2": row, "bytes": null}``; the
+:class:`PairBands` feature decodes that to the ``(C, H, W)`` array an
+``Array3D`` column of the imagery table gives (or, for ``bands=`` configs, to
+the resampled ``image``, computed on access from the native bands).
+
+Where the tables are is not stored in the rows: the builder attaches the cache
+folder to the features when it returns a dataset (:func:`attach`), so a cache
+that moves with its folder keeps working. ``save_to_disk`` and Parquet writing
+call :meth:`PairBands.embed_storage`, which puts each row's pixels into its
+``bytes`` (like ``Image`` embeds file bytes): a saved folder is self-contained.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.features.features import register_feature
+
+from .bands import GROUP_OF_BAND, BandGroup, groups_for_sensors
+from .raster import stack_image
+
+IMAGERY_DIR = "imagery"
+FEATURE_TYPE = "PairBands"
+
+
+# ----------------------------------------------------------------------------- the imagery table
+
+
+def imagery_features(groups: Sequence[BandGroup]) -> datasets.Features:
+    """One sensor's table: the patch name, then its band groups as ``Array3D``."""
+    return datasets.Features({"name": datasets.Value("string"), **{g.name: datasets.Array3D(g.shape, g.dtype) for g in groups}})
+
+
+def array3d(stack: np.ndarray, feature: datasets.Array3D) -> pa.ExtensionArray:
+    """(n, C, H, W) ndarray -> the ``Array3D`` column ``datasets`` writes, without Python lists (offsets are ranges)."""
+    n, c, h, w = stack.shape
+    values = pa.array(np.ascontiguousarray(stack, dtype=feature.dtype).reshape(-1))
+    rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * c * h * w + 1, w, dtype=np.int32)), values)
+    planes = pa.ListArray.from_arrays(pa.array(np.arange(0, n * c * h + 1, h, dtype=np.int32)), rows)
+    patches = pa.ListArray.from_arrays(pa.array(np.arange(0, n * c + 1, c, dtype=np.int32)), planes)
+    return pa.ExtensionArray.from_storage(feature(), patches)
+
+
+def array3d_values(column, shape: Tuple[int, ...]) -> np.ndarray:
+    """An ``Array3D`` column (or chunk) -> one (rows, *shape) ndarray; zero-copy for a memory-mapped table."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.storage if isinstance(column, pa.ExtensionArray) else column
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        values = values.flatten()
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+
+
+class ImageryWriter:
+    """Appends decoded patches of one sensor to one Arrow file, a batch of stacked arrays at a time."""
+
+    def __init__(self, path: str, groups: Sequence[BandGroup], batch_rows: int = 128):
+        self.path, self.groups, self.batch_rows = path, tuple(groups), batch_rows
+        self.features = imagery_features(self.groups)
+        self._schema = self.features.arrow_schema
+        self._sink = pa.OSFile(path, "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self._schema)
+        self._names: List[str] = []
+        self._pending: Dict[str, List[np.ndarray]] = {g.name: [] for g in self.groups}
+        self.rows = 0
+
+    def add(self, name: str, arrays: Mapping[str, np.ndarray]) -> int:
+        """``arrays``: band -> 2-D array (checked by the caller); returns the patch's row in this file."""
+        for g in self.groups:
+            self._pending[g.name].append(np.stack([arrays[b] for b in g.bands]))
+        self._names.append(name)
+        self.rows += 1
+        if len(self._names) >= self.batch_rows:
+            self._flush()
+        return self.rows - 1
+
+    def _flush(self) -> None:
+        if not self._names:
+            return
+        columns = [pa.array(self._names, pa.string())]
+        for g in self.groups:
+            columns.append(array3d(np.stack(self._pending[g.name]), self.features[g.name]))
+            self._pending[g.name] = []
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+        self._names = []
+
+    def close(self) -> int:
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+        return self.rows
+
+
+class ImageryTables:
+    """The imagery tables of one cache folder, memory-mapped (the page cache is shared by every process)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._arrays: Dict[Tuple[str, str], Tuple[np.ndarray, List[np.ndarray]]] = {}
+
+    def files(self, sensor: str) -> List[str]:
+        directory = os.path.join(self.root, IMAGERY_DIR)
+        names = sorted(n for n in os.listdir(directory) if n.startswith(f"{sensor}-") and n.endswith(".arrow"))
+        return [os.path.join(directory, n) for n in names]
+
+    def group(self, sensor: str, group: BandGroup) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """(first global row of each file + total, one (n, C, H, W) view per file)."""
+        key = (sensor, group.name)
+        if key not in self._arrays:
+            starts, views = [0], []
+            for path in self.files(sensor):
+                table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
+                views.append(array3d_values(table[group.name], group.shape) if table.num_rows else np.zeros((0, *group.shape), group.dtype))
+                starts.append(starts[-1] + table.num_rows)
+            self._arrays[key] = (np.array(starts, dtype=np.int64), views)
+        return self._arrays[key]
+
+    def take(self, sensor: str, group: BandGroup, row: int) -> np.ndarray:
+        starts, views = self.group(sensor, group)
+        if not 0 <= row < starts[-1]:
+            raise IndexError(f"imagery row {row} of {sensor} is outside {self.root}/{IMAGERY_DIR} ({starts[-1]} rows)")
+        k = int(np.searchsorted(starts, row, side="right")) - 1
+        return views[k][row - starts[k]]
+
+    def names(self, sensor: str) -> List[str]:
+        out: List[str] = []
+        for path in self.files(sensor):
+            out += pa.ipc.open_stream(pa.memory_map(path)).read_all()["name"].to_pylist()
+        return out
+
+
+_OPEN: Dict[Tuple[int, str], Tuple[float, ImageryTables]] = {}
+
+
+def open_tables(root: str) -> ImageryTables:
+    """One ``ImageryTables`` per process and folder; reopened when the folder was rebuilt."""
+    directory = os.path.join(root, IMAGERY_DIR)
+    try:
+        stamp = os.stat(directory).st_mtime_ns
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the imagery tables of this dataset are missing: no folder {directory}. The cache was moved or deleted; "
+            f"prepare it again, or keep a self-contained copy with save_to_disk()"
+        ) from None
+    key = (os.getpid(), root)
+    entry = _OPEN.get(key)
+    if entry is None or entry[0] != stamp:
+        entry = _OPEN[key] = (stamp, ImageryTables(root))
+    return entry[1]
+
+
+# ----------------------------------------------------------------------------- the feature
+
+
+@dataclass
+class PairBands:
+    """Band data of an image pair, stored once per pair in the cache and decoded to an ndarray on access.
+
+    Declares the shape and dtype of what it decodes to: a native group
+    (``bands`` = a group's bands, ``img_size`` None) gives exactly the
+    ``Array3D`` value of the imagery table; with ``img_size`` the bands are
+    stacked and resampled like the publisher's loader (``bands=`` configs).
+    """
+
+    shape: Tuple[int, int, int]
+    dtype: str
+    bands: Tuple[str, ...]
+    img_size: Optional[int] = None
+    resample: Optional[str] = None
+    decode: bool = True
+    #: the cache folder holding the tables: set by :func:`attach`, ignored by ``==``. It is serialised only
+    #: where ``datasets`` writes rows of an attached dataset (``map``, ``save_to_disk``), so those can embed.
+    root: Optional[str] = field(default=None, compare=False, repr=False)
+    pa_type: ClassVar[pa.DataType] = pa.struct({"s1": pa.int64(), "s2": pa.int64(), "bytes": pa.binary()})
+    _type: str = field(default=FEATURE_TYPE, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.shape, self.bands = tuple(self.shape), tuple(self.bands)
+
+    def __call__(self) -> pa.DataType:
+        return self.pa_type
+
+    @property
+    def sensors(self) -> Tuple[str, ...]:
+        return tuple(s for s in ("s1", "s2") if any(GROUP_OF_BAND[b].sensor == s for b in self.bands))
+
+    def encode_example(self, value) -> dict:
+        """A reference ``{"s1": row, "s2": row}`` stays one; an array (e.g. returned by ``map``) is stored inline."""
+        if isinstance(value, dict):
+            return {"s1": value.get("s1"), "s2": value.get("s2"), "bytes": value.get("bytes")}
+        array = np.asarray(value)
+        if array.shape != self.shape:
+            raise ValueError(f"a {self.bands} array must have shape {self.shape}, got {array.shape}")
+        if not np.can_cast(array.dtype, self.dtype, casting="same_kind") and array.dtype != np.dtype(self.dtype):
+            raise ValueError(f"a {self.bands} array must be {self.dtype}, got {array.dtype}")
+        return {"s1": None, "s2": None, "bytes": np.ascontiguousarray(array, dtype=self.dtype).tobytes()}
+
+    def decode_example(self, value: dict, token_per_repo_id=None) -> np.ndarray:
+        if value.get("bytes") is not None:
+            return np.frombuffer(value["bytes"], dtype=self.dtype).reshape(self.shape).copy()
+        return self.read(self._tables(), {s: value.get(s) for s in self.sensors})
+
+    def read(self, tables: ImageryTables, rows: Mapping[str, Optional[int]]) -> np.ndarray:
+        for sensor in self.sensors:
+            if rows.get(sensor) is None:
+                raise ValueError(f"this row has no {sensor} imagery row for bands {list(self.bands)}")
+        groups = {g.name: g for g in groups_for_sensors(self.sensors)}
+        if self.img_size is None:  # one native group: the table's value itself
+            group = GROUP_OF_BAND[self.bands[0]]
+            return np.array(tables.take(group.sensor, group, int(rows[group.sensor])))
+        planes = {}
+        for band in self.bands:
+            group = groups[GROUP_OF_BAND[band].name]
+            planes[band] = tables.take(group.sensor, group, int(rows[group.sensor]))[group.bands.index(band)]
+        return stack_image(planes, self.bands, self.img_size, self.resample)
+
+    def _tables(self) -> ImageryTables:
+        if self.root is None:
+            raise ValueError(
+                "these rows point into a prepared bigearthnet_txt cache, but the dataset was not loaded through the "
+                "builder (load_dataset / BigEarthNetTxt.as_dataset), so the cache folder is unknown: use "
+                "bentxt.imagery_table.attach(dataset, cache_folder)"
+            )
+        return open_tables(self.root)
+
+    def cast_storage(self, storage: pa.StructArray) -> pa.StructArray:
+        """Needed by ``save_to_disk`` (it walks storages) and by writers that inferred null-typed fields."""
+        if storage.type == self.pa_type:
+            return storage
+        if not pa.types.is_struct(storage.type) or not {f.name for f in storage.type} <= set(self.pa_type.names):
+            raise TypeError(f"cannot cast {storage.type} to {FEATURE_TYPE} storage {self.pa_type}")
+        names = {f.name for f in storage.type}
+        fields = [
+            storage.field(f.name).cast(f.type) if f.name in names else pa.nulls(len(storage), f.type) for f in self.pa_type
+        ]
+        return pa.StructArray.from_arrays(fields, fields=list(self.pa_type), mask=storage.is_null())
+
+    def embed_storage(self, storage: pa.StructArray, **kwargs) -> pa.StructArray:
+        """Pixels into each row (``save_to_disk``, Parquet): the result no longer needs the cache folder."""
+        rows = storage.to_pylist()
+        data = [None if r is None else (r["bytes"] if r["bytes"] is not None else self.decode_example(r).tobytes()) for r in rows]
+        return pa.StructArray.from_arrays(
+            [pa.nulls(len(rows), pa.int64()), pa.nulls(len(rows), pa.int64()), pa.array(data, pa.binary())],
+            names=["s1", "s2", "bytes"],
+            mask=storage.is_null(),
+        )
+
+    def flatten(self):
+        return self
+
+
+register_feature(PairBands, FEATURE_TYPE)
+# wherever PairBands can be decoded (a DataLoader worker unpickling a dataset too), numpy/torch keep its dtype
+from . import formatting  # noqa: E402,F401  (imports PairBands from this module, defined above)
+
+
+def attach(data, root: str):
+    """Tell the :class:`PairBands` features of a ``Dataset``, ``DatasetDict`` or ``Features`` where their tables are."""
+    if isinstance(data, dict) and not isinstance(data, datasets.Features):  # a DatasetDict
+        for part in data.values():
+            attach(part, root)
+        return data
+    features = data.info.features if hasattr(data, "info") else data  # .features would be a copy
+    for feature in _pair_bands(features):
+        feature.root = root
+    return data
+
+
+def _pair_bands(features) -> Iterable[PairBands]:
+    for feature in (features or {}).values():
+        if isinstance(feature, PairBands):
+            yield feature
+        elif isinstance(feature, datasets.List) and isinstance(feature.feature, dict):
+            yield from _pair_bands(feature.feature)
+        elif isinstance(feature, dict):
+            yield from _pair_bands(feature)

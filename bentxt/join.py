@@ -1,0 +1,433 @@
+"""The join of texts and imagery, in one place for preparing and for streaming.
+
+Texts are grouped by image pair (``annotations.group_by_patch``). Each sensor's
+imagery is read once, in its source's own order, and every text of a pair
+shares the pair's pixels:
+
+- **preparing** writes each sensor's pixels once into the cache's imagery
+  tables (``bentxt.imagery_table``), one pass per archive, archives in
+  parallel (``num_proc``): S1 and S2 are sorted differently, and the tables
+  keep each in its own order, so the join is index bookkeeping (pair -> row),
+  with no join buffer and no staging copy. Text rows then point at their
+  pair's rows.
+- **streaming** reads the driving sensor (S2, or S1 for ``s1-*``) front to
+  back; for ``s1s2`` from archives the S1 side is first written to an imagery
+  table in a spill folder beside the cache, then read by row.
+
+Both give the same examples in the same order: pairs in the driving sensor's
+source order, texts of a pair by ``ID``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from . import annotations as ann
+from . import readers, text
+from .bands import BandGroup
+from .config import BigEarthNetTxtConfig, NO_BOX, NO_OPTIONS, NO_POINT, TASKS
+from .imagery_table import IMAGERY_DIR, ImageryTables, ImageryWriter, PairBands
+from .layout import NAME_COLUMN, display_name
+from .raster import RasterError, stack_image
+from .sources import ImageSource
+
+logger = logging.getLogger("bigearthnet_txt")
+
+
+class MissingPatchError(ValueError):
+    """A requested image pair is not in the imagery."""
+
+
+class EmptySelectionError(ValueError):
+    """A config selects no text, or skipping left none: the message says which option did it."""
+
+
+# ----------------------------------------------------------------------------- texts
+
+
+def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc) -> ann.PatchIndex:
+    """Read, check and group the config's rows; filter values are validated against the data first."""
+    if any(v is not None for v in config.filters.values()):
+        present = ann.distinct_values(urlpath, list(ann.FILTER_COLUMNS.values()), TASKS[config.task], dlc)
+        ann.check_filter_values(config.filters, present)
+    # sorted while reading: the bulky text columns are placed straight into sorted order (< 3 GB for s1s2-all)
+    table = ann.read_selection(urlpath, config.selection(split), download_config=dlc, sort_by=config.key_column)
+    where = display_name(urlpath)
+    if not table.num_rows:
+        raise EmptySelectionError(f"{where}: config {config.name!r} selects no text: {describe_selection(config, split)}")
+    index = ann.group_by_patch(table, config.key_column)
+    ann.check_patch_pairs(index, where)
+    ann.check_pair_names(index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1])), where)
+    return index
+
+
+def describe_selection(config: BigEarthNetTxtConfig, split: Optional[str] = None) -> str:
+    parts = [f"task {config.task!r} (types {list(TASKS[config.task])})", f"splits {list((split,) if split else config.splits)}"]
+    parts += [f"{option}={list(value)}" for option, value in config.filters.items() if value is not None]
+    return "no row has " + " and ".join(parts)
+
+
+def annotation_example(config: BigEarthNetTxtConfig, columns: Mapping[str, list], j: int) -> dict:
+    """Text row ``j`` of ``columns`` as the example's per-text fields (fixed sizes: no nulls anywhere)."""
+    row_id, kind, prompt, answer = columns["ID"][j], columns["type"][j], columns["input"][j], columns["output"][j]
+    parsed = text.parse_row(kind, prompt, answer, row_id)
+    return {
+        "ID": row_id,
+        "input": text.replace_tokens(prompt, config.point_token, config.ref_token),
+        "output": answer,
+        "type": kind,
+        "category": columns["category"][j],
+        "bbox": list(parsed["bbox"] or NO_BOX),
+        "point": list(parsed["point"] or NO_POINT),
+        "options": list(parsed["options"] or NO_OPTIONS),
+    }
+
+
+def examples(config: BigEarthNetTxtConfig, rows: pa.Table, images: Mapping[str, object]) -> Iterator[Tuple[object, dict]]:
+    """One pair's examples: one per text, or one per pair with ``layout="patch"``; ``images`` are shared."""
+    columns = rows.to_pydict()
+    patch = {c: columns[c][0] for c in ann.PATCH_COLUMNS}
+    texts = [annotation_example(config, columns, j) for j in range(rows.num_rows)]
+    if config.layout == "patch":
+        yield patch[config.key_column], {**patch, "annotations": texts, **images}
+        return
+    for annotation in texts:
+        yield annotation["ID"], {**patch, **annotation, **images}
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+@dataclass
+class JoinReport:
+    """Image pairs in the texts but not the imagery (missing), the other way round, and undecodable ones."""
+
+    scope: str
+    archive_only: int = 0
+    missing: Dict[str, str] = field(default_factory=dict)  # pair key -> where it is missing
+    invalid: Dict[str, str] = field(default_factory=dict)  # patch name -> why it was skipped
+
+    def add_invalid(self, name: str, reason: str) -> None:
+        self.invalid[name] = reason
+        logger.warning("%s: skipped an image pair: %s", self.scope, reason)
+
+    def finish(self, config: BigEarthNetTxtConfig, pairs: int) -> None:
+        """Raise for missing pairs unless skipped; say what was skipped; refuse a result that skipping emptied."""
+        if self.missing and not config.skip_missing:
+            first = ", ".join(f"{k} (not in {w})" for k, w in list(self.missing.items())[:5])
+            raise MissingPatchError(
+                f"{self.scope}: {len(self.missing)} image pair(s) with texts are missing from the imagery, e.g. {first}. "
+                f"Pass skip_missing=True to skip them (they are counted in the report)."
+            )
+        logger.info(
+            "%s: %d image pair(s) joined; %d missing from the imagery%s; %d imagery patch(es) outside this selection "
+            "(other splits, filtered out, or without texts)",
+            self.scope, pairs - len(self.missing) - len(self.invalid), len(self.missing),
+            " (skipped)" if self.missing else "", self.archive_only,
+        )
+        if self.invalid:
+            logger.warning("%s: skipped %d image pair(s) with invalid band files (skip_invalid=True)", self.scope, len(self.invalid))
+        if pairs and len(self.missing) + len(self.invalid) >= pairs:
+            raise EmptySelectionError(
+                f"{self.scope}: every one of the {pairs} selected image pair(s) was skipped "
+                f"({len(self.missing)} missing from the imagery with skip_missing=True, {len(self.invalid)} with invalid "
+                f"band files with skip_invalid=True): nothing is left to load"
+            )
+
+
+# ----------------------------------------------------------------------------- imagery passes
+
+
+@dataclass(frozen=True)
+class ImageryJob:
+    """One pass that writes one imagery file: an archive front to back, or a list of names by random access."""
+
+    sensor: str
+    source: ImageSource
+    groups: Tuple[BandGroup, ...]
+    path: str
+    wanted: frozenset  # the names to keep (sequential sources)
+    names: Tuple[str, ...] = ()  # the names to read, in order (random-access sources)
+    skip_invalid: bool = False
+    dlc: object = None
+
+
+@dataclass
+class ImageryResult:
+    names: List[str]
+    archive_only: int
+    invalid: List[Tuple[str, str]]  # (patch name, reason)
+
+
+def run_imagery_job(job: ImageryJob) -> ImageryResult:
+    """Decode, check and append each wanted patch; a pass runs at the speed of its source."""
+    bands = [b for g in job.groups for b in g.bands]
+    writer = ImageryWriter(job.path, job.groups)
+    result = ImageryResult([], 0, [])
+    reader = None
+    try:
+        if job.source.sequential:
+            patches = job.source.patches(job.sensor, bands, job.dlc)
+        else:
+            reader = job.source.open_reader({job.sensor: tuple(bands)})
+            patches = ((name, reader.read(job.sensor, name)) for name in job.names)
+        for name, data in patches:
+            if job.source.sequential and name not in job.wanted:
+                result.archive_only += 1
+                continue
+            if data is None:  # not in a random-access source: reported as missing by the caller
+                continue
+            try:
+                arrays = readers.decode_patch(data, bands, name, job.source.name)
+            except RasterError as err:
+                if not job.skip_invalid:
+                    raise
+                result.invalid.append((name, str(err)))
+                continue
+            writer.add(name, arrays)
+            result.names.append(name)
+    finally:
+        writer.close()
+        if reader is not None:
+            reader.close()
+    return result
+
+
+def imagery_jobs(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
+                 directory: str, num_proc: int, dlc) -> List[ImageryJob]:
+    """Per sensor: one job per archive, or ``num_proc`` chunks of names for random-access sources."""
+    jobs = []
+    for sensor in config.sensors:
+        source, groups = files[sensor], config.stored_groups(sensor)
+        if source.sequential:
+            parts = [source] if not hasattr(source, "archives") else [type(source)(p) for p in source.archives]
+            chunks = [(part, ()) for part in parts]
+        else:
+            ordered = sorted(names[sensor])
+            chunks = [(source, tuple(c)) for c in np.array_split(np.array(ordered, dtype=object), max(1, num_proc)) if len(c)]
+        wanted = frozenset(names[sensor]) if source.sequential else frozenset()
+        for k, (part, chunk) in enumerate(chunks):
+            path = os.path.join(directory, f"{sensor}-{k:05d}.arrow")
+            jobs.append(ImageryJob(sensor, part, groups, path, wanted, chunk, config.skip_invalid, dlc))
+    return jobs
+
+
+def run_jobs(jobs: Sequence[ImageryJob], num_proc: int) -> List[ImageryResult]:
+    """In this process, or ``num_proc`` forked workers (S1 and S2 archives then decompress at the same time)."""
+    if num_proc <= 1 or len(jobs) <= 1:
+        return [run_imagery_job(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=context) as pool:
+        return list(pool.map(run_imagery_job, jobs))
+
+
+def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
+                  root: str, num_proc: int, dlc, report: JoinReport) -> Dict[str, np.ndarray]:
+    """Write the imagery tables under ``root/imagery``; returns per sensor each name's row (-1: not written)."""
+    directory = os.path.join(root, IMAGERY_DIR)
+    os.makedirs(directory, exist_ok=True)
+    jobs = imagery_jobs(config, files, names, directory, num_proc, dlc)
+    results = run_jobs(jobs, num_proc)
+    rows: Dict[str, np.ndarray] = {}
+    for sensor in config.sensors:
+        written = [name for job, result in zip(jobs, results) if job.sensor == sensor for name in result.names]
+        position = {name: row for row, name in enumerate(written)}
+        rows[sensor] = np.array([position.get(name, -1) for name in names[sensor]], dtype=np.int64)
+    for job, result in zip(jobs, results):
+        report.archive_only += result.archive_only if job.sensor == config.key_sensor else 0
+        for name, reason in result.invalid:
+            report.add_invalid(name, reason)
+    return rows
+
+
+# ----------------------------------------------------------------------------- preparing
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What the text writers need: the selected rows (an Arrow file), pair ranges, each pair's imagery rows."""
+
+    texts: str
+    starts: np.ndarray
+    rows: Dict[str, np.ndarray]
+    shards: Dict[str, List[np.ndarray]]  # split -> pair indices per writer shard, in output order
+    examples: Dict[str, int]
+
+
+def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: str, num_proc: int, dlc) -> CachePlan:
+    """Read the texts, write the imagery tables, and order each split's pairs like streaming does."""
+    index = select_annotations(config, files["annotations"], None, dlc)
+    pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
+    report = JoinReport(f"config {config.name}")
+    rows = write_imagery(config, files, pair_names, root, num_proc, dlc, report)
+    present = np.ones(len(index), dtype=bool)
+    for sensor in config.sensors:
+        absent = rows[sensor] < 0
+        for i in np.flatnonzero(absent & present):
+            name = pair_names[sensor][i]
+            if name not in report.invalid:
+                report.missing[index.keys[i]] = files[sensor].name
+        present &= ~absent
+    report.finish(config, len(index))
+
+    texts = os.path.join(root, ".texts.arrow")  # removed when preparing ends (bigearthnet_txt.py)
+    with pa.OSFile(texts, "wb") as sink, pa.ipc.new_file(sink, index.table.schema) as writer:
+        writer.write_table(index.table)
+    pair_split = np.array(index.first("split"), dtype=object)
+    per_pair = np.diff(index.starts) if config.layout == "annotation" else np.ones(len(index), dtype=np.int64)
+    shards, counts = {}, {}
+    for split in config.splits:
+        members = np.flatnonzero(present & (pair_split == split))
+        if not len(members):  # datasets cannot load a split with no data: leave it out, and say so
+            logger.info("config %s: split %s has no rows in this selection and is left out", config.name, split)
+            continue
+        ordered = members[np.argsort(rows[config.key_sensor][members], kind="stable")]
+        shards[split] = [part for part in np.array_split(ordered, max(1, min(num_proc, len(ordered)))) if len(part)]
+        counts[split] = int(per_pair[ordered].sum())
+    return CachePlan(texts, index.starts, rows, shards, counts)
+
+
+def image_references(config: BigEarthNetTxtConfig, features) -> List[str]:
+    return [name for name, feature in features.items() if isinstance(feature, PairBands)]
+
+
+def cached_examples(config: BigEarthNetTxtConfig, texts: str, starts: np.ndarray, rows: Mapping[str, np.ndarray],
+                    pairs: Sequence[int], image_columns: Sequence[str]) -> Iterator[Tuple[object, dict]]:
+    """Examples of one writer shard: texts from the selection file, pixels as references to the imagery rows."""
+    with pa.memory_map(texts) as source:
+        table = pa.ipc.open_file(source).read_all()
+        for i in pairs:
+            reference = {"s1": None, "s2": None, "bytes": None}
+            for sensor, sensor_rows in rows.items():
+                reference[sensor] = int(sensor_rows[i])
+            images = {column: reference for column in image_columns}
+            yield from examples(config, table.slice(int(starts[i]), int(starts[i + 1] - starts[i])), images)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def stream_images(config: BigEarthNetTxtConfig, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A pair's decoded bands as the streamed example's image columns (the values ``PairBands`` decodes to)."""
+    if config.image_bands is not None:
+        return {"image": stack_image(arrays, config.image_bands, config.img_size, config.resample)}
+    from .bands import groups_for_sensors
+
+    return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(config.sensors)}
+
+
+def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object], split: str, dlc,
+                      spill_dir: str) -> Iterator[Tuple[object, dict]]:
+    """Stream one split in the driving sensor's order, reading each patch once.
+
+    The other sensor of an ``s1s2`` config is read by patch: from its reader
+    (folders, LMDB), or, for an archive, from an imagery table written first
+    into ``spill_dir`` (the two archives are sorted differently, and a merge
+    would have to buffer nearly all of one). Memory: the text index plus the
+    spilled names; disk: ~116 kB per S1 patch of the split, removed at the end.
+    """
+    index = select_annotations(config, files["annotations"], split, dlc)
+    report = JoinReport(f"split {split}")
+    key = config.key_sensor
+    wanted = config.wanted_bands()
+    pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
+    sides: Dict[str, object] = {}
+    try:
+        for sensor in config.sensors:
+            if sensor == key:
+                continue
+            if files[sensor].sequential:
+                spilled = JoinReport(report.scope)  # its archive-only count is not the split's
+                rows = write_imagery(_only(config, sensor), files, pair_names, spill_dir, 1, dlc, spilled)[sensor]
+                report.invalid.update(spilled.invalid)
+                sides[sensor] = _TableSide(ImageryTables(spill_dir), config.stored_groups(sensor), dict(zip(pair_names[sensor], rows)))
+            else:
+                sides[sensor] = files[sensor].open_reader(wanted)
+        driving = files[key]
+        reader = None if driving.sequential else driving.open_reader(wanted)
+        sides_closable = [reader] if reader is not None else []
+        try:
+            seen = np.zeros(len(index), dtype=bool)
+            position = index.position()
+            if driving.sequential:
+                patches = driving.patches(key, wanted[key], dlc)
+            else:
+                patches = ((name, reader.read(key, name)) for name in index.keys)
+            for name, data in patches:
+                i = position.get(name)
+                if i is None:
+                    report.archive_only += 1
+                    continue
+                if data is None:
+                    continue
+                seen[i] = True
+                arrays = _decode_pair(config, files, sides, {s: pair_names[s][i] for s in config.sensors}, key, data, report)
+                if arrays is not None:
+                    yield from examples(config, index.rows(i), stream_images(config, arrays))
+            for i in np.flatnonzero(~seen):
+                report.missing.setdefault(index.keys[i], driving.name)
+        finally:
+            for closable in sides_closable:
+                closable.close()
+        report.finish(config, len(index))
+    finally:
+        for side in sides.values():
+            side.close()
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _only(config: BigEarthNetTxtConfig, sensor: str) -> BigEarthNetTxtConfig:
+    """The same config reading one sensor (for writing that sensor's spill table)."""
+    import copy
+
+    one = copy.copy(config)
+    one.sensor = sensor
+    return one
+
+
+class _TableSide:
+    """A spilled sensor: its imagery table, read by the pair's row."""
+
+    def __init__(self, tables: ImageryTables, groups: Sequence[BandGroup], rows: Dict[str, int]):
+        self.tables, self.groups, self.rows = tables, groups, rows
+
+    def read(self, sensor: str, name: str):
+        row = self.rows.get(name, -1)
+        if row < 0:
+            return None
+        return {b: self.tables.take(sensor, g, row)[k] for g in self.groups for k, b in enumerate(g.bands)}
+
+    def close(self) -> None:
+        pass
+
+
+def _decode_pair(config, files, sides, names, key, data, report) -> Optional[Dict[str, np.ndarray]]:
+    """Both sensors' wanted bands of one pair; None (and counted) when missing or skipped as invalid."""
+    wanted = config.wanted_bands()
+    try:
+        arrays = readers.decode_patch(data, wanted[key], names[key], files[key].name)
+        for sensor, side in sides.items():
+            other = side.read(sensor, names[sensor])
+            if other is None:
+                if names[sensor] in report.invalid:  # skipped while spilling, already counted
+                    return None
+                report.missing[names[config.key_sensor]] = files[sensor].name
+                return None
+            arrays.update(readers.decode_patch(other, wanted[sensor], names[sensor], files[sensor].name))
+    except RasterError as err:
+        if not config.skip_invalid:
+            raise
+        report.add_invalid(names[key], str(err))
+        return None
+    return arrays
