@@ -3,7 +3,8 @@
     python examples/train_one_step.py [--cache-dir DIR] [--num-workers 2] [--batch-size 8]
 
 What it shows, end to end and without network:
-1. prepare ``s2-binary`` from the embedded synthetic sample (``bentxt/sample``);
+1. ``load_dataset("bigearthnet_txt", "s2-binary", data_dir=<the embedded synthetic sample>)``
+   (``bentxt/sample``; prepared once into the datasets cache, or ``--cache-dir``);
 2. ``with_transform``: a text-consistent random flip / rotation
    (``GeometricAugment``, binary rows are orientation free) then the
    publisher's per-band normalisation (``Normalize``), run inside the workers;
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 
+import datasets
 import torch
 from torch import nn
 
-import bigearthnet_txt as bt
+import bigearthnet_txt  # noqa: F401  (registers the name "bigearthnet_txt" with datasets)
 from bentxt.cli import sample_dir
 from bentxt.collate import collate
 from bentxt.transforms import GeometricAugment, Normalize
@@ -57,7 +58,7 @@ class TinyYesNo(nn.Module):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--cache-dir", default=None, help="default: the datasets cache (HF_DATASETS_CACHE)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,9 +66,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    builder = bt.BigEarthNetTxt(config_name="s2-binary", data_dir=sample_dir(), cache_dir=args.cache_dir or tempfile.mkdtemp())
-    builder.download_and_prepare()
-    train = builder.as_dataset(split="train").with_transform(AugmentThenNormalize(args.seed))
+    train = datasets.load_dataset("bigearthnet_txt", "s2-binary", data_dir=sample_dir(), cache_dir=args.cache_dir, split="train")
+    train = train.with_transform(AugmentThenNormalize(args.seed))
 
     loader = torch.utils.data.DataLoader(
         train,
