@@ -9,11 +9,13 @@ quicklook code (``bentxt.preview``), so both always look the same. Both panels a
 top-left, the release's convention), so the grounding box ``[x0, y0, x1, y1]``
 and the point ``[x, y]`` are drawn as stored, whatever the band's pixel size.
 The question and the answer (the MCQ answer with its option text) are the title.
+A NaN-filled ``bbox``/``point`` (the builder's "none" for rows of other types)
+is not drawn, and neither is a ``category`` of ``"None"`` (captions) shown.
 
 Works with the native band groups (``s2_10m``, ``s1``), with a resampled
 ``image`` (pass its ``bands``), and with normalised arrays (the stretch is per
-channel). Examples may hold numpy arrays or the nested lists of the python
-format. In the patch layout pass ``annotation=`` (an index into
+channel). Examples may come in any format: numpy arrays (the default and
+``numpy`` formats), torch tensors, or nested lists (a streamed export). In the patch layout pass ``annotation=`` (an index into
 ``example["annotations"]``) to pick the text.
 
 The figure is a bare ``matplotlib.figure.Figure`` (no pyplot state): save it
@@ -29,7 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .bands import NODATA, resolve_bands
-from .preview import QUICKLOOK_BANDS, band_planes, stretch
+from .preview import QUICKLOOK_BANDS, band_planes, mark, stretch
 
 __all__ = ["plot", "true_colour", "sar_false_colour"]
 
@@ -69,9 +71,20 @@ def _text_of(example: Mapping[str, Any], annotation: Optional[int]) -> Mapping[s
 def _answer(row: Mapping[str, Any]) -> str:
     answer = str(row.get("output") or "")
     options = row.get("options")
-    if row.get("type") == "mcq" and options and answer in "abcd" and len(answer) == 1:
-        answer = f"{answer}) {options['abcd'.index(answer)]}"
+    options = [] if options is None else [str(o) for o in options]  # a list, or a numpy array of strings
+    if str(row.get("type")) == "mcq" and len(answer) == 1 and answer in "abcd" and len(options) == 4:
+        option = options["abcd".index(answer)]
+        if option:
+            answer = f"{answer}) {option}"
     return answer
+
+
+def _label(value: Any) -> Optional[str]:
+    """A type/category for the title; None for empty values and the captions' literal category "None"."""
+    if value is None:
+        return None
+    value = str(value)
+    return None if value in ("", "None") else value
 
 
 def _title(example: Mapping[str, Any], row: Mapping[str, Any], width: int, max_chars: int) -> str:
@@ -79,8 +92,8 @@ def _title(example: Mapping[str, Any], row: Mapping[str, Any], width: int, max_c
         return s if len(s) <= max_chars else s[: max_chars - 3].rstrip() + "..."
 
     lines = []
-    what = " / ".join(str(v) for v in (row.get("type"), row.get("category")) if v)
-    head = " | ".join(str(v) for v in (example.get("patch_id"), example.get("split"), what) if v)
+    what = " / ".join(v for v in (_label(row.get("type")), _label(row.get("category"))) if v)
+    head = " | ".join(v for v in (_label(example.get("patch_id")), _label(example.get("split")), what) if v)
     if head:
         lines.append(textwrap.fill(head, width, break_long_words=False))
     if row.get("input"):
@@ -131,8 +144,8 @@ def plot(
     height = panel_size + 0.3 + 0.17 * (title.count("\n") + 1)
     fig = Figure(figsize=(panel_size * len(panels), height), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    box = row.get("bbox")
-    point = row.get("point")
+    box = mark(row.get("bbox"))  # None where the row has no box (NaN-filled)
+    point = mark(row.get("point"))
     for ax, (name, picture) in zip(axes, panels):
         ax.imshow(picture, extent=(0.0, 1.0, 1.0, 0.0), interpolation="nearest")
         ax.set_xlim(0.0, 1.0)
@@ -142,10 +155,10 @@ def plot(
         ax.set_ylabel("y (row fraction)", fontsize=8)
         ax.tick_params(labelsize=7)
         if box is not None:
-            x0, y0, x1, y1 = (float(v) for v in box)
+            x0, y0, x1, y1 = box
             # clip_on=False: an edge on the image border (0 or 1, common) is drawn whole, not halved by the axes
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=box_color, linewidth=2, clip_on=False))
         if point is not None:
-            ax.plot([float(point[0])], [float(point[1])], marker="+", markersize=14, markeredgewidth=2.5, color=point_color)
+            ax.plot([point[0]], [point[1]], marker="+", markersize=14, markeredgewidth=2.5, color=point_color)
     fig.suptitle(title, fontsize=9)
     return fig

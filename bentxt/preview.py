@@ -2,7 +2,9 @@
 
 The viewer renders ``Array3D`` cells as truncated nested number lists, never as
 pictures (hf-datasets-notes section 4), so the export adds one small PNG per
-row. The bands come from ``bentxt.bands``:
+image pair to its ``-imagery`` config (and, with ``inline_pixels=True``, one
+per text row with the row's box and point drawn). The bands come from
+``bentxt.bands``:
 
 - S2 (``s2`` and ``s1s2`` configs): true colour, R/G/B = ``BAND_COMBINATIONS["RGB"]``
   (B04/B03/B02).
@@ -122,6 +124,21 @@ def base_quicklook(
     return Image.fromarray(rgb)  # (H, W, 3) uint8 -> RGB
 
 
+def mark(value: object) -> Optional[Tuple[float, ...]]:
+    """A box or point as a tuple of floats, or None where the row has none.
+
+    Rows without a box/point carry NaN-filled values (``config.NO_BOX`` /
+    ``NO_POINT``, never null); None (older rows, hand-made examples) counts as
+    absent too. Lists, numpy arrays and torch tensors are accepted.
+    """
+    if value is None:
+        return None
+    values = np.asarray(value, dtype=np.float64).reshape(-1)
+    if values.size == 0 or not np.isfinite(values).all():
+        return None
+    return tuple(float(v) for v in values)
+
+
 def box_pixels(bbox: Sequence[float], width: int, height: int) -> Tuple[int, int, int, int]:
     """Inclusive pixel bounds (left, top, right, bottom) of a 0-1 box at a picture size.
 
@@ -146,9 +163,10 @@ def point_pixel(point: Sequence[float], width: int, height: int) -> Tuple[int, i
 def annotate(
     image: Image.Image, bbox: Optional[Sequence[float]] = None, point: Optional[Sequence[float]] = None
 ) -> Image.Image:
-    """A copy with the box outline (1 px) and the point's cross drawn on it."""
+    """A copy with the box outline (1 px) and the point's cross drawn on it; NaN-filled (absent) marks are not drawn."""
     image = image.copy()
     draw = ImageDraw.Draw(image)
+    bbox, point = mark(bbox), mark(point)
     if bbox is not None:
         draw.rectangle(box_pixels(bbox, *image.size), outline=BOX_COLOUR, width=1)
     if point is not None:
@@ -163,6 +181,8 @@ def quicklook(
 ) -> Image.Image:
     """uint8 RGB picture of an example's patch, with its ``bbox``/``point`` (grounding rows) drawn on it.
 
+    A NaN-filled box or point (rows of other types) is absent: nothing is drawn.
+
     ``sensor`` is ``"s2"`` (true colour) or ``"s1"`` (VV/VH false colour); a
     config's ``"s1s2"`` maps to ``"s2"``. ``image_bands`` is the band order of an
     ``image`` stack (configs with ``bands=``); native groups need none.
@@ -174,7 +194,7 @@ def quicklook(
 def to_png(image: Image.Image) -> bytes:
     """Palette PNG bytes of a quicklook, ~2x smaller than RGB.
 
-    Every row stores its picture (Parquet cannot share cells), so size counts:
+    Every row of an export stores its picture (Parquet cannot share cells), so size counts:
     on noisy synthetic patches an RGB PNG at 240 px is ~47 kB, a 256-colour
     one ~25 kB (real scenes compress better). The scene is quantised to the
     free palette entries; box and point pixels get reserved entries, so the

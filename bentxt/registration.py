@@ -34,6 +34,7 @@ def register() -> None:
     """Idempotent; runs on ``import bigearthnet_txt``."""
     import datasets
     import datasets.load as load
+    from datasets.data_files import DataFilesDict
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     major = int(datasets.__version__.split(".")[0])
@@ -54,7 +55,9 @@ def register() -> None:
         if self.name != NAME:
             return original(self)
         module_path, module_hash = _PACKAGED_DATASETS_MODULES[NAME]
-        kwargs = {"dataset_name": NAME, "data_files": self.data_files, "data_dir": self.data_dir}
+        # an empty file list, not None: datasets 5.2 indexes the module's builder_configs when data_files is None
+        data_files = self.data_files if self.data_files is not None else DataFilesDict()
+        kwargs = {"dataset_name": NAME, "data_files": data_files, "data_dir": self.data_dir}
         return load.DatasetModule(module_path, module_hash, kwargs)
 
     get_module._bigearthnet_txt = True
@@ -112,3 +115,17 @@ def code_hash() -> str:
     for name in cache_modules():
         lines += inspect.getsource(importlib.import_module(name)).splitlines()
     return _hash_python_lines(lines)
+
+
+def builder_for(config: str, **kwargs):
+    """The builder ``load_dataset(NAME, config, **kwargs)`` uses, so the CLI and the export share its cache folder.
+
+    Where registration is unavailable (another ``datasets`` major), the class itself (same folder too).
+    """
+    import datasets
+
+    try:
+        register()
+    except ImportError:
+        return importlib.import_module(NAME).BigEarthNetTxt(config_name=config, **kwargs)
+    return datasets.load_dataset_builder(NAME, config, **kwargs)

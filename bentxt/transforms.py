@@ -3,9 +3,16 @@
 Both work on one example (``ds.map(f)``, a plain call) and on a batch
 (``ds.with_transform(f)``: a dict of columns, each a list of B values, as
 ``datasets`` hands to a transform), in the annotation layout (one text per
-example) and the patch layout (``annotations`` list per example). Image arrays
-may be numpy arrays or the nested lists of the ``python`` format; they are
-returned as numpy arrays (native groups keep their dtype, see below).
+example) and the patch layout (``annotations`` list per example), in every
+format of a prepared or streamed dataset: python (images are numpy arrays, or
+nested lists in a streamed export), ``numpy`` (a batch is one array per
+column) and ``torch`` (tensors). Values come back in the container they came
+in: numpy arrays stay numpy (native groups keep their dtype), tensors stay
+tensors, nested lists become numpy arrays.
+
+Rows without a box or point carry NaN-filled ``bbox``/``point`` (the builder's
+``NO_BOX``/``NO_POINT``, never null): they are treated as absent, so a NaN box
+stays NaN under every op (``None`` is accepted as absent too).
 
 Normalisation
 -------------
@@ -134,14 +141,46 @@ def band_stats(bands: Union[str, Sequence[str]]) -> Tuple[np.ndarray, np.ndarray
     return (np.array([MEAN[b] for b in names], dtype=np.float32), np.array([STD[b] for b in names], dtype=np.float32))
 
 
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "numpy")
+
+
 def _as_array(value: Any, key: str) -> np.ndarray:
     """An image value (numpy array, torch tensor or nested lists) as numpy, in the feature's dtype for lists."""
     if isinstance(value, np.ndarray):
         return value
-    if hasattr(value, "numpy") and hasattr(value, "detach"):  # torch tensor
+    if _is_tensor(value):
         return value.detach().cpu().numpy()
     dtype = _GROUP_DTYPE.get(key, np.dtype(np.float32))
     return np.asarray(value, dtype=dtype)
+
+
+def _like(array: np.ndarray, original: Any) -> Any:
+    """``array`` in the container ``original`` came in: a tensor for a tensor, numpy otherwise."""
+    if _is_tensor(original):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(original.device)
+    return array
+
+
+def _present(value: Any) -> bool:
+    """Whether a box/point is there: None and NaN-filled values (the builder's "none") are absent."""
+    if value is None:
+        return False
+    values = np.asarray(value.detach().cpu() if _is_tensor(value) else value, dtype=np.float64)
+    return values.size > 0 and bool(np.isfinite(values).all())
+
+
+def _coords_like(values: List[float], original: Any) -> Any:
+    """New box/point coordinates in the container (and float dtype) of the original value."""
+    if isinstance(original, np.ndarray):
+        return np.asarray(values, dtype=original.dtype)
+    if _is_tensor(original):
+        import torch
+
+        return torch.tensor(values, dtype=original.dtype, device=original.device)
+    return values
 
 
 class Normalize:
@@ -170,14 +209,21 @@ class Normalize:
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         out = dict(batch)
         for key in IMAGE_KEYS:
-            if key not in batch:
+            if key not in batch or batch[key] is None:
                 continue
+            value = batch[key]
             mean, std = self.stats(key)
-            array = np.asarray(_as_array(batch[key], key) if not isinstance(batch[key], list) else
-                               [_as_array(v, key) for v in batch[key]], dtype=np.float32)
+            if isinstance(value, (list, tuple)):
+                array = np.stack([_as_array(v, key) for v in value]).astype(np.float32, copy=False) if value else None
+                if array is None:
+                    continue
+            else:
+                array = _as_array(value, key).astype(np.float32, copy=False)
             if array.ndim not in (3, 4) or array.shape[-3] != len(mean):
                 raise ValueError(f"{key}: expected (C, H, W) or (B, C, H, W) with C={len(mean)}, got shape {array.shape}")
-            out[key] = (array - mean[:, None, None]) / std[:, None, None]
+            normalised = (array - mean[:, None, None]) / std[:, None, None]
+            first = value[0] if isinstance(value, (list, tuple)) else value
+            out[key] = _like(normalised, first)
         return out
 
     def __repr__(self) -> str:
@@ -228,8 +274,10 @@ def _op(name: str) -> _Op:
 def transform_image(array: Any, op: str) -> np.ndarray:
     """Apply ``op`` to the last two axes (row, column) of an array (C, H, W), (B, C, H, W) or (H, W).
 
-    Returns a contiguous copy in the input's dtype.
+    Returns a contiguous copy in the input's dtype (a tensor for a tensor).
     """
+    if _is_tensor(array):
+        return _like(transform_image(array.detach().cpu().numpy(), op), array)
     o = _op(op)
     a = np.asarray(array)
     if a.ndim < 2:
@@ -296,37 +344,41 @@ class OrientationTextError(ValueError):
 
 def orientation_text(annotation: Mapping[str, Any]) -> Optional[str]:
     """Why this row's text depends on orientation in a way the augmentation cannot rewrite; None if it does not."""
-    kind = annotation.get("type")
-    category = annotation.get("category")
-    prompt = annotation.get("input") or ""
+    kind, category = (None if v is None else str(v) for v in (annotation.get("type"), annotation.get("category")))
+    prompt = str(annotation.get("input") or "")
     if kind in ("binary", "mcq"):
         if category in ORIENTATION_FREE_CATEGORIES:
             return None
         return f"{kind} category {category!r} depends on orientation"
     if kind == "captioning":
-        m = DIRECTION_RE.search(annotation.get("output") or "") or DIRECTION_RE.search(prompt)
+        m = DIRECTION_RE.search(str(annotation.get("output") or "")) or DIRECTION_RE.search(prompt)
         return None if m is None else f"caption mentions the direction {m[0]!r}"
     if kind == "bounding box":
         m = DIRECTION_RE.search(_POINT_TAG_RE.sub(" ", prompt))
         if m is not None:
             return f"grounding prompt mentions the direction {m[0]!r}"
-        if annotation.get("point") is not None and (prompt.count("<point>") != 1 or prompt.count("</point>") != 1):
+        if _present(annotation.get("point")) and (prompt.count("<point>") != 1 or prompt.count("</point>") != 1):
             return "the point is not in one <point>(x, y)</point> tag (tags replaced?), so it cannot be rewritten"
         return None
     return f"unknown type {kind!r}"
 
 
 def _rewrite(annotation: Mapping[str, Any], op: str) -> Dict[str, Any]:
-    """The text fields of one annotation after ``op`` (caller checked ``orientation_text``)."""
+    """The text fields of one annotation after ``op`` (caller checked ``orientation_text``).
+
+    An absent box or point (None or NaN-filled) is left as it is.
+    """
     out = dict(annotation)
-    if out.get("bbox") is not None:
-        out["bbox"] = transform_bbox(out["bbox"], op)
+    if _present(out.get("bbox")):
+        box = transform_bbox([float(v) for v in out["bbox"]], op)
         if out.get("type") == "bounding box" and "output" in out:
-            out["output"] = text.format_bbox(out["bbox"])
-    if out.get("point") is not None:
-        out["point"] = transform_point(out["point"], op)
+            out["output"] = text.format_bbox(box)
+        out["bbox"] = _coords_like(box, out["bbox"])
+    if _present(out.get("point")):
+        point = transform_point([float(v) for v in out["point"]], op)
         if "input" in out:
-            out["input"] = text.replace_point(out["input"], out["point"])
+            out["input"] = text.replace_point(str(out["input"]), point)
+        out["point"] = _coords_like(point, out["point"])
     return out
 
 
@@ -335,14 +387,16 @@ def apply_op(example: Mapping[str, Any], op: str, on_orientation_text: str = "ra
 
     The op applied is ``"identity"`` when the example was passed through
     under ``on_orientation_text="skip"`` (or ``"drop"`` in the annotation layout).
-    Image values come back as numpy arrays in every case (nested lists are
-    read in the feature's dtype); the input example is not modified.
+    Image values come back as numpy arrays (nested lists are read in the
+    feature's dtype), or as tensors when they were tensors; the input example
+    is not modified.
     """
     out, applied = _apply_text(example, op, on_orientation_text)
     for key in IMAGE_KEYS:
         if out.get(key) is not None:
-            array = _as_array(out[key], key)
-            out[key] = array if applied == "identity" else transform_image(array, applied)
+            value = out[key]
+            array = _as_array(value, key)
+            out[key] = _like(array if applied == "identity" else transform_image(array, applied), value)
     return out, applied
 
 
@@ -384,16 +438,55 @@ def _check_policy(policy: str) -> None:
         raise ValueError(f"on_orientation_text={policy!r}; choose one of {list(_POLICIES)}")
 
 
+def _ndim(value: Any) -> int:
+    """Axes of a value: arrays and tensors say so; a list counts one; a scalar or string none."""
+    if hasattr(value, "ndim"):
+        return int(value.ndim)
+    return 1 if isinstance(value, (list, tuple)) else 0
+
+
 def _is_batch(d: Mapping[str, Any]) -> bool:
-    """A ``with_transform`` batch has a list in every column; one example has scalars / one array."""
+    """A batch has B values per column (a list, a 1-D array or tensor); one example has scalars / one image."""
     for key in ("ID", "patch_id", "s1_name", "input", "split"):
         if key in d:
-            return isinstance(d[key], (list, tuple, np.ndarray))
+            return _ndim(d[key]) >= 1
     for key in IMAGE_KEYS:
         if key in d:
             v = d[key]
-            return isinstance(v, list) and len(v) > 0 and np.ndim(v[0]) == 3 or np.ndim(v) == 4
+            if isinstance(v, (list, tuple)):
+                return len(v) > 0 and _ndim(v[0]) == 3 or np.ndim(v) == 4
+            return _ndim(v) == 4
     raise ValueError("cannot tell an example from a batch: no ID, patch_id, input or image column")
+
+
+def _key_value(value: Any) -> Any:
+    """A key column's value as a plain Python value (numpy scalars and 0-d tensors too), so ops match across formats."""
+    if hasattr(value, "item") and _ndim(value) == 0:
+        value = value.item()
+    return str(value) if isinstance(value, (str, np.str_)) else value
+
+
+def _column_like(values: List[Any], original: Any) -> Any:
+    """A batch column rebuilt in the container the input column had (list, numpy array, tensor)."""
+    if isinstance(original, np.ndarray):
+        if original.dtype.kind in "US":  # strings: a rewritten text may be longer than the input's width
+            return np.array([str(v) for v in values]) if values else original[:0]
+        if _is_tensor(values[0]) if values else False:
+            values = [v.detach().cpu().numpy() for v in values]
+        try:
+            return np.stack([np.asarray(v) for v in values]).astype(original.dtype, copy=False) if values else original[:0]
+        except ValueError:  # ragged (e.g. the patch layout's lists): keep a list
+            return values
+    if _is_tensor(original):
+        import torch
+
+        if values and all(_is_tensor(v) for v in values):
+            return torch.stack(values).to(original.dtype)
+        try:
+            return torch.as_tensor(np.stack([np.asarray(v) for v in values])).to(original.dtype) if values else original[:0]
+        except (ValueError, TypeError):
+            return values
+    return values
 
 
 class GeometricAugment:
@@ -435,7 +528,8 @@ class GeometricAugment:
         """The op this example gets: a hash of (seed, epoch, ID or patch_id); a seeded draw if it has neither."""
         for key in ("ID", "patch_id", "s1_name"):
             if example.get(key) is not None:
-                digest = hashlib.blake2b(f"{self.seed}|{self.epoch}|{key}={example[key]}".encode(), digest_size=8).digest()
+                value = _key_value(example[key])
+                digest = hashlib.blake2b(f"{self.seed}|{self.epoch}|{key}={value}".encode(), digest_size=8).digest()
                 return self.ops[int.from_bytes(digest, "little") % len(self.ops)]
         return self.ops[int(self._rng.integers(len(self.ops)))]
 
@@ -453,9 +547,11 @@ class GeometricAugment:
         n = len(batch[keys[0]])
         rows = [self.apply({k: batch[k][i] for k in keys}) for i in range(n)]
         out: Dict[str, Any] = {k: [r[k] for r in rows] for k in rows[0]} if rows else {k: [] for k in keys}
-        for key in IMAGE_KEYS:
-            if key in out and out[key] and all(v is not None for v in out[key]):
-                out[key] = np.stack(out[key])
+        for key, values in out.items():
+            if key in batch and not isinstance(batch[key], (list, tuple)):
+                out[key] = _column_like(values, batch[key])  # numpy / torch batches keep their containers
+            elif key in IMAGE_KEYS and values and all(v is not None for v in values):
+                out[key] = np.stack(values)  # python batches: one (B, C, H, W) array
         return out
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""The Parquet export: files, card, round trip through load_dataset (map-style and streaming), previews, sharding."""
+"""The Parquet export: a texts config + an ``-imagery`` config per exported config (pixels once per pair), the card,
+round trips through load_dataset (map-style and streaming) and iter_examples, previews, sharding, viewer limits."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,24 +24,43 @@ from PIL import Image
 
 import bigearthnet_txt as bt
 from bentxt import export as ex
-from bentxt import preview
+from bentxt import annotations as ann
+from bentxt import preview, readers
 from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS
+from bentxt.config import features_for
+from bentxt.imagery_table import PairBands, array3d
 from make_fixtures import REAL_PATCH_ID, make_fixture
-from test_builder import prepare
 
 CONFIGS = ("s1s2-vqa", "s2-grounding", "s1-captioning")
+IMAGERY = ex.IMAGERY_SUFFIX
 SHARD = re.compile(r"^(train|validation|test|bench)-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def prepare(config, fixture, cache, **kwargs):
+    """The builder's prepared DatasetDict (the class; the same cache folder as load_dataset and export())."""
+    builder = bt.BigEarthNetTxt(config_name=config, data_dir=str(fixture.root), cache_dir=str(cache), **kwargs)
+    builder.download_and_prepare()
+    return builder, builder.as_dataset()
 
 
 @pytest.fixture(scope="module")
 def exported(fixture_data, tmp_path_factory):
-    """The three configs exported into one folder with export(), and the builder's prepared DatasetDicts."""
+    """The three configs exported into one folder with export(), the builders and their prepared DatasetDicts."""
     root = tmp_path_factory.mktemp("export")
     cache = tmp_path_factory.mktemp("export-cache")
     for config in CONFIGS:
         assert ex.export(config, root, data_dir=str(fixture_data.root), cache_dir=str(cache), progress=False) == root
-    prepared = {config: prepare(config, fixture_data, cache)[1] for config in CONFIGS}  # the same cache: no new work
-    return root, prepared
+    built = {config: prepare(config, fixture_data, cache) for config in CONFIGS}  # the same cache: no new work
+    return root, {c: ds for c, (_, ds) in built.items()}, {c: b for c, (b, _) in built.items()}
+
+
+@pytest.fixture(scope="module")
+def inline(exported, tmp_path_factory):
+    """s2-grounding exported the old way: pixels and a marked preview in every text row."""
+    _, prepared, _ = exported
+    root = tmp_path_factory.mktemp("export-inline")
+    ex.export_dataset(prepared["s2-grounding"], root, "s2-grounding", inline_pixels=True, progress=False)
+    return root
 
 
 def load(root: Path, config: str, tmp_path: Path, **kwargs):
@@ -50,181 +71,337 @@ def files_of(root: Path, config: str):
     return sorted((root / "data" / config).iterdir())
 
 
+def card(root: Path) -> dict:
+    return yaml.safe_load((root / "README.md").read_text().split("---\n")[1])
+
+
+def image_columns(part: datasets.Dataset):
+    return [k for k, f in part.features.items() if isinstance(f, PairBands)]
+
+
+def texts_of(part: datasets.Dataset) -> datasets.Dataset:
+    return part.remove_columns(image_columns(part))
+
+
+def pair_rows(part: datasets.Dataset) -> list:
+    """Row index of each pair's first text, in the dataset's (the export's) pair order."""
+    ids = part["patch_id"]
+    return [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
+
+
+def same(a, b) -> bool:
+    """Equality where NaN equals NaN (rows without a box hold NaN-filled ``bbox``/``point``), arrays exactly."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def assert_same_rows(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.keys() == w.keys(), i
+        for key in w:
+            assert same(g[key], w[key]), (i, key, g[key], w[key])
+
+
 # ----------------------------------------------------------------------------- files and card
 
 
-def test_card_lists_every_config_once_with_one_default(exported):
-    root, prepared = exported
-    text = (root / "README.md").read_text()
-    meta = yaml.safe_load(text.split("---\n")[1])
-    assert [c["config_name"] for c in meta["configs"]] == list(CONFIGS)
+def test_card_lists_texts_and_imagery_configs_with_one_default(exported):
+    root, prepared, _ = exported
+    meta = card(root)
+    names = [n for c in CONFIGS for n in (c, c + IMAGERY)]
+    assert [c["config_name"] for c in meta["configs"]] == names
     assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["s1s2-vqa"]
     assert meta["license"] == "cdla-permissive-1.0"
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
-    assert list(infos) == list(CONFIGS)
+    assert list(infos) == names
     for config in CONFIGS:
-        splits = {s["name"]: s["num_examples"] for s in infos[config]["splits"]}
-        assert splits == {split: part.num_rows for split, part in prepared[config].items()}
-        assert infos[config]["download_size"] == sum(f.stat().st_size for f in files_of(root, config))
-        entry = next(c for c in meta["configs"] if c["config_name"] == config)
-        assert entry["data_files"] == [{"split": s, "path": f"data/{config}/{s}-*"} for s in prepared[config]]
+        texts = {s["name"]: s["num_examples"] for s in infos[config]["splits"]}
+        assert texts == {split: part.num_rows for split, part in prepared[config].items()}
+        pairs = {s["name"]: s["num_examples"] for s in infos[config + IMAGERY]["splits"]}
+        assert pairs == {split: len(set(part["patch_id"])) for split, part in prepared[config].items()}
+        for name in (config, config + IMAGERY):
+            assert infos[name]["download_size"] == sum(f.stat().st_size for f in files_of(root, name))
+            entry = next(c for c in meta["configs"] if c["config_name"] == name)
+            assert entry["data_files"] == [{"split": s, "path": f"data/{name}/{s}-*"} for s in prepared[config]]
+    text = (root / "README.md").read_text()
     assert "BigEarthNet.txt" in text and "reBEN" in text and "CDLA-Permissive-1.0" in text and "## Usage" in text
-    assert datasets.get_dataset_config_names(str(root)) == list(CONFIGS)
+    assert '"s1s2-vqa-imagery"' in text and "iter_examples" in text  # the usage joins the default with its pairs
+    assert datasets.get_dataset_config_names(str(root)) == names
     assert datasets.load_dataset_builder(str(root)).config.name == "s1s2-vqa"
 
 
-def test_files_are_per_split_cut_at_patches_with_small_row_groups_and_a_page_index(exported):
-    root, prepared = exported
+def viewer_checks(root: Path, config: str, prepared: datasets.Dataset):
+    """Per file: name, one split, whole pairs, row groups within the limits, codecs, page index; returns pair order."""
+    has_preview = "preview" in pq.read_schema(files_of(root, config)[0]).names
+    seen, order, by_split = set(), {}, {}
+    for path in files_of(root, config):
+        match = SHARD.match(path.name)
+        assert match, path.name
+        by_split.setdefault(match[1], []).append((int(match[2]), int(match[3])))
+        pf = pq.ParquetFile(path)
+        table = pf.read(columns=["split", "patch_id"])
+        assert set(table["split"].to_pylist()) == {match[1]}  # a file holds one split
+        patches = table["patch_id"].to_pylist()
+        runs = [p for i, p in enumerate(patches) if i == 0 or p != patches[i - 1]]
+        assert len(runs) == len(set(runs)) and not set(runs) & seen  # a pair's rows are consecutive, in one file
+        seen |= set(runs)
+        order.setdefault(match[1], []).extend(runs)
+        meta = pf.metadata
+        assert b"huggingface" in meta.metadata and b"ARROW:schema" in meta.metadata
+        for i in range(meta.num_row_groups):
+            assert meta.row_group(i).total_byte_size <= ex.VIEWER_MAX_ROW_GROUP_BYTES
+            assert pf.read_row_group(i).nbytes <= ex.MAX_ROW_GROUP_BYTES
+            codecs = {meta.row_group(i).column(j).path_in_schema: meta.row_group(i).column(j).compression
+                      for j in range(meta.num_columns)}
+            previews = {k: v for k, v in codecs.items() if k.startswith("preview.")}
+            assert previews == ({"preview.bytes": "UNCOMPRESSED", "preview.path": "UNCOMPRESSED"} if has_preview else {})
+            assert {v for k, v in codecs.items() if not k.startswith("preview.")} == {"ZSTD"}
+            for j in range(meta.num_columns):
+                chunk = meta.row_group(i).column(j)
+                # the offset index (page locations) is what page-pruned reads need; a min/max column index exists
+                # wherever there are min/max values (not for PNG bytes, nor for an all-NaN bbox/point chunk)
+                assert chunk.has_offset_index, chunk.path_in_schema
+                stats = chunk.statistics
+                assert chunk.has_column_index or chunk.path_in_schema == "preview.bytes" or \
+                    (chunk.path_in_schema.split(".")[0] in ("bbox", "point") and not (stats and stats.has_min_max)), \
+                    chunk.path_in_schema
+    for split, names in by_split.items():
+        n = names[0][1]
+        assert sorted(k for k, _ in names) == list(range(n)) and {m for _, m in names} == {n}
+        assert n == min(len(set(prepared[split]["patch_id"])), 4)  # fixture splits have 1-2 pairs: one file each
+    return order
+
+
+def test_both_configs_are_cut_at_pairs_in_the_same_order_within_the_viewer_limits(exported, inline):
+    root, prepared, _ = exported
     for config in CONFIGS:
-        seen_patches = set()
-        files = files_of(root, config)
-        by_split = {}
-        for path in files:
-            match = SHARD.match(path.name)
-            assert match, path.name
-            by_split.setdefault(match[1], []).append((int(match[2]), int(match[3])))
-            pf = pq.ParquetFile(path)
-            table = pf.read(columns=["split", "patch_id"])
-            assert set(table["split"].to_pylist()) == {match[1]}  # a file holds one split
-            patches = set(table["patch_id"].to_pylist())
-            assert not patches & seen_patches  # a patch's rows are in one file
-            seen_patches |= patches
-            meta = pf.metadata
-            assert b"huggingface" in meta.metadata and b"ARROW:schema" in meta.metadata
-            for i in range(meta.num_row_groups):
-                assert meta.row_group(i).total_byte_size <= ex.VIEWER_MAX_ROW_GROUP_BYTES
-                assert pf.read_row_group(i).nbytes <= ex.MAX_ROW_GROUP_BYTES
-                codecs = {meta.row_group(i).column(j).path_in_schema: meta.row_group(i).column(j).compression
-                          for j in range(meta.num_columns)}
-                assert {k: v for k, v in codecs.items() if k.startswith("preview.")} == {"preview.bytes": "UNCOMPRESSED", "preview.path": "UNCOMPRESSED"}
-                assert {v for k, v in codecs.items() if not k.startswith("preview.")} == {"ZSTD"}
-                for j in range(meta.num_columns):
-                    chunk = meta.row_group(i).column(j)
-                    # the offset index (page locations) is what page-pruned reads need; PNG bytes get no min/max column index
-                    assert chunk.has_offset_index, chunk.path_in_schema
-                    assert chunk.has_column_index or chunk.path_in_schema == "preview.bytes", chunk.path_in_schema
-        for split, names in by_split.items():
-            n = names[0][1]
-            assert sorted(k for k, _ in names) == list(range(n)) and {m for _, m in names} == {n}
-            patches = len(set(prepared[config][split]["patch_id"]))
-            assert n == min(patches, 4)  # fixture splits have 1-2 patches: one file each
+        texts = viewer_checks(root, config, prepared[config])
+        pairs = viewer_checks(root, config + IMAGERY, prepared[config])
+        assert texts == pairs  # the same pairs in the same order, split by split
+        for split, part in prepared[config].items():
+            assert pairs[split] == [part["patch_id"][i] for i in pair_rows(part)]
+    viewer_checks(inline, "s2-grounding", prepared["s2-grounding"])
+
+
+def test_the_export_stores_each_pairs_pixels_once(exported, inline, tmp_path):
+    """Texts + imagery of s1s2-vqa are within 15 % of pixels-once + texts-alone Parquet (no copy per text)."""
+    root, prepared, _ = exported
+    config = "s1s2-vqa"
+    stream = features_for(bt.BigEarthNetTxt.builder_configs[config], storage="stream")
+    texts_only = imagery_only = 0
+    for split, part in prepared[config].items():
+        images = image_columns(part)
+        pq.write_table(texts_of(part).data.table, tmp_path / "texts.parquet", compression="zstd")
+        arrays = part.select(pair_rows(part)).with_format("numpy", columns=images)[:]
+        pq.write_table(pa.table({k: array3d(arrays[k], stream[k]) for k in images}), tmp_path / "pairs.parquet",
+                       compression="zstd")
+        texts_only += (tmp_path / "texts.parquet").stat().st_size
+        imagery_only += (tmp_path / "pairs.parquet").stat().st_size
+        pairs = load(root, config + IMAGERY, tmp_path, split=split)
+        assert pairs.num_rows == len(set(part["patch_id"])) == len(set(pairs["patch_id"]))  # one row per pair
+    written = sum(f.stat().st_size for name in (config, config + IMAGERY) for f in files_of(root, name))
+    assert written <= 1.15 * (imagery_only + texts_only)
+    # the bound tells the layouts apart: with pixels in every text row (zstd finds some of the repeats) it fails
+    grounding = sum(f.stat().st_size for name in ("s2-grounding", "s2-grounding" + IMAGERY) for f in files_of(root, name))
+    assert sum(f.stat().st_size for f in files_of(inline, "s2-grounding")) > 1.15 * grounding
 
 
 def test_row_groups_follow_the_byte_budget(exported, tmp_path):
-    _, prepared = exported
+    _, prepared, _ = exported
     part = prepared["s2-grounding"]
-    budget = 600_000
+    budget = 2_000  # a few text rows; less than one pair's pixels
     ex.export_dataset(part, tmp_path, "s2-grounding", max_row_group_bytes=budget, min_shards=1, progress=False)
-    plan = ex.plan_shards(part["test"], "patch_id", max_row_group_bytes=budget)
-    assert plan.rows_per_group == int(budget // plan.bytes_per_row) >= 1
-    path = tmp_path / "data" / "s2-grounding" / "test-00000-of-00001.parquet"  # min_shards=1: one file per split
-    pf = pq.ParquetFile(path)
-    rows = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-    assert len(rows) > 1 and set(rows[:-1]) == {plan.rows_per_group} and sum(rows) == part["test"].num_rows
-    assert all(pf.read_row_group(i).nbytes <= budget for i in range(len(rows)))
+    starts = ex.patch_starts(part["test"], "patch_id")
+    texts_bytes = texts_of(part["test"]).data.nbytes / part["test"].num_rows
+    plan = ex.plan_shards(starts, texts_bytes, min_shards=1, max_row_group_bytes=budget)
+    assert plan.bounds == ((0, part["test"].num_rows),) and plan.rows_per_group == int(budget // texts_bytes) >= 1
+    for name, rows, per_group in (("s2-grounding", part["test"].num_rows, plan.rows_per_group),
+                                  ("s2-grounding" + IMAGERY, len(starts) - 1, 1)):
+        path = tmp_path / "data" / name / "test-00000-of-00001.parquet"  # min_shards=1: one file per split
+        pf = pq.ParquetFile(path)
+        groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        assert sum(groups) == rows and len(groups) > 1 and set(groups[:-1]) == {per_group}, (name, groups)
+    texts = pq.ParquetFile(tmp_path / "data" / "s2-grounding" / "test-00000-of-00001.parquet")
+    assert all(texts.read_row_group(i).nbytes <= 2 * budget for i in range(texts.metadata.num_row_groups))
+
+
+def test_plan_shards_cuts_whole_pairs_into_a_multiple_of_min_shards():
+    starts = np.array([0, 3, 5, 9, 10, 14, 20, 21, 25], dtype=np.int64)  # 8 pairs, 25 rows
+    plan = ex.plan_shards(starts, 100.0, min_shards=4)
+    assert len(plan.bounds) == 4 and plan.bounds[0][0] == 0 and plan.bounds[-1][1] == 25
+    assert all(a in starts and b in starts and a < b for a, b in plan.bounds)
+    assert all(b == c for (_, b), (c, _) in zip(plan.bounds, plan.bounds[1:]))
+    big = ex.plan_shards(starts, 100.0, min_shards=2, max_shard_bytes=500)  # 2,500 bytes: 5 files -> 6
+    assert len(big.bounds) == 6
+    assert len(ex.plan_shards(starts[:3], 1.0, min_shards=4).bounds) == 2  # never more files than pairs
+    pairs = ex.plan_shards(np.arange(9), 1000.0, min_shards=4, row_starts=starts)
+    assert pairs.bounds == ((0, 2), (2, 4), (4, 6), (6, 8)) and pairs.patch_starts is starts
 
 
 def test_reexport_replaces_shards_and_keeps_the_default(exported, tmp_path):
-    root, prepared = exported
+    root, prepared, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", min_shards=1, progress=False)
-    assert [p.name for p in files_of(copy, "s2-grounding")] == [
-        f"{s}-00000-of-00001.parquet" for s in ("bench", "test", "train", "validation")
-    ]
-    meta = yaml.safe_load((copy / "README.md").read_text().split("---\n")[1])
-    assert [c["config_name"] for c in meta["configs"]] == list(CONFIGS)
+    for name in ("s2-grounding", "s2-grounding" + IMAGERY):
+        assert [p.name for p in files_of(copy, name)] == [
+            f"{s}-00000-of-00001.parquet" for s in ("bench", "test", "train", "validation")
+        ]
+    meta = card(copy)
+    assert [c["config_name"] for c in meta["configs"]] == [n for c in CONFIGS for n in (c, c + IMAGERY)]
     assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["s1s2-vqa"]
     assert not any(p.name.startswith(".") for p in (copy / "data").iterdir())  # no staging folder left
 
 
-def test_a_card_without_default_gets_one(tmp_path):
+def test_a_card_without_default_gets_its_first_texts_config(tmp_path):
     """A card written by push_to_hub for a lone config has no `default` key (the KeyError of notes section 5)."""
     (tmp_path / "README.md").write_text(
-        "---\nconfigs:\n- config_name: other\n  data_files:\n  - split: train\n    path: other/train-*\n---\n"
+        "---\nconfigs:\n- config_name: other-imagery\n  data_files:\n  - split: train\n    path: other/train-*\n---\n"
     )
     info = datasets.DatasetInfo(features=datasets.Features({"a": datasets.Value("int64")}),
                                 splits=datasets.SplitDict({"train": datasets.SplitInfo("train", 8, 1)}))
     ex.update_card(tmp_path, "s2-vqa", info)
-    meta = yaml.safe_load((tmp_path / "README.md").read_text().split("---\n")[1])
-    assert [(c["config_name"], c.get("default", False)) for c in meta["configs"]] == [("other", True), ("s2-vqa", False)]
+    meta = card(tmp_path)
+    assert [(c["config_name"], c.get("default", False)) for c in meta["configs"]] == [("other-imagery", False), ("s2-vqa", True)]
+    ex.remove_config(tmp_path, "s2-vqa")
+    assert [(c["config_name"], c.get("default", False)) for c in card(tmp_path)["configs"]] == [("other-imagery", True)]
+    ex.remove_config(tmp_path, "other-imagery")
+    assert card(tmp_path)["configs"] == []
 
 
-def test_features_must_match_the_config(exported, tmp_path):
-    _, prepared = exported
+def test_export_prepares_in_the_cache_of_load_dataset(exported, fixture_data):
+    _, _, builders = exported
+    cache = str(Path(builders["s1s2-vqa"].cache_dir).parents[3])
+    named = datasets.load_dataset_builder("bigearthnet_txt", "s1s2-vqa", data_dir=str(fixture_data.root), cache_dir=cache)
+    assert named.cache_dir == builders["s1s2-vqa"].cache_dir and os.path.isdir(named.cache_dir)
+
+
+def test_features_and_names_must_match_the_config(exported, tmp_path):
+    _, prepared, _ = exported
     with pytest.raises(ValueError, match="does not have the features of config 's2-vqa'"):
         ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s2-vqa", progress=False)
+    with pytest.raises(ValueError, match="-imagery"):
+        ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s1s2-vqa", name="mine-imagery", progress=False)
 
 
 # ----------------------------------------------------------------------------- round trip
 
 
-def assert_rows_equal(got: dict, want: dict, features: datasets.Features) -> None:
-    assert set(got) == set(want) | {"preview"}
-    for key, feature in features.items():
-        if isinstance(feature, datasets.Array3D):
-            array = np.asarray(got[key], dtype=feature.dtype)  # streaming gives lists: exact for uint16/float32
-            assert array.shape == feature.shape and np.array_equal(array, want[key]), key
-        else:
-            assert got[key] == want[key], key
-
-
 @pytest.mark.parametrize("config", CONFIGS)
-def test_load_dataset_gives_the_builder_features_and_examples(config, exported, tmp_path):
-    root, prepared = exported
+def test_load_dataset_gives_the_builder_text_columns(config, exported, tmp_path):
+    root, prepared, builders = exported
     loaded = load(root, config, tmp_path)
     assert list(loaded) == list(prepared[config])
+    stream = features_for(builders[config].config, storage="stream")
     for split, part in prepared[config].items():
-        features = part.features
-        plain = [k for k, f in features.items() if not isinstance(f, datasets.Array3D)]
-        assert loaded[split].features == datasets.Features({"preview": datasets.Image(), **features})
-        assert list(loaded[split].features) == ["preview", *features]
-        got = loaded[split].with_format("numpy", dtype=None)
-        want = part.with_format("numpy", dtype=None)
-        assert got.num_rows == want.num_rows
-        for i in range(want.num_rows):
-            g, w = got[i], want[i]
-            for key, feature in features.items():
-                if isinstance(feature, datasets.Array3D):
-                    assert g[key].dtype == np.dtype(feature.dtype) and np.array_equal(g[key], w[key]), key
-        assert loaded[split].select_columns(plain).to_list() == part.select_columns(plain).to_list()
+        texts = texts_of(part)
+        assert loaded[split].features == datasets.Features({k: v for k, v in stream.items() if k in texts.features})
+        assert list(loaded[split].features) == list(texts.features)  # the builder's columns without the images
+        assert_same_rows(loaded[split].to_list(), texts.to_list())
+        no_box = [r for r in loaded[split]["bbox"] if all(math.isnan(v) for v in r)]
+        assert len(no_box) == sum(t != "bounding box" for t in part["type"])  # NaN-filled, never null
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_streaming_gives_the_builder_examples(config, exported, tmp_path):
-    root, prepared = exported
-    streamed = load(root, config, tmp_path, streaming=True)
+def test_imagery_config_has_one_row_per_pair_with_exact_arrays(config, exported, tmp_path):
+    root, prepared, builders = exported
+    pairs = load(root, config + IMAGERY, tmp_path)
+    stream = features_for(builders[config].config, storage="stream")
     for split, part in prepared[config].items():
-        assert streamed[split].num_shards == len(list((root / "data" / config).glob(f"{split}-*.parquet")))
-        rows = list(streamed[split])
-        assert len(rows) == part.num_rows
-        want = part.with_format("numpy", dtype=None, columns=[k for k, f in part.features.items()
-                                                              if isinstance(f, datasets.Array3D)], output_all_columns=True)
-        for i, row in enumerate(rows):
-            assert_rows_equal(row, want[i], part.features)
+        images = image_columns(part)
+        assert pairs[split].features == ex.imagery_features(stream, images)
+        assert list(pairs[split].features) == ["preview", *ann.PATCH_COLUMNS, *images]
+        first = part.select(pair_rows(part))
+        assert pairs[split].num_rows == first.num_rows
+        assert pairs[split].select_columns(list(ann.PATCH_COLUMNS)).to_list() == \
+            first.select_columns(list(ann.PATCH_COLUMNS)).to_list()
+        got = pairs[split].with_format("numpy", columns=images, dtype=None)[:]
+        want = first.with_format("numpy", columns=images)[:]
+        for key in images:
+            assert got[key].dtype == want[key].dtype == np.dtype(stream[key].dtype), key
+            assert np.array_equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_iter_examples_equal_the_builders_streamed_examples(config, exported, tmp_path):
+    root, prepared, builders = exported
+    for split in prepared[config]:
+        want = list(builders[config].as_streaming_dataset(split=split))
+        got = list(ex.iter_examples(root, config, split, batch_size=5, cache_dir=str(tmp_path / "hf")))
+        assert [r["ID"] for r in got] == prepared[config][split]["ID"]  # the prepared order too
+        assert_same_rows(got, want)
+
+
+def test_iter_examples_reads_an_inline_export_and_rejects_a_mismatch(exported, inline, tmp_path):
+    root, _, builders = exported
+    want = list(builders["s2-grounding"].as_streaming_dataset(split="test"))
+    assert_same_rows(list(ex.iter_examples(inline, "s2-grounding", "test")), want)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    for path in files_of(copy, "s2-grounding" + IMAGERY):  # the pairs of another split: nothing matches
+        if path.name.startswith("test-"):
+            shutil.copy(files_of(copy, "s2-grounding" + IMAGERY)[0], path)  # bench pairs
+    with pytest.raises(ValueError, match="is not in s2-grounding-imagery"):
+        list(ex.iter_examples(copy, "s2-grounding", "test", cache_dir=str(tmp_path / "hf")))
 
 
 def test_streaming_bench_reads_only_the_bench_files(exported, tmp_path):
-    root, prepared = exported
+    root, prepared, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    for path in (copy / "data" / "s1s2-vqa").iterdir():
-        if not path.name.startswith("bench-"):
-            path.write_bytes(b"not parquet")  # any read of another split's file would fail
-    builder = datasets.load_dataset_builder(str(copy), "s1s2-vqa", cache_dir=str(tmp_path / "hf"))
-    assert all(Path(f).name.startswith("bench-") for f in builder.config.data_files["bench"])
+    for name in ("s1s2-vqa", "s1s2-vqa" + IMAGERY):
+        for path in files_of(copy, name):
+            if not path.name.startswith("bench-"):
+                path.write_bytes(b"not parquet")  # any read of another split's file would fail
+        builder = datasets.load_dataset_builder(str(copy), name, cache_dir=str(tmp_path / "hf"))
+        assert all(Path(f).name.startswith("bench-") for f in builder.config.data_files["bench"])
     bench = load(copy, "s1s2-vqa", tmp_path, split="bench", streaming=True)
     assert sorted(r["ID"] for r in bench) == sorted(prepared["s1s2-vqa"]["bench"]["ID"])
+    examples = list(ex.iter_examples(copy, "s1s2-vqa", "bench", cache_dir=str(tmp_path / "hf")))
+    assert [r["ID"] for r in examples] == prepared["s1s2-vqa"]["bench"]["ID"]
     with pytest.raises(Exception):
         list(load(copy, "s1s2-vqa", tmp_path, split="train", streaming=True))
+
+
+def test_the_imagery_config_is_an_image_source(exported, fixture_data):
+    """readers.iter_export_patches picks an -imagery config (texts configs have no bands): every pair once, exact."""
+    root, prepared, _ = exported
+    names = []
+    for name, bands in readers.iter_export_patches(str(root), "s2"):
+        names.append(name)
+        patch = fixture_data.patch(name)
+        assert "B04" in bands and all(np.array_equal(bands[b], patch.bands[b]) for b in bands), name
+    # the first qualifying config by name: s1s2-vqa-imagery (s2-grounding-imagery has S2 too, s1-captioning's has not)
+    want = [p for part in prepared["s1s2-vqa"].values() for p in [part["patch_id"][i] for i in pair_rows(part)]]
+    assert sorted(names) == sorted(want) and len(names) == len(set(names))
 
 
 # ----------------------------------------------------------------------------- previews
 
 
-def test_previews_decode_and_show_the_box_and_point(exported, tmp_path):
-    root, _ = exported
-    test = load(root, "s2-grounding", tmp_path, split="test")
+def test_inline_pixels_writes_one_config_with_marked_previews(exported, inline, tmp_path):
+    _, prepared, builders = exported
+    meta = card(inline)
+    assert [c["config_name"] for c in meta["configs"]] == ["s2-grounding"] and not (inline / "data" / "s2-grounding-imagery").exists()
+    test = load(inline, "s2-grounding", tmp_path, split="test")
+    stream = features_for(builders["s2-grounding"].config, storage="stream")
+    assert test.features == ex.export_features(stream)
+    part = prepared["s2-grounding"]["test"]
+    images = image_columns(part)
+    got = test.remove_columns("preview").with_format("numpy", columns=images, dtype=None, output_all_columns=True)
+    want = part.with_format("numpy", columns=images, output_all_columns=True)
+    assert_same_rows([got[i] for i in range(got.num_rows)], [want[i] for i in range(want.num_rows)])
     row = test.filter(lambda r: r["ID"] == 27527)[0]  # real row: box [0.0 0.0, 0.93 0.45], point (0.35, 0.16)
     image = np.asarray(row["preview"].convert("RGB"))
     size = 120 * preview.SCALE
@@ -242,26 +419,38 @@ def test_previews_decode_and_show_the_box_and_point(exported, tmp_path):
     assert (image[row_, col] == preview.POINT_COLOUR).all()
     assert (image[row_, col - preview.POINT_ARM] == preview.POINT_COLOUR).all()
     assert (image[row_ + preview.POINT_ARM, col] == preview.POINT_COLOUR).all()
-    # other rows of the patch: the same quicklook without marks
-    plain = test.filter(lambda r: r["patch_id"] == REAL_PATCH_ID and r["bbox"] is None)
-    assert len(plain) == 0 or not (np.asarray(plain[0]["preview"].convert("RGB")) == box).all(axis=-1).any()
+    # a grounding row without a point (NaN-filled): its box only, no cross
+    plain = test.filter(lambda r: r["patch_id"] == REAL_PATCH_ID and math.isnan(r["point"][0]))
+    for r in plain:
+        pixels = np.asarray(r["preview"].convert("RGB"))
+        assert (pixels == box).all(axis=-1).any() and not (pixels == preview.POINT_COLOUR).all(axis=-1).any()
+    # re-exported the default way, the single config gets its -imagery beside it; inline again removes it
+    copy = tmp_path / "copy"
+    shutil.copytree(inline, copy)
+    ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", progress=False)
+    assert [c["config_name"] for c in card(copy)["configs"]] == ["s2-grounding", "s2-grounding" + IMAGERY]
+    ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", inline_pixels=True, progress=False)
+    assert [c["config_name"] for c in card(copy)["configs"]] == ["s2-grounding"]
+    assert not (copy / "data" / ("s2-grounding" + IMAGERY)).exists()
 
 
 @pytest.mark.parametrize("config", ["s1s2-vqa", "s1-captioning"])
-def test_previews_are_small_pngs_of_the_right_sensor(config, exported, fixture_data, tmp_path):
-    root, prepared = exported
-    part = load(root, config, tmp_path, split="test").cast_column("preview", datasets.Image(decode=False))
+def test_imagery_previews_are_small_pngs_of_the_right_sensor(config, exported, fixture_data, tmp_path):
+    root, _, _ = exported
+    part = load(root, config + IMAGERY, tmp_path, split="test").cast_column("preview", datasets.Image(decode=False))
     sensor = preview.preview_sensor(bt.SENSORS[config.split("-")[0]])
-    for i in range(part.num_rows):
-        png = part[i]["preview"]["bytes"]
+    box, point = np.asarray(preview.BOX_COLOUR, np.uint8), np.asarray(preview.POINT_COLOUR, np.uint8)
+    for row in part:
+        png = row["preview"]["bytes"]
         assert png.startswith(b"\x89PNG") and len(png) < 40_000
-    first = part[0]
-    patch = fixture_data.patch(first["patch_id"])
-    expected = preview.base_quicklook(
-        {g.name: np.stack([patch.bands[b] for b in g.bands]) for g in BAND_GROUPS}, sensor
-    )
-    got = np.asarray(Image.open(io.BytesIO(first["preview"]["bytes"])).convert("RGB")).astype(int)
-    assert np.abs(got - np.asarray(expected)).mean() < 8  # 254-colour palette of the same picture
+        patch = fixture_data.patch(row["patch_id"])
+        expected = preview.base_quicklook(
+            {g.name: np.stack([patch.bands[b] for b in g.bands]) for g in BAND_GROUPS}, sensor
+        )
+        got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert got.shape == (120 * preview.SCALE, 120 * preview.SCALE, 3)
+        assert np.abs(got.astype(int) - np.asarray(expected)).mean() < 8  # 254-colour palette of the same picture
+        assert not (got == box).all(axis=-1).any() and not (got == point).all(axis=-1).any()  # a pair has no one mark
 
 
 def test_quicklook_channels_follow_the_band_declaration(fixture_data):
@@ -280,6 +469,18 @@ def test_quicklook_channels_follow_the_band_declaration(fixture_data):
                           np.asarray(preview.quicklook(groups, "s1s2")))
 
 
+def test_quicklook_treats_nan_boxes_and_points_as_absent(fixture_data):
+    patch = fixture_data.patch(REAL_PATCH_ID)
+    groups = {g.name: np.stack([patch.bands[b] for b in g.bands]) for g in BAND_GROUPS}
+    plain = np.asarray(preview.quicklook(groups, "s2"))
+    nan = np.asarray(preview.quicklook({**groups, "bbox": [math.nan] * 4, "point": np.full(2, np.nan, np.float32)}, "s2"))
+    assert np.array_equal(nan, plain)
+    marked = np.asarray(preview.quicklook({**groups, "bbox": np.array([0.1, 0.1, 0.5, 0.5], np.float32),
+                                           "point": [math.nan] * 2}, "s2"))
+    assert (marked == preview.BOX_COLOUR).all(axis=-1).any() and not (marked == preview.POINT_COLOUR).all(axis=-1).any()
+    assert preview.mark(None) is None and preview.mark([math.nan] * 4) is None and preview.mark([0.5, 0.25]) == (0.5, 0.25)
+
+
 def test_stretch_ignores_nodata_and_flat_bands():
     band = np.arange(1, 101, dtype=np.uint16).reshape(10, 10)
     band[0, :5] = 0
@@ -293,34 +494,50 @@ def test_stretch_ignores_nodata_and_flat_bands():
 
 
 def test_split_dataset_by_node_gives_disjoint_complete_parts(exported, tmp_path):
-    root, prepared = exported
-    stream = load(root, "s1s2-vqa", tmp_path, split="train", streaming=True).select_columns(["ID"])
-    parts = [[r["ID"] for r in split_dataset_by_node(stream, rank=rank, world_size=4)] for rank in range(4)]
-    flat = [i for p in parts for i in p]
-    assert len(flat) == len(set(flat)) and sorted(flat) == sorted(prepared["s1s2-vqa"]["train"]["ID"])
+    root, prepared, _ = exported
+    for name, column, want in (("s1s2-vqa", "ID", prepared["s1s2-vqa"]["train"]["ID"]),
+                               ("s1s2-vqa" + IMAGERY, "patch_id", sorted(set(prepared["s1s2-vqa"]["train"]["patch_id"])))):
+        stream = load(root, name, tmp_path, split="train", streaming=True).select_columns([column])
+        parts = [[r[column] for r in split_dataset_by_node(stream, rank=rank, world_size=2)] for rank in range(2)]
+        assert all(parts) and not set(parts[0]) & set(parts[1])
+        flat = [i for p in parts for i in p]
+        assert len(flat) == len(set(flat)) and sorted(flat) == sorted(want)
 
 
 def test_ranks_get_whole_files_when_the_count_allows(tmp_path):
-    """With enough patches a split has a multiple of 4 files, and each of 4 ranks reads its own files."""
+    """With enough pairs a split has a multiple of 4 files in both configs, and each of 4 ranks reads its own files."""
     fx = make_fixture(tmp_path / "fx", seed=0, n_extra_patches=24)
     _, ds = prepare("s2-binary-train", fx, tmp_path / "cache")
     ex.export_dataset(ds, tmp_path / "out", "s2-binary-train", progress=False)
-    stream = load(tmp_path / "out", "s2-binary-train", tmp_path, split="train", streaming=True)
-    assert stream.num_shards % 4 == 0 and stream.num_shards >= 4
-    parts = [split_dataset_by_node(stream, rank=rank, world_size=4) for rank in range(4)]
-    assert [p.num_shards for p in parts] == [stream.num_shards // 4] * 4  # whole files, not every 4th row
-    ids = [r["ID"] for p in parts for r in p.select_columns(["ID"])]
-    assert len(ids) == len(set(ids)) == ds["train"].num_rows
+    for name, column, rows in (("s2-binary-train", "ID", ds["train"].num_rows),
+                               ("s2-binary-train" + IMAGERY, "patch_id", len(set(ds["train"]["patch_id"])))):
+        stream = load(tmp_path / "out", name, tmp_path, split="train", streaming=True)
+        assert stream.num_shards % 4 == 0 and stream.num_shards >= 4
+        parts = [split_dataset_by_node(stream, rank=rank, world_size=4) for rank in range(4)]
+        assert [p.num_shards for p in parts] == [stream.num_shards // 4] * 4  # whole files, not every 4th row
+        values = [r[column] for p in parts for r in p.select_columns([column])]
+        assert len(values) == len(set(values)) == rows
 
 
 def test_dataloader_workers_read_every_example_once(exported, tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install .[torch])")
-    root, prepared = exported
-    stream = load(root, "s1s2-vqa", tmp_path, split="train", streaming=True).select_columns(["ID"])
+    root, prepared, _ = exported
+    stream = load(root, "s1s2-vqa", tmp_path, split="train", streaming=True).select_columns(["ID", "bbox", "options"])
     assert stream.num_shards >= 2  # each worker needs a file
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
-    ids = [int(r["ID"]) for r in loader]
+    loader = torch.utils.data.DataLoader(stream.with_format("torch"), batch_size=4, num_workers=2)
+    batches = list(loader)  # the default collate: no None anywhere (NaN boxes, "" options)
+    ids = [int(i) for b in batches for i in b["ID"]]
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(prepared["s1s2-vqa"]["train"]["ID"])
+    assert all(b["bbox"].shape[1:] == (4,) and b["bbox"].isnan().all() for b in batches)  # VQA rows have no box
+    pairs = load(root, "s1s2-vqa" + IMAGERY, tmp_path, split="train", streaming=True).select_columns(["patch_id", "s2_10m", "s1"])
+    loader = torch.utils.data.DataLoader(pairs.with_format("torch"), batch_size=None, num_workers=2)
+    got = {r["patch_id"]: r for r in loader}
+    assert sorted(got) == sorted(set(prepared["s1s2-vqa"]["train"]["patch_id"]))
+    part = prepared["s1s2-vqa"]["train"]
+    for i in pair_rows(part):
+        want = part.with_format("numpy", columns=["s2_10m", "s1"])[i]
+        row = got[part[i]["patch_id"]]
+        assert np.array_equal(row["s2_10m"].numpy(), want["s2_10m"]) and np.array_equal(row["s1"].numpy(), want["s1"])
 
 
 # ----------------------------------------------------------------------------- upload and CLI
@@ -341,7 +558,7 @@ class FakeHfApi:
 
 
 def test_push_to_hub_creates_the_repo_and_uploads_the_folder(exported, monkeypatch):
-    root, _ = exported
+    root, _, _ = exported
     FakeHfApi.calls = []
     monkeypatch.setattr(ex, "HfApi", FakeHfApi)
     url = ex.push_to_hub(root, "org/ben-txt", token="t0k", private=True)
@@ -353,7 +570,8 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(exported, monkeypat
     local = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     sent = {f for f in local if any(fnmatch.fnmatch(f, pat) for pat in upload["allow_patterns"])}
     assert sent == local and "README.md" in sent  # the folder as it is
-    assert sorted(upload["delete_patterns"]) == sorted(f"data/{c}/*.parquet" for c in CONFIGS)
+    assert any(f.startswith("data/s1s2-vqa-imagery/") for f in sent)
+    assert sorted(upload["delete_patterns"]) == sorted(f"data/{n}/*.parquet" for c in CONFIGS for n in (c, c + IMAGERY))
 
 
 def test_cli_export_writes_a_loadable_folder(fixture_data, tmp_path):
@@ -366,39 +584,49 @@ def test_cli_export_writes_a_loadable_folder(fixture_data, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "s2-vqa" in result.stdout and "%|" not in result.stderr  # --quiet: no progress bars
-    meta = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
-    assert [(c["config_name"], c.get("default")) for c in meta["configs"]] == [("s2-vqa", True)]
-    assert {p.name.split("-")[0] for p in files_of(out, "s2-vqa")} == {"train", "validation", "test", "bench"}
+    meta = card(out)
+    assert [(c["config_name"], c.get("default")) for c in meta["configs"]] == [("s2-vqa", True), ("s2-vqa-imagery", None)]
+    for name in ("s2-vqa", "s2-vqa-imagery"):
+        assert {p.name.split("-")[0] for p in files_of(out, name)} == {"train", "validation", "test", "bench"}
 
 
 def test_numpy_batches_stream_exact_arrays(exported, tmp_path):
-    root, prepared = exported
+    root, prepared, _ = exported
     part = prepared["s1s2-vqa"]["test"]
-    stream = load(root, "s1s2-vqa", tmp_path, split="test", streaming=True)
-    batches = list(ex.numpy_batches(stream, batch_size=7, columns=["ID", "s2_20m", "s1"]))
-    want = part.with_format("numpy", dtype=None)[:]
-    assert [list(b) for b in batches[:1]] == [["ID", "s2_20m", "s1"]]
+    stream = load(root, "s1s2-vqa" + IMAGERY, tmp_path, split="test", streaming=True)
+    batches = list(ex.numpy_batches(stream, batch_size=1, columns=["patch_id", "s2_20m", "s1"]))
+    want = part.select(pair_rows(part)).with_format("numpy", columns=["s2_20m", "s1"])[:]
+    assert [list(b) for b in batches[:1]] == [["patch_id", "s2_20m", "s1"]]
     for key in ("s2_20m", "s1"):
         got = np.concatenate([b[key] for b in batches])
         assert got.dtype == want[key].dtype and np.array_equal(got, want[key]), key
-    assert [i for b in batches for i in b["ID"]] == part["ID"]
+    assert [i for b in batches for i in b["patch_id"]] == [part["patch_id"][i] for i in pair_rows(part)]
 
 
-def test_patch_layout_exports_one_row_per_image_pair(fixture_data, tmp_path):
-    _, ds = prepare("s2-grounding-test", fixture_data, tmp_path / "cache", layout="patch")
+def test_patch_layout_exports_one_row_per_pair_in_both_configs(fixture_data, tmp_path):
+    builder, ds = prepare("s2-grounding-test", fixture_data, tmp_path / "cache", layout="patch")
     with pytest.raises(ValueError, match="layout='annotation'"):
         ex.export_dataset(ds, tmp_path / "out", "s2-grounding-test", progress=False)
     ex.export_dataset(ds, tmp_path / "out", "s2-grounding-test", name="patches", layout="patch", progress=False)
-    loaded = load(tmp_path / "out", "patches", tmp_path, split="test")
-    assert loaded.features == ex.export_features(ds["test"].features)
-    assert loaded.remove_columns("preview").to_list() == ds["test"].to_list()
+    texts = load(tmp_path / "out", "patches", tmp_path, split="test")
+    assert list(texts.features) == list(texts_of(ds["test"]).features) and "annotations" in texts.features
+    assert_same_rows(texts.to_list(), texts_of(ds["test"]).to_list())
+    pairs = load(tmp_path / "out", "patches" + IMAGERY, tmp_path, split="test")
+    assert pairs["patch_id"] == ds["test"]["patch_id"]
+    got = pairs.with_format("numpy", columns=["s2_10m"], dtype=None)[:]["s2_10m"]
+    assert np.array_equal(got, ds["test"].with_format("numpy", columns=["s2_10m"])[:]["s2_10m"])
     box = np.asarray(preview.BOX_COLOUR, dtype=np.uint8)
-    for row in loaded:  # one picture per patch, no marks (a patch has several boxes)
+    for row in pairs:  # one picture per pair, no marks (a pair has several boxes)
         assert not (np.asarray(row["preview"].convert("RGB")) == box).all(axis=-1).any()
+    assert_same_rows(list(ex.iter_examples(tmp_path / "out", "patches", "test", cache_dir=str(tmp_path / "hf"))),
+                     list(builder.as_streaming_dataset(split="test")))
 
 
 def test_num_proc_writes_the_same_files(exported, tmp_path):
-    root, prepared = exported
+    root, prepared, _ = exported
     ex.export_dataset(prepared["s2-grounding"], tmp_path, "s2-grounding", num_proc=2, progress=False)
-    for a, b in zip(files_of(root, "s2-grounding"), files_of(tmp_path, "s2-grounding")):
-        assert a.name == b.name and pq.read_table(a).equals(pq.read_table(b))
+    for name in ("s2-grounding", "s2-grounding" + IMAGERY):
+        ours, theirs = files_of(root, name), files_of(tmp_path, name)
+        assert [p.name for p in ours] == [p.name for p in theirs]
+        for a, b in zip(ours, theirs):
+            assert a.read_bytes() == b.read_bytes(), (name, a.name)  # byte for byte (Table.equals fails on NaN)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -46,6 +48,20 @@ def grounding_example(**extra) -> dict:
         example[g.name] = a
     example.update(extra)
     return example
+
+
+def same(a, b) -> bool:
+    """Values equal, NaN equal to NaN (rows without a box/point hold NaN-filled values), arrays exactly."""
+    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f" and b.dtype.kind == "f"))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def is_nan(value) -> bool:
+    return bool(np.isnan(np.asarray(value, dtype=np.float64)).all())
 
 
 def extent(mask: np.ndarray):
@@ -301,14 +317,20 @@ def test_with_transform_batches_match_per_example_application(grounding):
         expected, applied = T.apply_op(example, aug.op_for(example), "skip")
         assert batch["augment_op"][i] == applied
         for key in ("input", "output", "bbox", "point"):
-            assert batch[key][i] == expected[key]
+            assert same(batch[key][i], expected[key]), (key, batch[key][i], expected[key])
         for g in B.BAND_GROUPS:
             assert batch[g.name].dtype == np.dtype(g.dtype)
             np.testing.assert_array_equal(batch[g.name][i], expected[g.name])
         assert text.parse_bbox(batch["output"][i], 0) == tuple(batch["bbox"][i])
-    # per example (ds.map without batching) gives the same rows
+    # grounding rows with a <ref> instead of a point (NaN point) are rewritable and augmented too
+    no_point = [i for i in range(grounding.num_rows) if is_nan(batch["point"][i])]
+    assert no_point and any(batch["augment_op"][i] != "identity" for i in no_point)
+    # per example (ds.map without batching) gives the same rows, and their arrays
     mapped = grounding.map(T.GeometricAugment(seed=11))
     assert mapped["output"] == batch["output"] and mapped["input"] == batch["input"]
+    assert all(same(a, b) for a, b in zip(mapped["point"], batch["point"]))
+    got = mapped.with_format("numpy", columns=["s2_10m"])[:]["s2_10m"]
+    assert got.dtype == np.uint16 and np.array_equal(got, batch["s2_10m"])
 
 
 # ----------------------------------------------------------------------------- plot
@@ -415,7 +437,7 @@ def test_plot_resampled_image_with_band_order():
 # ----------------------------------------------------------------------------- collate
 
 
-def test_collate_stacks_images_keeps_dtypes_and_texts():
+def test_collate_stacks_images_and_fills_absent_boxes_with_nan():
     torch = pytest.importorskip("torch")
     from bentxt.collate import Collate, collate
 
@@ -423,21 +445,99 @@ def test_collate_stacks_images_keeps_dtypes_and_texts():
     b["s2_10m"] = b["s2_10m"].copy()
     b["s2_10m"][2, 3, 4] = 65535
     batch = collate([a, b])
-    assert batch["s2_10m"].shape == (2, 4, 120, 120) and batch["s2_10m"].dtype == torch.uint16
+    # uint16 -> int32 by default: what with_format("torch") gives for the same columns
+    assert batch["s2_10m"].shape == (2, 4, 120, 120) and batch["s2_10m"].dtype == torch.int32
     assert batch["s2_20m"].shape == (2, 6, 60, 60) and batch["s1"].dtype == torch.float32
-    assert int(batch["s2_10m"][1, 2, 3, 4].to(torch.int32)) == 65535
+    assert int(batch["s2_10m"][1, 2, 3, 4]) == 65535
     assert batch["ID"].dtype == torch.int64 and batch["ID"].tolist() == [7, 1017]
     assert batch["input"] == [PROMPT, RELATIVE["input"]] and batch["text_input"] is batch["input"]
     assert batch["reference_output"] is batch["output"] and batch["output"] == ["[0.1 0.2, 0.5 0.9]", "d"]
-    assert batch["bbox"] == [BOX, None] and batch["options"] == [None, RELATIVE["options"]]
+    # None (hand-made rows) and NaN-filled (the builder's rows) boxes are both a NaN row
+    assert batch["bbox"].shape == (2, 4) and batch["bbox"][0].tolist() == BOX and batch["bbox"][1].isnan().all()
+    assert batch["point"].shape == (2, 2) and batch["point"][1].isnan().all()
+    assert batch["options"] == [["", "", "", ""], RELATIVE["options"]]
     assert set(batch["image_input"]) == set(GROUPS)  # native groups differ in size: a dict
-    wide = Collate(uint16="int32", image_key="s2_10m")([a, b])
-    assert wide["s2_10m"].dtype == torch.int32 and wide["image_input"] is wide["s2_10m"]
-    assert torch.equal(wide["s2_10m"], batch["s2_10m"].to(torch.int32))
+    keep = Collate(uint16="keep", image_key="s2_10m")([a, b])
+    assert keep["s2_10m"].dtype == torch.uint16 and keep["image_input"] is keep["s2_10m"]
+    assert torch.equal(keep["s2_10m"].to(torch.int32), batch["s2_10m"])
+    assert repr(Collate()) == "Collate(image_key=None, uint16='int32')"
+    with pytest.raises(ValueError, match="int32"):
+        Collate(uint16="int64")
     # python-format nested lists keep the feature dtype; a resampled `image` is the publisher's image_input
     lists = collate([{"s2_60m": a["s2_60m"].tolist(), "image": np.ones((3, 4, 4), np.float32), "latitude": 48.3}] * 3)
-    assert lists["s2_60m"].dtype == torch.uint16 and lists["image_input"].shape == (3, 3, 4, 4)
+    assert lists["s2_60m"].dtype == torch.int32 and lists["image_input"].shape == (3, 3, 4, 4)
     assert lists["latitude"].dtype == torch.float64
+    nan = collate([dict(a, bbox=[math.nan] * 4), a])
+    assert nan["bbox"][0].isnan().all() and nan["bbox"][1].tolist() == BOX
+
+
+@pytest.fixture(scope="module")
+def mixed(fixture_data, tmp_path_factory):
+    """A prepared split with every text type: boxes on grounding rows only, NaN elsewhere; options on MCQ rows only."""
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all-test", data_dir=str(fixture_data.root),
+                                cache_dir=str(tmp_path_factory.mktemp("tools_mixed")))
+    builder.download_and_prepare()
+    return builder.as_dataset(split="test")
+
+
+def assert_same_batches(got: dict, want: dict, torch) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert isinstance(got[key], torch.Tensor) and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value) or torch.allclose(got[key].double(), value.double(), equal_nan=True), key
+        elif isinstance(value, dict):
+            assert_same_batches(got[key], value, torch)
+        else:
+            assert got[key] == value, key
+
+
+def test_collate_handles_every_format_of_a_prepared_dataset(mixed):
+    torch = pytest.importorskip("torch")
+    from bentxt.collate import collate
+
+    types = mixed["type"]
+    part = mixed.select(sorted({types.index(t) for t in types} | {len(types) - 1}))  # every type, both pairs
+    n = part.num_rows
+    assert set(part["type"]) == {"bounding box", "mcq", "binary", "captioning"} and len(set(part["patch_id"])) == 2
+    python = collate([part[i] for i in range(n)])
+    assert python["s2_10m"].dtype == part.with_format("torch")[0:2]["s2_10m"].dtype == torch.int32
+    assert python["s1"].dtype == torch.float32 and python["bbox"].dtype == torch.float64
+    for i in range(n):
+        assert bool(python["bbox"][i].isnan().all()) != (part[i]["type"] == "bounding box")
+        assert (python["options"][i] == ["", "", "", ""]) != (part[i]["type"] == "mcq")
+    want = part.with_format("numpy")[:]
+    for key in ("s2_10m", "s2_20m", "s2_60m", "s1"):
+        assert np.array_equal(python[key].numpy(), want[key].astype(python[key].numpy().dtype)), key
+    # numpy rows, a numpy batch, torch rows, a torch batch, a python batch: the same values
+    for name, batch in {
+        "numpy rows": collate([part.with_format("numpy")[i] for i in range(n)]),
+        "numpy batch": collate(part.with_format("numpy")[:]),
+        "torch rows": collate([part.with_format("torch")[i] for i in range(n)]),
+        "torch batch": collate(part.with_format("torch")[:]),
+        "python batch": collate(part[:]),
+    }.items():
+        assert set(batch) == set(python), name
+        for key in ("s2_10m", "s2_20m", "s2_60m", "s1", "ID"):
+            assert batch[key].dtype == python[key].dtype and torch.equal(batch[key], python[key]), (name, key)
+        for key in ("bbox", "point"):  # float32 from the numpy/torch formats, float64 from python rows
+            assert torch.allclose(batch[key].double(), python[key], equal_nan=True, atol=1e-6), (name, key)
+        for key in ("input", "output", "type", "category", "options", "patch_id"):
+            assert batch[key] == python[key], (name, key)
+        assert torch.allclose(batch["latitude"].double(), python["latitude"], atol=1e-4), name
+
+
+def test_collate_in_a_dataloader_with_workers_over_the_default_columns(mixed):
+    torch = pytest.importorskip("torch")
+    from bentxt.collate import collate
+
+    loader = torch.utils.data.DataLoader(mixed, batch_size=8, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert sum(len(b["ID"]) for b in batches) == mixed.num_rows
+    assert sorted(i for b in batches for i in b["ID"].tolist()) == sorted(mixed["ID"])
+    assert all(b["s2_10m"].dtype == torch.int32 and b["bbox"].shape[1:] == (4,) for b in batches)
+    boxes = torch.cat([b["bbox"] for b in batches])
+    assert int((~boxes.isnan().any(1)).sum()) == sum(t == "bounding box" for t in mixed["type"])
 
 
 def test_collate_in_a_dataloader_with_transforms(grounding):
@@ -452,3 +552,94 @@ def test_collate_in_a_dataloader_with_transforms(grounding):
     raw = grounding.with_transform(T.GeometricAugment(seed=0))[:4]
     np.testing.assert_allclose(batch["s2_10m"][0].numpy(), T.normalize({"s2_10m": raw["s2_10m"][0]})["s2_10m"])
     assert batch["reference_output"] == raw["output"]
+
+
+# ----------------------------------------------------------------------------- the no-null representation
+
+
+@pytest.mark.parametrize("op", T.OPS)
+def test_nan_boxes_and_points_stay_nan_under_every_op(op):
+    caption = {"ID": 3, "type": "captioning", "category": "None", "input": "Describe this satellite image.",
+               "output": CAPTION, "bbox": [math.nan] * 4, "point": [math.nan] * 2, "options": [""] * 4,
+               "s1": np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)}
+    out, applied = T.apply_op(caption, op, on_orientation_text="raise")
+    assert applied == op and out["output"] == CAPTION and out["options"] == [""] * 4
+    assert is_nan(out["bbox"]) and is_nan(out["point"]) and len(out["bbox"]) == 4 and len(out["point"]) == 2
+    # a grounding row with a <ref> and no point: the box moves, the NaN point stays, the text is rewritten
+    ref = dict(grounding_example(), input="Locate a patch of <ref>pastures</ref> in the image.",
+               point=np.full(2, np.nan, np.float32), bbox=np.array(BOX, np.float32))
+    assert T.orientation_text(ref) is None  # NaN point: nothing to find in the prompt
+    out, applied = T.apply_op(ref, op, on_orientation_text="raise")
+    assert applied == op and is_nan(out["point"]) and out["input"] == ref["input"]
+    assert isinstance(out["bbox"], np.ndarray) and out["bbox"].dtype == np.float32  # the container it came in
+    assert out["output"] == text.format_bbox(T.transform_bbox(BOX, op))
+    np.testing.assert_allclose(out["bbox"], T.transform_bbox(BOX, op), atol=1e-6)
+
+
+def test_geometric_augment_gives_the_same_rows_in_every_format(mixed):
+    torch = pytest.importorskip("torch")
+    aug = T.GeometricAugment(seed=5, record_op=True)
+    python = mixed.with_transform(aug)[:]
+    assert len(set(python["augment_op"])) > 2 and {"bounding box", "captioning"} <= set(mixed["type"])
+    for i in range(mixed.num_rows):
+        if mixed[i]["type"] != "bounding box":
+            assert is_nan(python["bbox"][i]), i  # a NaN box stays NaN whatever op was drawn
+    for name, batch in (("numpy", aug(mixed.with_format("numpy")[:])), ("torch", aug(mixed.with_format("torch")[:]))):
+        assert batch["augment_op"] == python["augment_op"], name  # the same op per ID in every format
+        assert list(batch["input"]) == python["input"] and list(batch["output"]) == python["output"], name
+        for key in ("s2_10m", "s2_60m", "s1"):
+            values = batch[key].numpy() if name == "torch" else batch[key]
+            assert type(batch[key]).__module__.startswith(name), (name, key)  # numpy in, numpy out; torch too
+            assert np.array_equal(values, np.stack(python[key]).astype(values.dtype)), (name, key)
+        boxes = np.asarray(batch["bbox"], dtype=np.float64)
+        assert np.allclose(boxes, np.asarray(python["bbox"], dtype=np.float64), equal_nan=True, atol=1e-6), name
+    one = aug(mixed.with_format("numpy")[0])  # one numpy example: arrays stay arrays
+    assert isinstance(one["s2_10m"], np.ndarray) and one["s2_10m"].dtype == np.uint16 and one["s2_10m"].ndim == 3
+    assert one["augment_op"] == python["augment_op"][0]
+
+
+def test_normalize_works_on_numpy_and_torch_formats(grounding):
+    torch = pytest.importorskip("torch")
+    raw = grounding.with_format("numpy")[0:3]
+    out = T.normalize(raw)
+    for group in B.BAND_GROUPS:
+        expected = (raw[group.name].astype(np.float32) - T.GROUP_MEAN[group.name][:, None, None]) / T.GROUP_STD[group.name][:, None, None]
+        assert out[group.name].dtype == np.float32 and out[group.name].shape == raw[group.name].shape
+        np.testing.assert_array_equal(out[group.name], expected)
+    assert out["ID"] is raw["ID"]  # other columns pass through
+    one = T.normalize(grounding.with_format("numpy")[1])
+    np.testing.assert_array_equal(one["s2_10m"], out["s2_10m"][1])
+    tensors = T.Normalize()(grounding.with_format("torch")[0:3])
+    assert isinstance(tensors["s1"], torch.Tensor) and tensors["s1"].dtype == torch.float32
+    np.testing.assert_allclose(tensors["s2_20m"].numpy(), out["s2_20m"], rtol=1e-6)
+
+
+def test_plot_leaves_out_nan_boxes_and_the_captions_none_category():
+    pytest.importorskip("matplotlib")
+    from bentxt.plot import plot
+
+    ex = dict(plot_example(), type="captioning", category="None", input="Describe the image.", output=CAPTION,
+              bbox=np.full(4, np.nan, np.float32), point=[math.nan] * 2, options=[""] * 4)
+    fig = plot(ex)
+    assert all(len(ax.patches) == 0 and len(ax.lines) == 0 for ax in fig.axes)
+    title = fig._suptitle.get_text()
+    assert "captioning" in title and "None" not in title
+    mcq = dict(plot_example(), type="mcq", category="relative pos", input=RELATIVE["input"], output="d",
+               options=np.array(RELATIVE["options"], dtype=object), bbox=[math.nan] * 4, point=[math.nan] * 2)
+    assert "A: d) to the top" in plot(mcq)._suptitle.get_text()  # options as a numpy array (numpy format)
+    boxed = dict(plot_example(), point=[math.nan] * 2)
+    fig = plot(boxed)
+    assert all(len(ax.patches) == 1 and len(ax.lines) == 0 for ax in fig.axes)  # the box, no point marker
+
+
+def test_plot_draws_a_prepared_row_in_any_format(mixed):
+    pytest.importorskip("matplotlib")
+    torch = pytest.importorskip("torch")
+    from bentxt.plot import plot
+
+    i = mixed["type"].index("bounding box")
+    for row in (mixed[i], mixed.with_format("numpy")[i], mixed.with_format("torch")[i]):
+        fig = plot(row)
+        assert len(fig.axes) == 2 and all(len(ax.patches) == 1 for ax in fig.axes)
+    caption = mixed[mixed["type"].index("captioning")]
+    assert all(len(ax.patches) == 0 for ax in plot(caption).axes)
