@@ -37,10 +37,9 @@ TASKS: Dict[str, Tuple[str, ...]] = {
 }
 SPLITS: Tuple[str, ...] = ann.SPLITS
 LAYOUTS: Tuple[str, ...] = ("annotation", "patch")
-RESAMPLE_MODES: Tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
-#: what a text has where its type has no box, point or options: fixed-size values (no nulls), so that
-#: numpy/torch batches and torch's default collate work on every column
+#: what a text has where its type has no box, point or options: fixed-size values, never null, so that numpy/torch
+#: batches and torch's default collate work on every column (``bentxt.join.text_columns`` fills them)
 NO_BOX = (float("nan"),) * 4
 NO_POINT = (float("nan"),) * 2
 NO_OPTIONS = ("",) * 4
@@ -261,19 +260,3 @@ def image_bytes_per_pair(config: BigEarthNetTxtConfig) -> int:
 def estimate_cache_bytes(config: BigEarthNetTxtConfig, rows: int, patches: int, text_bytes: int) -> int:
     """Pixels once per pair (+2 % Arrow list offsets), texts, ~170 B of other columns and references per text."""
     return int(patches * image_bytes_per_pair(config) * 1.02 + text_bytes + rows * 170)
-
-
-def annotation_example(config: BigEarthNetTxtConfig, columns: Mapping[str, list], j: int) -> dict:
-    """Text row ``j`` of ``columns`` (a ``to_pydict()``) as the example's per-text fields."""
-    row_id, kind, prompt, answer = columns["ID"][j], columns["type"][j], columns["input"][j], columns["output"][j]
-    parsed = text.parse_row(kind, prompt, answer, row_id)
-    return {
-        "ID": row_id,
-        "input": text.replace_tokens(prompt, config.point_token, config.ref_token),
-        "output": answer,
-        "type": kind,
-        "category": columns["category"][j],
-        "bbox": list(parsed["bbox"] or NO_BOX),
-        "point": list(parsed["point"] or NO_POINT),
-        "options": list(parsed["options"] or NO_OPTIONS),
-    }

@@ -15,13 +15,12 @@ from typing import Dict
 
 
 def build() -> Dict[str, dict]:
-    import bigearthnet_txt as bt
-
-    from . import sources
+    from . import metadata, sources
+    from .config import CONFIGS, features_for
 
     release = sources.release()
     infos = {}
-    for config in bt.BigEarthNetTxt.BUILDER_CONFIGS:
+    for config in CONFIGS.values():
         keys = ("annotations",) + config.sensors
         splits = {}
         if config.task == "all":  # per-task split sizes are not published
@@ -29,14 +28,14 @@ def build() -> Dict[str, dict]:
             splits = {s: {"name": s, "num_examples": rows[s]} for s in config.splits}
         infos[config.name] = {
             "description": config.description,
-            "features": bt.features_for(config).to_dict(),
+            "features": features_for(config).to_dict(),
             "splits": splits,
             "download_checksums": {
                 release[k]["url"]: {"num_bytes": release[k]["num_bytes"], "checksum": release[k]["sha256"], "md5": release[k]["md5"]}
                 for k in keys
             },
-            "license": "cdla-permissive-1.0",
-            "homepage": "https://txt.bigearth.net",
+            "license": metadata.LICENSE,
+            "homepage": metadata.HOMEPAGE,
         }
     return infos
 

@@ -28,11 +28,12 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import annotations as ann
 from . import readers, text
 from .bands import BandGroup
-from .config import BigEarthNetTxtConfig, NO_BOX, NO_OPTIONS, NO_POINT, TASKS
+from .config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS
 from .imagery_table import IMAGERY_DIR, ImageryTables, ImageryWriter, PairBands
 from .layout import NAME_COLUMN, display_name
 from .raster import RasterError, stack_image
@@ -74,31 +75,95 @@ def describe_selection(config: BigEarthNetTxtConfig, split: Optional[str] = None
     return "no row has " + " and ".join(parts)
 
 
-def annotation_example(config: BigEarthNetTxtConfig, columns: Mapping[str, list], j: int) -> dict:
-    """Text row ``j`` of ``columns`` as the example's per-text fields (fixed sizes: no nulls anywhere)."""
-    row_id, kind, prompt, answer = columns["ID"][j], columns["type"][j], columns["input"][j], columns["output"][j]
-    parsed = text.parse_row(kind, prompt, answer, row_id)
+def text_columns(config: BigEarthNetTxtConfig, rows: pa.Table) -> Dict[str, pa.Array]:
+    """The per-text feature columns of a block of text rows, in one vectorised pass (preparing and streaming).
+
+    Only rows whose type carries structure are parsed in Python (boxes and
+    points of ``bounding box`` rows, options of ``mcq`` rows); binary answers
+    are checked with Arrow compute and tags replaced with ``replace_substring``
+    (the publisher's order: ``<ref>``, ``</ref>``, ``<point>``, ``</point>``).
+    Rows of other types get the fixed-size "none" values, never nulls.
+    """
+    n = rows.num_rows
+    kinds = _plain(rows["type"])
+    ids = _plain(rows["ID"])
+    inputs, outputs = _plain(rows["input"]), _plain(rows["output"])
+    boxes, points = np.tile(np.array(NO_BOX), (n, 1)), np.tile(np.array(NO_POINT), (n, 1))
+    options = np.tile(np.array(NO_OPTIONS, dtype=object), (n, 1))
+    for kind in ("bounding box", "mcq", "binary"):
+        where = np.flatnonzero(pc.equal(kinds, kind).to_numpy(zero_copy_only=False))
+        if kind == "binary":
+            bad = where[~pc.is_in(outputs.take(pa.array(where)), pa.array(sorted(text.BINARY_ANSWERS))).to_numpy(zero_copy_only=False)]
+            where = bad[:1]  # only an invalid answer needs the parser: for its message
+        if not len(where):
+            continue
+        taken = pa.array(where)
+        for j, row_id, prompt, answer in zip(where, ids.take(taken).to_pylist(), inputs.take(taken).to_pylist(),
+                                             outputs.take(taken).to_pylist()):
+            parsed = text.parse_row(kind, prompt, answer, row_id)
+            if parsed["bbox"] is not None:
+                boxes[j] = parsed["bbox"]
+            if parsed["point"] is not None:
+                points[j] = parsed["point"]
+            if parsed["options"] is not None:
+                options[j] = parsed["options"]
+    for token, tags in ((config.ref_token, ("<ref>", "</ref>")), (config.point_token, ("<point>", "</point>"))):
+        if token is not None:
+            for tag, replacement in zip(tags, token):
+                inputs = pc.replace_substring(inputs, tag, replacement)
     return {
-        "ID": row_id,
-        "input": text.replace_tokens(prompt, config.point_token, config.ref_token),
-        "output": answer,
-        "type": kind,
-        "category": columns["category"][j],
-        "bbox": list(parsed["bbox"] or NO_BOX),
-        "point": list(parsed["point"] or NO_POINT),
-        "options": list(parsed["options"] or NO_OPTIONS),
+        "ID": ids,
+        "input": inputs,
+        "output": outputs,
+        "type": kinds,
+        "category": _plain(rows["category"]),
+        "bbox": pa.FixedSizeListArray.from_arrays(pa.array(boxes.reshape(-1)), 4),
+        "point": pa.FixedSizeListArray.from_arrays(pa.array(points.reshape(-1)), 2),
+        "options": pa.FixedSizeListArray.from_arrays(pa.array(options.reshape(-1), pa.string()), 4),
     }
 
 
-def examples(config: BigEarthNetTxtConfig, rows: pa.Table, images: Mapping[str, object]) -> Iterator[Tuple[object, dict]]:
-    """One pair's examples: one per text, or one per pair with ``layout="patch"``; ``images`` are shared."""
-    columns = rows.to_pydict()
-    patch = {c: columns[c][0] for c in ann.PATCH_COLUMNS}
-    texts = [annotation_example(config, columns, j) for j in range(rows.num_rows)]
+def _plain(column) -> pa.Array:
+    """One chunk, dictionary-decoded (the selection keeps some columns dictionary-encoded)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def example_table(config: BigEarthNetTxtConfig, features, rows: pa.Table, starts: np.ndarray,
+                  images: Mapping[str, pa.Array]) -> pa.Table:
+    """The examples of consecutive pairs as one Arrow table in feature order.
+
+    ``rows``: the pairs' texts, pair after pair; ``starts``: where each pair's
+    texts begin in ``rows`` (then ``rows.num_rows``); ``images``: one value per
+    pair for each image column (references, or arrays when streaming).
+    """
+    texts = text_columns(config, rows)
+    counts = np.diff(starts)
     if config.layout == "patch":
-        yield patch[config.key_column], {**patch, "annotations": texts, **images}
+        first = pa.array(starts[:-1])
+        columns = {c: _plain(rows[c]).take(first) for c in ann.PATCH_COLUMNS}
+        names = list(texts)
+        entries = pa.StructArray.from_arrays([texts[k] for k in names], names=names)
+        columns["annotations"] = pa.ListArray.from_arrays(pa.array(starts.astype(np.int32)), entries)
+        columns.update(images)
+    else:
+        pair_of_text = pa.array(np.repeat(np.arange(len(counts)), counts))
+        columns = {c: _plain(rows[c]) for c in ann.PATCH_COLUMNS}
+        columns.update(texts)
+        columns.update({k: v.take(pair_of_text) for k, v in images.items()})
+    names = list(features)
+    return pa.Table.from_arrays([columns[k] for k in names], names=names).cast(features.arrow_schema)
+
+
+def examples(config: BigEarthNetTxtConfig, rows: pa.Table, images: Mapping[str, object]) -> Iterator[Tuple[object, dict]]:
+    """One pair's examples as dicts (streaming): the prepared path's columns, row by row, with the pair's arrays."""
+    texts = {k: v.to_pylist() for k, v in text_columns(config, rows).items()}
+    patch = {c: _plain(rows[c])[0].as_py() for c in ann.PATCH_COLUMNS}
+    per_text = [{k: texts[k][j] for k in texts} for j in range(rows.num_rows)]
+    if config.layout == "patch":
+        yield patch[config.key_column], {**patch, "annotations": per_text, **images}
         return
-    for annotation in texts:
+    for annotation in per_text:
         yield annotation["ID"], {**patch, **annotation, **images}
 
 
@@ -265,9 +330,22 @@ class CachePlan:
     examples: Dict[str, int]
 
 
+def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
+    """Tell the user, before the long imagery pass, how large the cache will be (``config.estimate_cache_bytes``)."""
+    from .config import estimate_cache_bytes
+
+    rows, patches = index.table.num_rows, len(index)
+    text_bytes = sum(int(pc.sum(pc.binary_length(_plain(index.table[c]))).as_py() or 0) for c in ("input", "output"))
+    logger.info(
+        "config %s (layout=%s): %d annotations on %d image pairs; estimated Arrow cache size %.2f GB",
+        config.name, config.layout, rows, patches, estimate_cache_bytes(config, rows, patches, text_bytes) / 1e9,
+    )
+
+
 def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: str, num_proc: int, dlc) -> CachePlan:
     """Read the texts, write the imagery tables, and order each split's pairs like streaming does."""
     index = select_annotations(config, files["annotations"], None, dlc)
+    log_estimate(config, index)
     pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
     report = JoinReport(f"config {config.name}")
     rows = write_imagery(config, files, pair_names, root, num_proc, dlc, report)
@@ -298,21 +376,33 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: 
     return CachePlan(texts, index.starts, rows, shards, counts)
 
 
-def image_references(config: BigEarthNetTxtConfig, features) -> List[str]:
-    return [name for name, feature in features.items() if isinstance(feature, PairBands)]
+def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np.ndarray,
+                  rows: Mapping[str, np.ndarray], pairs: np.ndarray, rows_per_table: int = 1000) -> Iterator[pa.Table]:
+    """Tables of one writer shard: texts from the selection file, pixels as references to the imagery rows.
 
-
-def cached_examples(config: BigEarthNetTxtConfig, texts: str, starts: np.ndarray, rows: Mapping[str, np.ndarray],
-                    pairs: Sequence[int], image_columns: Sequence[str]) -> Iterator[Tuple[object, dict]]:
-    """Examples of one writer shard: texts from the selection file, pixels as references to the imagery rows."""
+    A table holds whole pairs, about ``rows_per_table`` examples (the writer
+    batch size): ``datasets`` starts a new shard (``max_shard_size``) between tables.
+    """
+    columns = [name for name, feature in features.items() if isinstance(feature, PairBands)]
+    pairs = np.asarray(pairs)
+    per_pair = (starts[pairs + 1] - starts[pairs]) if config.layout == "annotation" else np.ones(len(pairs), np.int64)
+    cuts = np.searchsorted(np.cumsum(per_pair), np.arange(rows_per_table, int(per_pair.sum()), rows_per_table), side="left") + 1
     with pa.memory_map(texts) as source:
         table = pa.ipc.open_file(source).read_all()
-        for i in pairs:
-            reference = {"s1": None, "s2": None, "bytes": None}
-            for sensor, sensor_rows in rows.items():
-                reference[sensor] = int(sensor_rows[i])
-            images = {column: reference for column in image_columns}
-            yield from examples(config, table.slice(int(starts[i]), int(starts[i + 1] - starts[i])), images)
+        for chunk in np.split(pairs, np.unique(cuts[cuts < len(pairs)])):
+            if not len(chunk):
+                continue
+            counts = starts[chunk + 1] - starts[chunk]
+            local = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            text_rows = np.repeat(starts[chunk] - local[:-1], counts) + np.arange(local[-1])
+            reference = _references({s: r[chunk] for s, r in rows.items()}, len(chunk))
+            yield example_table(config, features, table.take(pa.array(text_rows)), local, {c: reference for c in columns})
+
+
+def _references(rows: Mapping[str, np.ndarray], n: int) -> pa.StructArray:
+    """``PairBands`` storage: each pair's row in each sensor's imagery table, no inline bytes."""
+    fields = [pa.array(rows[s], pa.int64()) if s in rows else pa.nulls(n, pa.int64()) for s in ("s1", "s2")]
+    return pa.StructArray.from_arrays(fields + [pa.nulls(n, pa.binary())], names=["s1", "s2", "bytes"])
 
 
 # ----------------------------------------------------------------------------- streaming

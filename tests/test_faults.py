@@ -23,6 +23,7 @@ import zstandard
 import bigearthnet_txt as bt
 from bentxt import sources
 from bentxt.archives import ArchiveError, iter_tar_zst
+from bentxt.imagery_table import ImageryTables
 from make_fixtures import PARQUET_SCHEMA, encode_geotiff, make_fixture, write_tar_zst
 
 RELEASE_FILES = {"annotations": "BigEarthNet.txt.parquet", "s1": "BigEarthNet-S1.tar.zst", "s2": "BigEarthNet-S2.tar.zst"}
@@ -114,11 +115,11 @@ def _patch_to_break(fixture):
 @pytest.mark.parametrize(
     "damage,expected",
     [
-        ("not_tiff", r"band B03 \(in BigEarthNet-S2.tar.zst\).*not a TIFF"),
-        ("wrong_dtype", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(dtype|uint16)"),
-        ("wrong_size", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(shape|120)"),
-        ("two_bands", r"band B03 \(in BigEarthNet-S2.tar.zst\).*(band|sample)"),
-        ("missing", r"band B03 \(in BigEarthNet-S2.tar.zst\): the band file is missing"),
+        ("not_tiff", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*not a TIFF"),
+        ("wrong_dtype", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*(dtype|uint16)"),
+        ("wrong_size", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*(shape|120)"),
+        ("two_bands", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*(band|sample)"),
+        ("missing", r"band B03 \(in archive BigEarthNet-S2.tar.zst\): the band file is missing"),
     ],
 )
 def test_bad_band_file_names_patch_and_band_or_is_skipped_and_counted(damage, expected, fixture_data, tmp_path, caplog):
@@ -236,7 +237,7 @@ def test_malformed_box_point_or_options_name_the_id(row_id, values, expected, fi
 
 
 def test_unknown_data_files_keys_are_rejected(fixture_data, tmp_path):
-    with pytest.raises(ValueError, match=r"data_files must name each file.*'annotations'"):
+    with pytest.raises(sources.SourceError, match=r"data_files keys \['train'\] are not understood; name each file.*'annotations'"):
         bt.BigEarthNetTxt(config_name="s2-all", data_files={"train": str(fixture_data.parquet)}, cache_dir=str(tmp_path)).download_and_prepare()
 
 
@@ -269,20 +270,40 @@ def _kill_when(cache: Path, data: Path, num_proc: int, ready) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("point", ["staging", "first shard written", "late"])
+@pytest.mark.parametrize("point", ["imagery pass", "first shard written", "late"])
 def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixture, tmp_path):
+    """Killed while writing the imagery tables, or the text shards: nothing loads as done, the rerun starts clean."""
     cache = tmp_path / "cache"
     expected = {s: sum(1 for x in larger_fixture.table["split"].to_pylist() if x == s) for s in bt.SPLITS}
 
-    def arrow_files():
-        return glob.glob(str(cache / "**" / "*.arrow"), recursive=True)
+    def text_shards():
+        return glob.glob(str(cache / "**" / "bigearthnet_txt-*.arrow"), recursive=True)
+
+    def imagery_rows():
+        """Rows already written to the imagery tables of the unfinished cache (their Arrow stream, batch by batch)."""
+        rows = 0
+        for path in glob.glob(str(cache / "**" / "*.incomplete" / "imagery" / "*.arrow"), recursive=True):
+            try:
+                with pa.ipc.open_stream(pa.memory_map(path)) as reader:
+                    rows += sum(batch.num_rows for batch in reader)
+            except (pa.ArrowInvalid, OSError):  # a batch being written
+                pass
+        return rows
+
+    seen = {}
+
+    def in_imagery_pass():
+        seen["rows"], seen["shards"] = imagery_rows(), text_shards()
+        return seen["rows"] > 0 and not seen["shards"]
 
     ready = {
-        "staging": lambda: bool(glob.glob(str(cache / "**" / "*.staging" / "*.bin"), recursive=True)),
-        "first shard written": lambda: bool(arrow_files()),
-        "late": lambda: len(arrow_files()) >= 5,
+        "imagery pass": in_imagery_pass,
+        "first shard written": lambda: bool(text_shards()),
+        "late": lambda: len(text_shards()) >= 5,
     }[point]
     _kill_when(cache, larger_fixture.root, 2, ready)
+    if point == "imagery pass":  # killed with some pairs' pixels written and no text written yet
+        assert seen["rows"] > 0 and seen["shards"] == []
     builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(larger_fixture.root), cache_dir=str(cache))
     assert not os.path.exists(builder.cache_dir)  # only the .incomplete folder: nothing claims to be done
     with pytest.raises(Exception):
@@ -291,5 +312,14 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
     ds = builder.as_dataset()
     assert {s: ds[s].num_rows for s in ds} == expected
     assert {s: builder.info.splits[s].num_examples for s in ds} == expected
-    leftovers = glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True) + glob.glob(str(cache / "**" / "*.staging"), recursive=True)
+    # the killed run's partial imagery tables did not ride along: one row per pair and sensor, values exact
+    tables = ImageryTables(builder.cache_dir)
+    pairs = [p for p in larger_fixture.patches if p.in_archives]
+    for sensor, column in (("s2", "patch_id"), ("s1", "s1_name")):
+        names = tables.names(sensor)
+        assert sorted(names) == sorted(getattr(p, column) for p in pairs)
+    last = ds["train"][-1]
+    patch = larger_fixture.patch(last["patch_id"])
+    assert np.array_equal(last["s1"], np.stack([patch.bands["VV"], patch.bands["VH"]]))
+    leftovers = glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True) + glob.glob(str(cache / "**" / ".texts.arrow"), recursive=True)
     assert [p for p in leftovers if not p.endswith(".lock")] == []  # datasets' own lock files may stay

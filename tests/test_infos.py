@@ -11,14 +11,18 @@ from datasets.utils.info_utils import NonMatchingSplitsSizesError
 
 import bigearthnet_txt as bt
 from bentxt import infos, sources
+from bentxt.config import CONFIGS, features_for
+from bentxt.imagery_table import PairBands
 
 
 def test_dataset_infos_json_is_up_to_date_with_the_code():
     assert infos.main(["--check"]) == 0, "run: python -m bentxt.infos"
     recorded = sources.recorded_infos()
-    assert set(recorded) == {c.name for c in bt.BigEarthNetTxt.BUILDER_CONFIGS}
+    assert set(recorded) == {c.name for c in bt.BigEarthNetTxt.BUILDER_CONFIGS} == set(CONFIGS)
     for config in bt.BigEarthNetTxt.BUILDER_CONFIGS:
-        assert datasets.Features.from_dict(recorded[config.name]["features"]) == bt.features_for(config)
+        features = datasets.Features.from_dict(recorded[config.name]["features"])
+        assert features == features_for(config, storage="cache")  # what a prepared dataset has
+    assert isinstance(datasets.Features.from_dict(recorded["s1s2-vqa"]["features"])["s2_10m"], PairBands)
     assert recorded["s1s2-all"]["splits"]["bench"]["num_examples"] == 15029
     assert recorded["s2-all-train"]["splits"] == {"train": {"name": "train", "num_examples": 4674281}}
     assert recorded["s2-vqa"]["splits"] == {}  # per-task sizes are not published: nothing is claimed

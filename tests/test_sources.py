@@ -9,8 +9,11 @@ import pytest
 
 import bigearthnet_txt as bt
 from bentxt.archives import iter_tar_zst
-from bentxt.imagery import ImageSource, detect
-from test_builder import assert_same_examples, prepare
+from bentxt import sources
+from bentxt.imagery_table import PairBands
+from bentxt.readers import iter_export_patches
+from bentxt.sources import ArchiveSource, ExportSource, FolderSource, LmdbSource, detect
+from test_builder import assert_same_examples, prepare, same_value
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +52,21 @@ def _dir(path):
 
 def test_data_dir_forms_are_detected(extracted, with_lmdb, fixture_data):
     config = bt.BigEarthNetTxt.builder_configs["s1s2-all"]
-    for root, kind in ((extracted, "folders"), (with_lmdb, "lmdb"), (fixture_data.root, "archives")):
+    for root, cls, kind, sequential in ((extracted, FolderSource, "folder", False), (with_lmdb, LmdbSource, "LMDB", False),
+                                        (fixture_data.root, ArchiveSource, "archive", True)):
         config = type(config)(name="s1s2-all", data_dir=str(root))
-        files = bt.sources.resolve(config, ("s1", "s2"))
-        assert files["s1"].kind == files["s2"].kind == kind
-    assert detect(str(extracted / "BigEarthNet-S2"), "s2") == ImageSource("folders", (str(extracted),))
-    assert detect(str(with_lmdb / "Encoded-BigEarthNet"), "s1").kind == "lmdb"
+        files = sources.resolve(config, ("s1", "s2"))
+        assert type(files["s1"]) is type(files["s2"]) is cls
+        assert files["s1"].kind == files["s2"].kind == kind and files["s2"].sequential is sequential
+    assert detect(str(extracted / "BigEarthNet-S2"), "s2") == FolderSource((str(extracted),))
+    assert detect(str(extracted), "s1") == FolderSource((str(extracted),))
+    assert type(detect(str(with_lmdb / "Encoded-BigEarthNet"), "s1")) is LmdbSource
+    assert detect(str(fixture_data.s2_archive), "s2") == ArchiveSource((str(fixture_data.s2_archive),))
+    assert FolderSource((str(extracted),)).name == f"folder {extracted.name}"
+    with pytest.raises(sources.SourceError, match="does not exist"):
+        detect(str(extracted / "nowhere"), "s2")
+    with pytest.raises(sources.SourceError, match=r"neither an extracted BigEarthNet-S2/ tree.*LMDB folder.*export"):
+        detect(str(extracted / "BigEarthNet-S1"), "s2")
 
 
 @pytest.mark.parametrize("layout", ["annotation", "patch"])
@@ -70,15 +82,17 @@ def test_each_form_prepares_the_same_examples_as_the_archives(form, layout, extr
 
 
 def assert_same_datasets(a, b):
-    """Same features, same rows in the same order: texts as Python values, arrays exactly."""
+    """Same features, same rows in the same order: texts as Python values (NaN == NaN), arrays exactly."""
     assert a.features == b.features and a.num_rows == b.num_rows
-    arrays = [k for k, f in a.features.items() if type(f).__name__ == "Array3D"]
+    arrays = [k for k, f in a.features.items() if isinstance(f, PairBands)]
+    assert arrays
     for column in a.column_names:
         if column in arrays:
             x, y = (d.with_format("numpy", columns=[column], dtype=None)[:][column] for d in (a, b))
             assert x.dtype == y.dtype and (x == y).all(), column
         else:
-            assert list(a[column]) == list(b[column]), column
+            x, y = list(a[column]), list(b[column])
+            assert len(x) == len(y) and all(same_value(p, q) for p, q in zip(x, y)), column
 
 
 def test_sources_mix_per_sensor(extracted, fixture_data, fixture_lmdb, from_archives, tmp_path):
@@ -100,10 +114,10 @@ def test_a_patch_missing_from_a_folder_is_reported(extracted, fixture_data, tmp_
     shutil.copytree(extracted, root, symlinks=True)
     victim = next(p for p in fixture_data.patches if p.split == "validation")
     shutil.rmtree(root / "BigEarthNet-S1" / "_".join(victim.s1_name.split("_")[:-3]) / victim.s1_name)
-    with pytest.raises(ValueError, match=rf"{victim.patch_id} \(not in the s1 source partial\)"):
+    with pytest.raises(bt.MissingPatchError, match=rf"{victim.patch_id} \(not in folder partial\)"):
         prepare("s1s2-all-validation", _dir(root), tmp_path / "c")
     builder = bt.BigEarthNetTxt(config_name="s1s2-all-validation", data_dir=str(root), cache_dir=str(tmp_path / "d"))
-    with pytest.raises(ValueError, match=victim.patch_id):
+    with pytest.raises(bt.MissingPatchError, match=rf"{victim.patch_id} \(not in folder partial\)"):
         list(builder.as_streaming_dataset(split="validation"))
     _, ds = prepare("s1s2-all-validation", _dir(root), tmp_path / "e", skip_missing=True)
     assert victim.patch_id not in set(ds["validation"]["patch_id"])
@@ -129,8 +143,10 @@ def torchgeo_parts(fixture_data, tmp_path_factory) -> Path:
 
 def test_torchgeo_split_gzip_parts_stream_as_one_archive(torchgeo_parts, from_archives, tmp_path):
     config = type(bt.BigEarthNetTxt.builder_configs["s1s2-all"])(name="s1s2-all", data_dir=str(torchgeo_parts))
-    files = bt.sources.resolve(config, ("s1", "s2"))
+    files = sources.resolve(config, ("s1", "s2"))
+    assert type(files["s2"]) is ArchiveSource
     assert [p.rsplit("/", 1)[-1] for p in files["s2"].paths] == ["BigEarthNet-S2.tar.gzaa", "BigEarthNet-S2.tar.gzab"]
+    assert len(files["s2"].archives) == 1  # the parts form one archive
     builder, ds = prepare("s1s2-all", _dir(torchgeo_parts), tmp_path)
     for split in from_archives["annotation"]:
         assert_same_datasets(ds[split], from_archives["annotation"][split])
@@ -149,7 +165,7 @@ def test_an_export_is_an_image_source_too(fixture_data, from_archives, tmp_path)
     from bentxt.export import export
 
     root = export("s1s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), layout="patch", name="s1s2-all-patch", progress=False)
-    assert bt.imagery.detect(str(root), "s2").kind == "export"
+    assert detect(str(root), "s2") == ExportSource((str(root),)) and detect(str(root), "s2").kind == "export"
     builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=str(root), cache_dir=str(tmp_path / "c"))
     builder.download_and_prepare(num_proc=2)
     for split, reference in from_archives["annotation"].items():
@@ -162,5 +178,65 @@ def test_an_annotation_layout_export_yields_each_patch_once(fixture_data, tmp_pa
     from bentxt.export import export
 
     root = export("s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), rows_per_group=7, progress=False)
-    names = [name for name, _ in bt.imagery.iter_export_patches(str(root), "s2")]
+    names = [name for name, _ in iter_export_patches(str(root), "s2")]
     assert len(names) == len(set(names)) == len([p for p in fixture_data.patches if p.in_archives])
+
+
+# ----------------------------------------------------------------------------- choosing files (unit)
+
+
+def _config(**options):
+    from bentxt.config import resolve_config
+
+    return resolve_config("s1s2-all", **options)
+
+
+def test_split_parts_form_one_archive_and_single_files_their_own():
+    source = ArchiveSource(("/d/BigEarthNet-S2.tar.gzab", "/d/BigEarthNet-S2.tar.gzaa", "/e/BigEarthNet-S2.tar.zst"))
+    assert source.archives == (("/d/BigEarthNet-S2.tar.gzaa", "/d/BigEarthNet-S2.tar.gzab"), ("/e/BigEarthNet-S2.tar.zst",))
+    assert source.name == "archive BigEarthNet-S2.tar.gzab, BigEarthNet-S2.tar.gzaa, BigEarthNet-S2.tar.zst"
+    with pytest.raises(TypeError, match="is read front to back, not by patch"):
+        source.open_reader({"s2": ("B02",)})
+
+
+def test_files_are_chosen_option_first_then_data_files_then_data_dir_then_the_release(fixture_data, fixture_lmdb, extracted):
+    release = sources.release()
+    files = sources.resolve(_config(), ("s1", "s2"))  # nothing given: the recorded release URLs
+    assert files["annotations"] == release["annotations"]["url"]
+    assert files["s1"] == ArchiveSource((release["s1"]["url"],)) and files["s2"] == ArchiveSource((release["s2"]["url"],))
+    files = sources.resolve(_config(data_dir=str(fixture_data.root)), ("s1", "s2"))
+    assert files["annotations"] == str(fixture_data.parquet) and files["s2"] == ArchiveSource((str(fixture_data.s2_archive),))
+    named = {"annotations": str(fixture_data.parquet), "s2": str(extracted)}
+    files = sources.resolve(_config(data_dir=str(fixture_data.root), data_files=named), ("s1", "s2"))
+    assert type(files["s2"]) is FolderSource and type(files["s1"]) is ArchiveSource  # s1 still from data_dir
+    files = sources.resolve(_config(data_dir=str(fixture_data.root), data_files=named, image_source={"s2": str(fixture_lmdb)}), ("s1", "s2"))
+    assert type(files["s2"]) is LmdbSource
+    with pytest.raises(sources.SourceError, match=r"image_source must be a path or a dict with keys 's1'/'s2'"):
+        sources.resolve(_config(data_dir=str(fixture_data.root), image_source={"s3": str(fixture_lmdb)}), ("s1", "s2"))
+    with pytest.raises(sources.SourceError, match=r"data_files\['annotations'\] must be one parquet file"):
+        sources.resolve(_config(data_files={"annotations": [str(fixture_data.parquet)] * 2}), ("s1", "s2"))
+
+
+def test_fingerprints_change_with_the_content_not_the_listing(fixture_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in (fixture_data.parquet, fixture_data.s2_archive):
+        shutil.copy(path, data / path.name)
+    config = _config(data_dir=str(data))
+    before = sources.fingerprint(sources.resolve(config, ("s2",)))
+    assert before["s2"][0] == "archive" and before["s2"][2][0][1] == fixture_data.s2_archive.stat().st_size
+    (data / "notes.txt").write_text("not an input")
+    assert sources.fingerprint(sources.resolve(config, ("s2",))) == before
+    with open(data / "BigEarthNet.txt.parquet", "ab") as f:
+        f.write(b"\0")
+    after = sources.fingerprint(sources.resolve(config, ("s2",)))
+    assert after["s2"] == before["s2"] and after["annotations"] != before["annotations"]
+
+
+def test_recorded_split_sizes_apply_to_the_release_parquet_only(fixture_data):
+    files = sources.resolve(_config(data_dir=str(fixture_data.root)), ("s1", "s2"))
+    assert sources.expected_split_sizes(_config(data_dir=str(fixture_data.root)), files) is None  # not the release file
+    assert sources.expected_split_sizes(_config(layout="patch"), files) is None
+    assert sources.expected_split_sizes(_config(countries=["Austria"]), files) is None

@@ -1,0 +1,158 @@
+"""bentxt/formatting.py: formats keep the bands' dtypes; iteration, distribution and DataLoaders over the default columns."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from datasets.distributed import split_dataset_by_node
+
+import bigearthnet_txt as bt
+from bentxt import bands as B
+from bentxt.imagery_table import PairBands
+
+GROUPS = {g.name: g for g in B.BAND_GROUPS}
+
+
+@pytest.fixture(scope="module")
+def prepared(fixture_data, tmp_path_factory):
+    """s1s2-all prepared: its test split mixes grounding rows with every other type."""
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), cache_dir=str(tmp_path_factory.mktemp("fmt")))
+    builder.download_and_prepare()
+    return builder.as_dataset()
+
+
+def native(fixture, patch_id, column):
+    patch = fixture.patch(str(patch_id))
+    return np.stack([patch.bands[b] for b in GROUPS[column].bands])
+
+
+def test_the_default_format_gives_numpy_arrays(prepared, fixture_data):
+    test = prepared["test"]
+    ex = test[0]
+    for column, group in GROUPS.items():
+        assert type(ex[column]) is np.ndarray and ex[column].dtype == np.dtype(group.dtype) and ex[column].shape == group.shape
+        assert np.array_equal(ex[column], native(fixture_data, ex["patch_id"], column))
+    assert isinstance(ex["ID"], int) and isinstance(ex["input"], str) and isinstance(ex["bbox"], list)
+
+
+def test_numpy_keeps_band_dtypes_on_batches_mixing_every_type(prepared, fixture_data):
+    test = prepared["test"].with_format("numpy")
+    assert set(prepared["test"]["type"]) == {"binary", "mcq", "captioning", "bounding box"}
+    batch = test[:]  # one batch over every row: grounding rows beside rows without a box
+    n = test.num_rows
+    for column, group in GROUPS.items():
+        assert batch[column].dtype == np.dtype(group.dtype) and batch[column].shape == (n, *group.shape)
+    for i, pid in enumerate(batch["patch_id"]):
+        assert np.array_equal(batch["s2_10m"][i], native(fixture_data, pid, "s2_10m"))
+        assert np.array_equal(batch["s1"][i], native(fixture_data, pid, "s1"))
+    assert batch["bbox"].dtype.kind == "f" and batch["bbox"].shape == (n, 4)
+    assert batch["point"].shape == (n, 2) and batch["options"].shape == (n, 4)
+    grounding = batch["type"] == "bounding box"
+    assert grounding.any() and (~grounding).any()
+    assert not np.isnan(batch["bbox"][grounding]).any() and np.isnan(batch["bbox"][~grounding]).all()
+    assert batch["ID"].dtype == np.int64
+    row = test[3]
+    assert row["s2_20m"].dtype == np.uint16 and row["s2_20m"].shape == GROUPS["s2_20m"].shape
+    # one column at a time, the same
+    column = test["s2_60m"][:]
+    assert column.dtype == np.uint16 and np.array_equal(column, batch["s2_60m"])
+
+
+def test_an_explicit_dtype_still_wins(prepared):
+    test = prepared["test"]
+    assert test.with_format("numpy", dtype=np.float32)[:2]["s2_10m"].dtype == np.float32
+    assert test.with_format("numpy", dtype=None)[:2]["s2_10m"].dtype == np.uint16
+    assert test.with_format("torch", dtype=torch.float64)[:2]["s2_10m"].dtype == torch.float64
+
+
+def test_torch_gives_int32_for_uint16_and_keeps_float32(prepared, fixture_data):
+    test = prepared["test"].with_format("torch")
+    batch = test[:5]
+    for column, group in GROUPS.items():
+        expected = torch.int32 if group.dtype == "uint16" else torch.float32
+        assert batch[column].dtype == expected and tuple(batch[column].shape) == (5, *group.shape)
+    for i, pid in enumerate(batch["patch_id"]):
+        assert np.array_equal(batch["s2_10m"][i].numpy(), native(fixture_data, pid, "s2_10m").astype(np.int32))
+        assert np.array_equal(batch["s1"][i].numpy(), native(fixture_data, pid, "s1"))
+    assert test[0]["s2_60m"].dtype == torch.int32 and test["s2_20m"][:].dtype == torch.int32
+    assert batch["bbox"].dtype == torch.float32 and batch["ID"].dtype == torch.int64
+
+
+def test_arrow_format_gives_the_stored_references(prepared):
+    table = prepared["test"].with_format("arrow")[:3]
+    assert isinstance(table, pa.Table) and table.num_rows == 3
+    assert table.schema.field("s2_10m").type == PairBands.pa_type
+    assert all(r["bytes"] is None and r["s1"] is not None and r["s2"] is not None for r in table["s2_10m"].to_pylist())
+
+
+def test_other_datasets_are_formatted_as_datasets_does(prepared):
+    plain = datasets.Dataset.from_dict(
+        {"a": [np.ones((1, 2, 2), np.uint16)], "b": [1.5]},
+        features=datasets.Features({"a": datasets.Array3D((1, 2, 2), "uint16"), "b": datasets.Value("float64")}),
+    )
+    assert plain.with_format("numpy")[:]["a"].dtype == np.int64  # datasets' default
+    assert plain.with_format("torch")[:]["a"].dtype == torch.int64
+    assert prepared["test"].with_format("numpy")[:2]["latitude"].dtype == plain.with_format("numpy")[:]["b"].dtype
+
+
+def test_to_iterable_dataset_and_split_by_node(prepared, fixture_data):
+    test = prepared["test"]
+    iterable = test.to_iterable_dataset(num_shards=2)
+    rows = list(iterable)
+    assert [r["ID"] for r in rows] == list(test["ID"])
+    assert rows[0]["s2_10m"].dtype == np.uint16 and np.array_equal(rows[0]["s2_10m"], native(fixture_data, rows[0]["patch_id"], "s2_10m"))
+    parts = [split_dataset_by_node(test, rank=r, world_size=2) for r in range(2)]
+    ids = [list(p["ID"]) for p in parts]
+    assert not set(ids[0]) & set(ids[1]) and sorted(ids[0] + ids[1]) == sorted(test["ID"])
+    assert np.array_equal(parts[1][0]["s1"], native(fixture_data, parts[1][0]["patch_id"], "s1"))
+    streamed_parts = [list(split_dataset_by_node(iterable, rank=r, world_size=2)) for r in range(2)]
+    ids = [[r["ID"] for r in p] for p in streamed_parts]
+    assert all(ids) and not set(ids[0]) & set(ids[1]) and sorted(ids[0] + ids[1]) == sorted(test["ID"])
+
+
+def _check_loader_batches(batches, fixture_data, expected_ids, uint_dtypes):
+    seen = []
+    for batch in batches:
+        for key, value in batch.items():
+            assert value is not None, key
+            if isinstance(value, list):
+                assert not any(v is None for v in value), key
+        for column, group in GROUPS.items():
+            assert batch[column].dtype in (uint_dtypes if group.dtype == "uint16" else (torch.float32,)), column
+        for i, pid in enumerate(batch["patch_id"]):
+            for column in GROUPS:
+                assert np.array_equal(batch[column][i].numpy(), native(fixture_data, pid, column)), column
+        assert batch["bbox"].shape[1:] == (4,) and batch["point"].shape[1:] == (2,)
+        assert len(batch["options"]) == 4  # default collate transposes the 4 strings
+        seen += batch["ID"].tolist()
+    assert sorted(seen) == sorted(expected_ids)
+
+
+def test_a_dataloader_with_two_workers_over_the_default_columns_of_a_prepared_config(prepared, fixture_data):
+    test = prepared["test"]
+    loader = torch.utils.data.DataLoader(test.with_format("torch"), batch_size=8, num_workers=2, shuffle=True)
+    _check_loader_batches(loader, fixture_data, list(test["ID"]), (torch.int32,))
+
+
+def test_a_dataloader_with_two_workers_over_a_streamed_config(fixture_data, tmp_path):
+    streamed = datasets.load_dataset("bigearthnet_txt", "s1s2-all", data_dir=str(fixture_data.root), streaming=True,
+                                     split="test", cache_dir=str(tmp_path))
+    assert all(isinstance(streamed.features[c], datasets.Array3D) for c in GROUPS)
+    loader = torch.utils.data.DataLoader(streamed.with_format("torch"), batch_size=8, num_workers=2)
+    expected = [r["ID"] for r in fixture_data.table.to_pylist() if r["split"] == "test"]
+    # streamed Array3D columns are formatted by datasets itself (integers as int64)
+    _check_loader_batches(loader, fixture_data, expected, (torch.int32, torch.int64))
+
+
+def test_nan_marks_what_a_row_does_not_have_in_torch_too(prepared):
+    batch = prepared["test"].with_format("torch", columns=["type", "bbox", "point"])[:]
+    for kind, box, point in zip(batch["type"], batch["bbox"], batch["point"]):
+        assert torch.isnan(box).all().item() == (kind != "bounding box")
+        if kind != "bounding box":
+            assert torch.isnan(point).all()
+    assert math.isnan(float(batch["bbox"][[t != "bounding box" for t in batch["type"]].index(True)][0]))

@@ -1,0 +1,193 @@
+"""bentxt/join.py: the one join of texts and imagery, for preparing (plan_cache) and streaming (streamed_examples)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from bentxt import join, sources
+from bentxt.archives import iter_archive_patches
+from bentxt.config import resolve_config
+from bentxt.imagery_table import ImageryTables
+from bentxt.join import EmptySelectionError, JoinReport, MissingPatchError
+
+
+def files_for(config):
+    return sources.resolve(config, config.sensors)
+
+
+def fixture_rows(fixture, types=None, split=None):
+    return [r for r in fixture.table.to_pylist()
+            if (types is None or r["type"] in types) and (split is None or r["split"] == split)]
+
+
+# ----------------------------------------------------------------------------- texts
+
+
+def test_select_annotations_groups_texts_by_pair(fixture_data):
+    config = resolve_config("s1s2-vqa", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    rows = fixture_rows(fixture_data, ("binary", "mcq"))
+    assert index.keys == sorted({r["patch_id"] for r in rows})  # grouped by the S2 name, sorted
+    assert index.table.num_rows == len(rows) and int(index.starts[-1]) == len(rows)
+    for i, key in enumerate(index.keys):
+        ids = index.rows(i)["ID"].to_pylist()
+        assert ids == sorted(r["ID"] for r in rows if r["patch_id"] == key)  # a pair's texts by ID
+    s1 = join.select_annotations(resolve_config("s1-vqa", data_dir=str(fixture_data.root)), str(fixture_data.parquet), "train", None)
+    assert s1.keys == sorted({r["s1_name"] for r in rows if r["split"] == "train"})  # s1-* configs key on s1_name
+
+
+def test_select_annotations_checks_filters_and_says_what_emptied_it(fixture_data):
+    config = resolve_config("s2-mcq", data_dir=str(fixture_data.root), seasons=["Monsoon"])
+    with pytest.raises(ValueError, match=r"seasons=\['Monsoon'\]: \['Monsoon'\] not found in column 'season'.*Valid values"):
+        join.select_annotations(config, str(fixture_data.parquet), None, None)
+    config = resolve_config("s2-all-bench", data_dir=str(fixture_data.root), countries=["Austria"])
+    with pytest.raises(EmptySelectionError, match=r"BigEarthNet.txt.parquet: config 's2-all-bench' selects no text: no row has "
+                                                  r"task 'all' \(types .*\) and splits \['bench'\] and countries=\['Austria'\]"):
+        join.select_annotations(config, str(fixture_data.parquet), None, None)
+
+
+def test_examples_are_one_per_text_with_fixed_size_fields(fixture_data):
+    config = resolve_config("s2-all-test", data_dir=str(fixture_data.root), point_token=["", ""], ref_token=["[", "]"])
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    from make_fixtures import REAL_PATCH_ID
+
+    i = index.keys.index(REAL_PATCH_ID)
+    images = {"s2_10m": "shared"}
+    out = list(join.examples(config, index.rows(i), images))
+    assert [k for k, _ in out] == index.rows(i)["ID"].to_pylist()
+    by_id = {ex["ID"]: ex for _, ex in out}
+    assert all(ex["s2_10m"] == "shared" and ex["patch_id"] == REAL_PATCH_ID for ex in by_id.values())
+    assert by_id[27527]["bbox"] == [0.0, 0.0, 0.93, 0.45] and by_id[27527]["point"] == [0.35, 0.16]
+    assert "found at (0.35, 0.16) in the satellite" in by_id[27527]["input"]  # point tags stripped
+    assert by_id[27530]["input"] == "Identify a continuous patch of [broad-leaved forest]."
+    assert all(math.isnan(x) for x in by_id[27530]["point"])
+    assert by_id[27533]["type"] == "captioning" and by_id[27533]["category"] == "None"  # the parquet's literal
+    assert all(math.isnan(x) for x in by_id[27533]["bbox"]) and by_id[27533]["options"] == ["", "", "", ""]
+    assert by_id[27536]["options"][2] == "Temperate, no dry season, warm summer"
+    for ex in by_id.values():
+        assert len(ex["bbox"]) == 4 and len(ex["point"]) == 2 and len(ex["options"]) == 4
+        assert not any(v is None for v in ex.values())
+
+
+def test_patch_layout_gives_one_example_per_pair(fixture_data):
+    config = resolve_config("s1-grounding", data_dir=str(fixture_data.root), layout="patch")
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    ((key, example),) = list(join.examples(config, index.rows(0), {"s1": "pixels"}))
+    assert key == index.keys[0] == example["s1_name"] and example["s1"] == "pixels"
+    assert [a["ID"] for a in example["annotations"]] == index.rows(0)["ID"].to_pylist()
+    assert "ID" not in example and set(example["annotations"][0]) == {"ID", "input", "output", "type", "category", "bbox", "point", "options"}
+
+
+def test_malformed_text_names_the_row(fixture_data):
+    config = resolve_config("s2-grounding-test", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    rows = index.rows(0)
+    column = rows.schema.get_field_index("output")
+    broken = rows.set_column(column, "output", pa.array(["[0.0, 0.0, 0.93, 0.45]"] * rows.num_rows))
+    with pytest.raises(ValueError, match=rf"ID {rows['ID'][0].as_py()}: output"):
+        list(join.examples(config, broken, {}))
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def test_join_report_raises_for_missing_pairs_unless_skipped(caplog):
+    config = resolve_config("s2-all")
+    report = JoinReport("split train", archive_only=3)
+    report.missing["S2A_x_1"] = "archive BigEarthNet-S2.tar.zst"
+    with pytest.raises(MissingPatchError, match=r"split train: 1 image pair\(s\) with texts are missing from the imagery, "
+                                                r"e\.g\. S2A_x_1 \(not in archive BigEarthNet-S2.tar.zst\)\. Pass skip_missing=True"):
+        report.finish(config, pairs=4)
+    skipping = resolve_config("s2-all", skip_missing=True)
+    with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+        report.finish(skipping, pairs=4)
+    assert "split train: 3 image pair(s) joined; 1 missing from the imagery (skipped); 3 imagery patch(es) outside" in caplog.text
+    report.add_invalid("S2A_x_2", "band B03 is not a TIFF")
+    assert "skipped an image pair: band B03 is not a TIFF" in caplog.text
+    with pytest.raises(EmptySelectionError, match=r"every one of the 2 selected image pair\(s\) was skipped \(1 missing .*, 1 with invalid"):
+        report.finish(resolve_config("s2-all", skip_missing=True, skip_invalid=True), pairs=2)
+    assert issubclass(MissingPatchError, ValueError) and issubclass(EmptySelectionError, ValueError)
+
+
+# ----------------------------------------------------------------------------- preparing
+
+
+@pytest.fixture(scope="module")
+def planned(fixture_data, tmp_path_factory):
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    root = tmp_path_factory.mktemp("plan")
+    return config, join.plan_cache(config, files_for(config), str(root), 2, None), root
+
+
+def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixture_data):
+    config, plan, root = planned
+    tables = ImageryTables(str(root))
+    index_keys = sorted(p.patch_id for p in fixture_data.patches if p.in_archives)
+    s2_names, s1_names = tables.names("s2"), tables.names("s1")
+    assert sorted(s2_names) == index_keys and len(s1_names) == len(index_keys)
+    assert len(tables.files("s2")) == len(tables.files("s1")) == 1  # one pass per archive
+    # pair i of the plan (sorted by patch_id) -> its row in each sensor's table
+    for i, key in enumerate(index_keys):
+        assert s2_names[plan.rows["s2"][i]] == key
+        assert s1_names[plan.rows["s1"][i]] == fixture_data.patch(key).s1_name
+    assert int(plan.starts[-1]) == fixture_data.table.num_rows
+    assert plan.examples == {s: len(fixture_rows(fixture_data, split=s)) for s in ("train", "validation", "test", "bench")}
+    # each split's pairs in S2 archive order (what streaming yields), cut into num_proc shards
+    archive = [n for n, _ in iter_archive_patches([str(fixture_data.s2_archive)], "s2", progress=False)]
+    for split, shards in plan.shards.items():
+        assert len(shards) == 2
+        ordered = [index_keys[i] for shard in shards for i in shard]
+        assert ordered == [n for n in archive if fixture_data.patch(n).split == split]
+    assert os.path.exists(plan.texts)
+
+
+def test_plan_cache_reports_missing_pairs(tmp_path):
+    from make_fixtures import make_fixture
+
+    fx = make_fixture(tmp_path / "fx", seed=3, text_only=1)
+    missing = next(p for p in fx.patches if not p.in_archives)
+    config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root))
+    with pytest.raises(MissingPatchError, match=rf"config s2-all-{missing.split}: 1 image pair\(s\).*{missing.patch_id} \(not in archive BigEarthNet-S2.tar.zst\)"):
+        join.plan_cache(config, files_for(config), str(tmp_path / "a"), 1, None)
+    config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root), skip_missing=True)
+    plan = join.plan_cache(config, files_for(config), str(tmp_path / "b"), 1, None)
+    assert plan.examples[missing.split] == len(fixture_rows(fx, split=missing.split)) - missing.rows
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def test_streamed_examples_follow_the_plan_order_and_clean_their_spill(planned, fixture_data, tmp_path):
+    config, plan, _ = planned
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    streamed = list(join.streamed_examples(config, files_for(config), "validation", None, str(spill)))
+    assert not spill.exists()  # the S1 side was spilled here, and removed at the end
+    texts = pa.ipc.open_file(pa.memory_map(plan.texts)).read_all()
+    expected = [texts["ID"][int(j)].as_py() for shard in plan.shards["validation"] for i in shard
+                for j in range(plan.starts[i], plan.starts[i + 1])]
+    assert [key for key, _ in streamed] == expected
+    for _, example in streamed:
+        patch = fixture_data.patch(example["patch_id"])
+        assert example["s2_10m"].dtype == np.uint16
+        assert np.array_equal(example["s2_10m"], np.stack([patch.bands[b] for b in ("B02", "B03", "B04", "B08")]))
+        assert np.array_equal(example["s1"], np.stack([patch.bands["VV"], patch.bands["VH"]]))
+
+
+def test_streaming_from_random_access_sources_needs_no_spill(fixture_data, fixture_lmdb, tmp_path):
+    config = resolve_config("s1s2-binary-bench", data_dir=str(fixture_data.root), image_source=str(fixture_lmdb))
+    files = files_for(config)
+    assert not files["s1"].sequential and not files["s2"].sequential
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    streamed = list(join.streamed_examples(config, files, "bench", None, str(spill)))
+    assert [ex["ID"] for _, ex in streamed] and sorted(ex["ID"] for _, ex in streamed) == sorted(
+        r["ID"] for r in fixture_rows(fixture_data, ("binary",), "bench"))
+    for _, ex in streamed:
+        assert np.array_equal(ex["s1"][1], fixture_data.patch(ex["patch_id"]).bands["VH"])
