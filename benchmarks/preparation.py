@@ -108,15 +108,15 @@ def export_once(data_dir: str, out_dir: str, cache_dir: str, config: str = "s1s2
 
 
 def stream_export(out_dir: str, cache_dir: str, config: str = "s1s2-vqa", split: str = "train") -> dict:
-    """Stream one split of the export with ``load_dataset(..., streaming=True)`` + ``bentxt.export.numpy_batches``."""
+    """Stream one split of the export: texts and imagery joined in order (``bentxt.export.iter_examples``)."""
+    import os
+
     import datasets
 
-    from bentxt.export import numpy_batches
+    from bentxt.export import iter_examples
 
     datasets.disable_progress_bars()
+    os.environ["HF_DATASETS_CACHE"] = cache_dir
     t = time.perf_counter()
-    stream = datasets.load_dataset(out_dir, config, split=split, streaming=True, cache_dir=cache_dir)
-    n = 0
-    for batch in numpy_batches(stream, batch_size=64):
-        n += len(batch["ID"])
+    n = sum(1 for _ in iter_examples(out_dir, config, split))
     return {"examples": n, "seconds": time.perf_counter() - t}

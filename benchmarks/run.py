@@ -1,6 +1,6 @@
 """Throughput and peak memory of the builder against baselines measured in the same run.
 
-    python benchmarks/run.py [--patches 2000] [--read-patches 150] [--only NAME[,NAME]] [--work DIR] [--profile]
+    python benchmarks/run.py [--patches 2000] [--read-patches 150] [--only NAME[,NAME]] [--work DIR]
 
 Generates release-format data (``tests/make_fixtures.py``: real GeoTIFF/tar/zstd
 layout, ~19 texts per image pair) and a full-scale annotation parquet
@@ -9,16 +9,14 @@ layout, ~19 texts per image pair) and a full-scale annotation parquet
 1. [random]  cached random access ``ds[i]`` (numpy, 12x120x120 float32) vs the
    publisher's LMDB reader (``benchmarks/publisher_reference.py``), one core;
 2. [batched] batched iteration (64, numpy and torch) vs the reference DataLoader loop;
-3. [prepare] ``download_and_prepare`` from ``.tar.zst`` (num_proc=1, both layouts)
-   vs the bare zstd + tar read of the same archives;
-4. [write]   the builder's Array3D write path vs Python lists and raw pyarrow IPC;
-5. [text]    selecting and grouping 9,553,962 annotation rows (time, peak RSS)
+3. [text]    selecting and grouping 9,553,962 annotation rows (time, peak RSS)
    vs the publisher's pandas read;
-6. [stream]  ``as_streaming_dataset`` from ``.tar.zst`` (examples/s, peak RSS).
+4. [stream]  ``as_streaming_dataset`` from ``.tar.zst`` (examples/s, peak RSS), and the Parquet export.
+
+Preparation (speed, disk, cache sizes, the release projection) is ``benchmarks/release.py``.
 
 Every measurement that reports memory runs in its own child process (peak RSS
-= its VmHWM). Results are one table; ``--profile`` adds cProfile top costs of
-the preparation and write paths. Generated data is kept in ``--work`` (reused
+= its VmHWM). Results are one table. Generated data is kept in ``--work`` (reused
 by later runs with the same sizes); without ``--work`` a temporary folder is
 used and removed.
 """
@@ -38,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Row, format_table, log, machine_line, run_child  # noqa: E402
 
-NAMES = ("random", "batched", "prepare", "write", "text", "stream")
+NAMES = ("random", "batched", "text", "stream")
 TEXT_CONFIGS = ("s1s2-all", "s1s2-vqa", "s2-captioning-bench")
 
 
@@ -101,57 +99,6 @@ def m_batched(ctx: Context) -> List[Row]:
     ]
 
 
-def m_prepare(ctx: Context) -> List[Row]:
-    fx = ctx.fixture
-    n = fx["patches"]
-    log(f"bare archive read of {n} image pairs (zstd + tar, S2 + S1)")
-    bare = run_child("benchmarks.preparation:bare_stream", {"archives": [fx["s2_archive"], fx["s1_archive"]]})
-    bare_rate = n / bare["seconds"]
-    rows = []
-    for layout in ("annotation", "patch"):
-        cache = ctx.work / f"prepare-{layout}"
-        shutil.rmtree(cache, ignore_errors=True)
-        log(f"prepare s1s2-all layout={layout} from the archives (num_proc=1)")
-        res = run_child("benchmarks.preparation:prepare", {"data_dir": fx["data_dir"], "cache_dir": str(cache), "layout": layout})
-        shutil.rmtree(cache, ignore_errors=True)
-        rate = n / res["seconds"]
-        rows.append(Row(f"3. prepare s1s2-all layout={layout}, num_proc=1", rate, bare_rate, "p/s", target=0.5,
-                        absolute_min=1000, target_text=">= 0.5x and >= 1,000 p/s"))
-        ctx.notes.append(f"prepare layout={layout}: {res['examples'] / res['seconds']:,.0f} examples/s, "
-                         f"{res['cache_bytes'] / 1e9:.2f} GB Arrow cache, peak RSS {res['peak_rss_mb']:,.0f} MB")
-    ctx.notes.append(f"prepare baseline: bare zstd + tar read of {fx['archive_bytes'] / 1e6:,.0f} MB of archives "
-                     f"({bare['bytes'] / 1e6:,.0f} MB of members) in {bare['seconds']:.1f} s = {bare['bytes'] / 1e6 / bare['seconds']:,.0f} MB/s")
-    if ctx.args.profile:
-        small = ctx.work / "profile-fixture"
-        from benchmarks import data
-
-        pf = data.fixture(small, ctx.args.read_patches)
-        cache = ctx.work / "profile-cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        res = run_child("benchmarks.preparation:prepare", {"data_dir": pf["data_dir"], "cache_dir": str(cache),
-                                                           "layout": "annotation", "profile_top": 20})
-        shutil.rmtree(cache, ignore_errors=True)
-        ctx.profiles.append(f"cProfile, prepare s1s2-all layout=annotation, {pf['patches']} image pairs, "
-                            f"{res['seconds']:.1f} s under the profiler:\n{res['profile']}")
-    return rows
-
-
-def m_write(ctx: Context) -> List[Row]:
-    n = max(200, min(2000, ctx.args.patches))
-    log(f"writing {n} s1s2-all examples: builder path, Python lists, raw pyarrow IPC")
-    res = run_child("benchmarks.writing:measure", {"work": str(ctx.work), "n": n, "n_lists": max(50, n // 10)})
-    ours, lists, raw = res["ours"], res["lists"], res["raw_ipc"]
-    ctx.notes.append(f"write: {res['array_mb_per_row'] * 1e3:.0f} kB of arrays a row; MB/s ours {ours['mb_per_s']:,.0f}, "
-                     f"lists {lists['mb_per_s']:,.0f}, raw IPC {raw['mb_per_s']:,.0f}")
-    if ctx.args.profile:
-        prof = run_child("benchmarks.writing:profile", {"work": str(ctx.work), "n": min(n, 1000)})
-        ctx.profiles.append(f"cProfile, builder write path (encode_example + ArrowWriter.write), {min(n, 1000)} rows:\n{prof['profile']}")
-    return [
-        Row("4. write Array3D rows (builder path) vs lists", ours["rows_per_s"], lists["rows_per_s"], "rows/s"),
-        Row("   ... vs raw pyarrow IPC (upper bound)", ours["rows_per_s"], raw["rows_per_s"], "rows/s"),
-    ]
-
-
 def m_text(ctx: Context) -> List[Row]:
     from benchmarks import textscale
 
@@ -201,7 +148,7 @@ def m_stream(ctx: Context) -> List[Row]:
 
 
 def _export_rows(ctx: Context) -> Row:
-    """s1s2-vqa train streamed from a Parquet export (``bentxt.export``) vs the builder streaming the archives.
+    """s1s2-vqa train streamed from a Parquet export (texts + imagery joined) vs the builder streaming the archives.
 
     Both read the cached-reading subset (``--read-patches`` image pairs), so
     the export stays small; the export itself is written first and not timed.
@@ -231,7 +178,7 @@ def _export_rows(ctx: Context) -> Row:
 
 
 MEASUREMENTS: Dict[str, Callable[[Context], List[Row]]] = {
-    "random": m_random, "batched": m_batched, "prepare": m_prepare, "write": m_write, "text": m_text, "stream": m_stream,
+    "random": m_random, "batched": m_batched, "text": m_text, "stream": m_stream,
 }
 
 
@@ -242,7 +189,6 @@ def main(argv=None) -> int:
                         help="image pairs in the cached-reading data set (~19 texts x 0.69 MB each; default 150)")
     parser.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {', '.join(NAMES)}")
     parser.add_argument("--work", default=None, help="keep generated data here and reuse it (default: a temporary folder)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile top costs of the preparation and write paths")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in MEASUREMENTS]

@@ -61,14 +61,14 @@ def test_lmdb_from_archives_matches_the_fixture_lmdb(fixture_data, fixture_lmdb,
                 assert mine[band].dtype == theirs[band].dtype and np.array_equal(mine[band], theirs[band])
 
 
-def test_run_smoke(tmp_path):
+def test_release_benchmark_smoke(tmp_path):
+    """benchmarks/release.py end to end on a tiny fixture: the table, the projections, the disk check."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--patches", "20", "--only", "write",
-                          "--work", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "release.py"), "--patches", "24", "--skip",
+                          "reading,torchgeo", "--work", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert time.perf_counter() - t < 60
-    lines = out.stdout.splitlines()
-    assert lines[0].split()[:2] == ["measurement", "ours"] and "met?" in lines[0]
-    assert any(line.startswith("4. write Array3D rows") for line in lines)
+    assert time.perf_counter() - t < 240
     assert "| measurement | ours | baseline | ratio | target | met? |" in out.stdout
-
+    for line in ("prepare s1s2-all num_proc=2", "peak extra disk while preparing", "release projection, s1s2-vqa cache",
+                 "cache s1s2-vqa / (patch layout + parquet)"):
+        assert line in out.stdout, out.stdout
