@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -242,14 +243,15 @@ def run_imagery_job(job: ImageryJob) -> ImageryResult:
             patches = job.source.patches(job.sensor, bands, job.dlc)
         else:
             reader = job.source.open_reader({job.sensor: tuple(bands)})
-            patches = ((name, reader.read(job.sensor, name)) for name in job.names)
+            patches = ((name, partial(reader.read, job.sensor, name)) for name in job.names)  # read in the try below
         for name, data in patches:
             if job.source.sequential and name not in job.wanted:
                 result.archive_only += 1
                 continue
-            if data is None:  # not in a random-access source: reported as missing by the caller
-                continue
             try:
+                data = data() if callable(data) else data  # a bad LMDB value is skippable like a bad GeoTIFF
+                if data is None:  # not in a random-access source: reported as missing by the caller
+                    continue
                 arrays = readers.decode_patch(data, bands, name, job.source.name)
             except RasterError as err:
                 if not job.skip_invalid:
@@ -453,12 +455,21 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
             if driving.sequential:
                 patches = driving.patches(key, wanted[key], dlc)
             else:
-                patches = ((name, reader.read(key, name)) for name in index.keys)
+                patches = ((name, partial(reader.read, key, name)) for name in index.keys)
             for name, data in patches:
                 i = position.get(name)
                 if i is None:
                     report.archive_only += 1
                     continue
+                if callable(data):
+                    try:
+                        data = data()
+                    except RasterError as err:
+                        if not config.skip_invalid:
+                            raise
+                        seen[i] = True
+                        report.add_invalid(name, str(err))
+                        continue
                 if data is None:
                     continue
                 seen[i] = True

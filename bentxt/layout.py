@@ -26,8 +26,19 @@ PATCH_NAME_RE = {
 }
 
 
+#: local copies (the datasets download cache names them by a hash) -> the URL they came from
+_ORIGINS: dict = {}
+
+
+def remember_origin(local: str, url: str) -> None:
+    """Messages about a downloaded file name its URL, not its cache hash."""
+    if local != url:
+        _ORIGINS[local] = url
+
+
 def display_name(urlpath: str) -> str:
-    """How a file is named in messages: the last hop of a chained fsspec URL (``zstd://x::https://...``)."""
+    """How a file is named in messages: its URL if it was downloaded, else the last hop of a chained fsspec URL."""
+    urlpath = _ORIGINS.get(urlpath, urlpath)
     return urlpath.split("::")[-1]
 
 

@@ -38,7 +38,7 @@ from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
 
 from . import archives, readers
-from .layout import MAPS_DIR, ROOT_DIR, display_name
+from .layout import MAPS_DIR, ROOT_DIR, display_name, remember_origin
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -150,7 +150,10 @@ class ArchiveSource(ImageSource):
         return tuple(tuple(sorted(parts)) for parts in groups.values())
 
     def download(self, dl_manager) -> ImageSource:
-        return ArchiveSource(tuple(dl_manager.download(list(self.paths))))
+        local = tuple(dl_manager.download(list(self.paths)))
+        for path, url in zip(local, self.paths):
+            remember_origin(path, url)
+        return ArchiveSource(local)
 
     def verify(self, key: str, verification_mode) -> None:
         if len(self.paths) != 1:
@@ -242,12 +245,10 @@ DATA_DIR_KINDS: Tuple[type, ...] = (ArchiveSource, FolderSource, LmdbSource)
 
 
 def detect(path: str, sensor: str) -> ImageSource:
-    """What a user-given path holds. A Hub repo id becomes ``hf://``; other bare names never reach the network."""
-    if not is_url(path) and not os.path.exists(path):
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith("."):
-            path = f"hf://datasets/{path}"
-        else:
-            raise SourceError(f"image_source {path!r} does not exist (a local path, a URL, or a Hub repo id 'org/name')")
+    """What a user-given path holds: a local path or a URL (``hf://datasets/org/name`` for a Hub export)."""
+    if not is_url(path) and not os.path.exists(path):  # never guessed to be a Hub repo: only URLs reach the network
+        hint = f"; for the Hub dataset {path!r} write hf://datasets/{path}" if re.fullmatch(r"[\w.-]+/[\w.-]+", path) else ""
+        raise SourceError(f"image_source {path!r} does not exist (a local path, or a URL such as hf://datasets/org/name){hint}")
     fs, inner = _fs(path)
     if fs.isdir(inner):
         for kind in KINDS:
@@ -379,6 +380,7 @@ def download(files: Dict[str, object], dl_manager) -> Dict[str, object]:
     """Remote files go to the datasets download cache where a kind needs it; local paths are used in place."""
     out = dict(files)
     out["annotations"] = dl_manager.download(files["annotations"])
+    remember_origin(out["annotations"], files["annotations"])
     for key, source in files.items():
         if isinstance(source, ImageSource):
             out[key] = source.download(dl_manager)

@@ -323,3 +323,66 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
     assert np.array_equal(last["s1"], np.stack([patch.bands["VV"], patch.bands["VH"]]))
     leftovers = glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True) + glob.glob(str(cache / "**" / ".texts.arrow"), recursive=True)
     assert [p for p in leftovers if not p.endswith(".lock")] == []  # datasets' own lock files may stay
+
+
+# ----------------------------------------------------------------------------- every source fails the same way
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_bad_lmdb_value_is_a_raster_error_and_skip_invalid_skips_it(fixture_data, fixture_lmdb, tmp_path, streaming):
+    import lmdb
+
+    copy = tmp_path / "lmdb"
+    shutil.copytree(fixture_lmdb, copy)
+    patch = next(p for p in fixture_data.patches if p.in_archives and p.split == "train")
+    env = lmdb.open(str(copy), map_size=1 << 26, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(patch.patch_id.encode(), b"garbage, not safetensors")
+    env.close()
+
+    def load(**options):
+        builder = bt.BigEarthNetTxt(config_name="s2-all-train", data_dir=str(fixture_data.root), image_source=str(copy),
+                                    cache_dir=str(tmp_path / "cache"), **options)
+        if streaming:
+            return list(builder.as_streaming_dataset(split="train"))
+        builder.download_and_prepare()
+        return builder.as_dataset(split="train")
+
+    with pytest.raises(Exception) as excinfo:
+        load()
+    assert f"patch {patch.patch_id} in LMDB {copy}" in error_chain(excinfo), error_chain(excinfo)
+    rows = load(skip_invalid=True)
+    ids = [r["ID"] for r in rows]
+    assert set(ids) == set(pc.filter(fixture_data.table["ID"], pc.and_(
+        pc.equal(fixture_data.table["split"], "train"), pc.not_equal(fixture_data.table["patch_id"], patch.patch_id))).to_pylist())
+
+
+def test_skipping_every_pair_is_an_error_naming_the_option(fixture_data, tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    shutil.copy(fixture_data.parquet, empty / fixture_data.parquet.name)
+    (empty / "BigEarthNet-S2").mkdir()  # an extracted tree with no patch at all
+    with pytest.raises(bt.EmptySelectionError, match="skip_missing=True"):
+        prepare(empty, tmp_path / "cache", config="s2-all-bench", skip_missing=True)
+
+
+def test_a_mistyped_image_source_never_reaches_the_network(fixture_data, tmp_path, monkeypatch):
+    import fsspec
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a Hub/network file system was asked for")
+
+    monkeypatch.setattr("huggingface_hub.HfFileSystem.__init__", no_network)
+    with pytest.raises(sources.SourceError, match=r"does not exist .* write hf://datasets/datafolder/ben"):
+        bt.BigEarthNetTxt(config_name="s2-all", data_dir=str(fixture_data.root), image_source="datafolder/ben",
+                          cache_dir=str(tmp_path))
+    assert fsspec  # the local checks above used fsspec's local file system only
+
+
+def test_messages_name_the_url_of_a_downloaded_file_not_its_cache_hash(tmp_path):
+    from bentxt import layout
+
+    local = str(tmp_path / "downloads" / "5f1d0c3a9b")
+    layout.remember_origin(local, "https://example.org/BigEarthNet-S2.tar.zst")
+    assert layout.display_name(local) == "https://example.org/BigEarthNet-S2.tar.zst"
+    assert sources.ArchiveSource((local,)).name == "archive BigEarthNet-S2.tar.zst"
