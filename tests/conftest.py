@@ -36,6 +36,25 @@ for path in (TESTS_DIR.parent, TESTS_DIR):  # repo root (bentxt) and tests/ (mak
 
 from make_fixtures import Fixture, make_fixture, write_lmdb  # noqa: E402
 
+# Everything a test run writes stays in the checkout: tempfile users (ours, datasets', subprocesses) get
+# .pytest-tmp/tmp instead of /tmp, removed at the end of the session.
+_TMP = TESTS_DIR.parent / ".pytest-tmp" / "tmp"
+
+
+def pytest_configure(config) -> None:
+    import os
+    import tempfile
+
+    _TMP.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(_TMP)
+    tempfile.tempdir = str(_TMP)
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    shutil.rmtree(_TMP, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
