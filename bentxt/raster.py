@@ -9,7 +9,9 @@ header and first IFD itself (a few µs per band) and only falls back to rasterio
 for layouts it does not recognise (compression, predictor, tiles, BigTIFF,
 several samples, ...), e.g. the DEFLATE-compressed reference maps. Both paths return exactly
 ``rasterio.open(...).read(1)``: the fast path handles only layouts whose pixel
-bytes are stored verbatim.
+bytes are stored verbatim, and declines anything it does not fully understand
+(a tag outside its allow-list, a tag given twice, strip tables that do not add
+up, a second IFD). A differential fuzz test holds it to rasterio's result.
 
 Resampling. :func:`stack_image` reproduces ``stack_and_interpolate`` of the
 publisher's ``ben_txt_datamodule.py`` (facts file, section 14) without torch:
@@ -37,6 +39,7 @@ __all__ = [
     "RESAMPLE_MODES",
     "decode_geotiff",
     "check_band",
+    "max_band_file_bytes",
     "resample",
     "stack_image",
     "check_resample_options",
@@ -51,11 +54,15 @@ class RasterError(ValueError):
 # GeoTIFF decoding
 # --------------------------------------------------------------------------- #
 
+#: a header may claim any size; the largest band decodes to 57,600 bytes
+MAX_DECODED_BYTES = 1 << 28
+
 _TIFF_LE = b"II*\x00"
 _TIFF_BE = b"MM\x00*"
 _BIGTIFF_MAGICS = (b"II+\x00", b"MM\x00+")
 
 # Baseline TIFF tags the fast path looks at.
+_NEW_SUBFILE_TYPE = 254
 _IMAGE_WIDTH = 256
 _IMAGE_LENGTH = 257
 _BITS_PER_SAMPLE = 258
@@ -63,13 +70,40 @@ _COMPRESSION = 259
 _PHOTOMETRIC = 262
 _FILL_ORDER = 266
 _STRIP_OFFSETS = 273
+_ORIENTATION = 274
 _SAMPLES_PER_PIXEL = 277
 _ROWS_PER_STRIP = 278
 _STRIP_BYTE_COUNTS = 279
 _PLANAR_CONFIG = 284
 _PREDICTOR = 317
-_TILE_WIDTH = 322
 _SAMPLE_FORMAT = 339
+
+#: tags whose value changes how pixels are stored -> the one value the fast path
+#: reads verbatim (also the TIFF default, so a missing tag is fine)
+_REQUIRED_VALUES = {
+    _NEW_SUBFILE_TYPE: 0,  # a full-resolution image, not an overview or mask
+    _COMPRESSION: 1,
+    _PHOTOMETRIC: 1,  # MinIsBlack
+    _FILL_ORDER: 1,
+    _ORIENTATION: 1,  # row 0 at the top, column 0 at the left
+    _SAMPLES_PER_PIXEL: 1,
+    _PLANAR_CONFIG: 1,
+    _PREDICTOR: 1,
+}
+#: tags that never change what ``read(1)`` returns: descriptive baseline tags,
+#: GeoTIFF georeferencing and GDAL's nodata. Any other tag (tiles, ExtraSamples,
+#: SubIFDs, colour maps, GDAL_METADATA, private tags, ...) sends a file to rasterio.
+_HARMLESS_TAGS = frozenset(
+    {
+        269, 270, 271, 272, 280, 281, 282, 283, 285, 296, 305, 306, 315, 316, 340, 341,  # names, dates, resolution, ranges
+        33432,  # Copyright
+        33550, 33922, 34264, 34735, 34736, 34737,  # GeoTIFF
+        42113,  # GDAL_NODATA (read(1) returns the stored values either way)
+    }
+)
+_KNOWN_TAGS = _HARMLESS_TAGS | set(_REQUIRED_VALUES) | {
+    _IMAGE_WIDTH, _IMAGE_LENGTH, _BITS_PER_SAMPLE, _STRIP_OFFSETS, _ROWS_PER_STRIP, _STRIP_BYTE_COUNTS, _SAMPLE_FORMAT
+}
 
 #: TIFF field type -> (struct format of one value, its size): BYTE, SHORT, LONG
 _FIELD = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}
@@ -96,9 +130,6 @@ _DTYPES = {
 def _ifd_struct(order: str, n_entries: int) -> struct.Struct:
     """Unpacks all 12-byte IFD entries at once as (tag, type, count, value-or-offset)."""
     return struct.Struct(order + "HHII" * n_entries)
-
-
-_UNKNOWN: object = object()
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
@@ -178,34 +209,38 @@ class _StripLayout(NamedTuple):
     arrays: Tuple[Tuple[int, bytes], ...]
 
 
-#: byte order -> raw IFD bytes -> layout (None: not for the fast path). Band
-#: files written alike (same writer, size and dtype) have byte-identical IFDs,
-#: so after the first file of each kind decoding is a dict look-up, two short
-#: compares and one copy (~3-5 µs instead of ~10 µs for a full parse).
-_LAYOUTS: Dict[str, Dict[bytes, Optional[_StripLayout]]] = {"<": {}, ">": {}}
+#: byte order -> raw IFD bytes -> layout. Band files written alike (same
+#: writer, size and dtype) have byte-identical IFDs, so after the first file of
+#: each kind decoding is a dict look-up, two short compares and one copy (~3-5 µs
+#: instead of ~10 µs for a full parse). Refusals are not cached: one may come
+#: from strip tables outside the IFD bytes, and must not stick to the next
+#: file with the same IFD.
+_LAYOUTS: Dict[str, Dict[bytes, _StripLayout]] = {"<": {}, ">": {}}
 _LAYOUTS_MAX = 256
 
 
 def _parse_layout(
-    data: bytes | bytearray | memoryview, order: str, flat: Tuple[int, ...], where: str
+    data: bytes | bytearray | memoryview, order: str, flat: Tuple[int, ...], next_ifd: int, where: str
 ) -> Optional[_StripLayout]:
-    """The strip layout described by the unpacked IFD entries, or None to decline."""
+    """The strip layout described by the unpacked IFD entries, or None to decline.
+
+    Declines whatever it does not fully understand, since a wrong guess is a
+    silently wrong pixel: tags out of order or repeated (libtiff keeps the
+    first of a repeated tag), a tag outside the allow-list above, a second IFD,
+    and strip tables that do not describe exactly the image's rows.
+    """
     tags, types, counts, values = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+    if next_ifd != 0 or any(a >= b for a, b in zip(tags, tags[1:])) or not _KNOWN_TAGS.issuperset(tags):
+        return None
     single = {
         tag: _inline_value(order, field_type, count, value)
         for tag, field_type, count, value in zip(tags, types, counts, values)
     }
     get = single.get
     if (
-        _TILE_WIDTH in single
-        or _STRIP_OFFSETS not in single
+        _STRIP_OFFSETS not in single
         or _STRIP_BYTE_COUNTS not in single
-        or get(_SAMPLES_PER_PIXEL, 1) != 1
-        or get(_COMPRESSION, 1) != 1
-        or get(_PREDICTOR, 1) != 1
-        or get(_PLANAR_CONFIG, 1) != 1
-        or get(_FILL_ORDER, 1) != 1
-        or get(_PHOTOMETRIC, 1) != 1
+        or any(get(tag, required) != required for tag, required in _REQUIRED_VALUES.items())
     ):
         return None
     kind = _SAMPLE_DTYPE.get((get(_SAMPLE_FORMAT, 1), get(_BITS_PER_SAMPLE, 1)))
@@ -214,20 +249,26 @@ def _parse_layout(
     if kind is None or width <= 0 or height <= 0 or rows_per_strip <= 0:
         return None
     entries = dict(zip(tags, zip(types, counts, values)))
+    n_strips = -(-height // rows_per_strip)
+    if entries[_STRIP_OFFSETS][1] != n_strips or entries[_STRIP_BYTE_COUNTS][1] != n_strips:
+        return None  # checked before reading them: a wrong count is GDAL's to interpret, not a truncation
     offsets, offsets_raw = _tag_array(data, order, entries[_STRIP_OFFSETS], where, _STRIP_OFFSETS)
     byte_counts, counts_raw = _tag_array(data, order, entries[_STRIP_BYTE_COUNTS], where, _STRIP_BYTE_COUNTS)
-    n_strips = -(-height // rows_per_strip)
-    if offsets is None or byte_counts is None or len(offsets) != n_strips or len(byte_counts) != n_strips:
+    if offsets is None or byte_counts is None:
         return None
 
     file_dtype, native_dtype = _DTYPES[order, kind]
     row_bytes = width * file_dtype.itemsize
-    for i, byte_count in enumerate(byte_counts):
-        if byte_count < min(rows_per_strip, height - i * rows_per_strip) * row_bytes:
-            # GDAL fills sparse (0-byte) strips with nodata and reads short ones
-            # anyway; leave such oddities to it.
-            return None
     strip_bytes = rows_per_strip * row_bytes
+    for i, byte_count in enumerate(byte_counts):
+        # Exactly the strip's rows (the last strip may be padded to a full one).
+        # GDAL fills sparse (0-byte) strips with nodata, reads short ones anyway
+        # and may cap long ones; leave all such oddities to it.
+        rows = min(rows_per_strip, height - i * rows_per_strip)
+        if byte_count != rows * row_bytes and not (i == n_strips - 1 and byte_count == strip_bytes):
+            return None
+    if 0 in offsets:  # offset 0 means "not written" to GDAL
+        return None
     first = offsets[0]
     contiguous = offsets == tuple(range(first, first + n_strips * strip_bytes, strip_bytes))
     arrays = tuple(raw for raw in (offsets_raw, counts_raw) if raw is not None)
@@ -260,22 +301,23 @@ def _decode_fast(data: bytes | bytearray | memoryview, where: str = "") -> Optio
     if ifd + 2 > size:
         raise _truncated(where, "the first IFD", ifd + 2, size)
     (n_entries,) = struct.unpack_from(order + "H", data, ifd)
-    ifd_end = ifd + 2 + 12 * n_entries
+    ifd_end = ifd + 2 + 12 * n_entries + 4  # the entries, then the next IFD's offset
     if ifd_end > size:
         raise _truncated(where, "the first IFD", ifd_end, size)
 
     cache = _LAYOUTS[order]
     key = bytes(data[ifd + 2 : ifd_end])
-    layout = cache.get(key, _UNKNOWN)
-    if layout is _UNKNOWN or (
-        layout is not None and any(data[pos : pos + len(raw)] != raw for pos, raw in layout.arrays)
-    ):
-        layout = _parse_layout(data, order, _ifd_struct(order, n_entries).unpack(key), where)
+    layout = cache.get(key)
+    if layout is None or any(data[pos : pos + len(raw)] != raw for pos, raw in layout.arrays):
+        flat = _ifd_struct(order, n_entries).unpack_from(key)
+        (next_ifd,) = struct.unpack_from(order + "I", key, len(key) - 4)
+        layout = _parse_layout(data, order, flat, next_ifd, where)
+        if layout is None:
+            cache.pop(key, None)
+            return None
         if len(cache) >= _LAYOUTS_MAX:
             cache.clear()
         cache[key] = layout
-    if layout is None:
-        return None
 
     height, width, rows_per_strip = layout.height, layout.width, layout.rows_per_strip
     row_bytes = width * layout.file_dtype.itemsize
@@ -286,11 +328,15 @@ def _decode_fast(data: bytes | bytearray | memoryview, where: str = "") -> Optio
         view = np.frombuffer(data, dtype=layout.file_dtype, count=height * width, offset=first)
         return view.reshape(height, width).astype(layout.native_dtype)
 
+    for i, offset in enumerate(layout.offsets):
+        end = offset + min(rows_per_strip, height - i * rows_per_strip) * row_bytes
+        if end > size:
+            raise _truncated(where, f"strip {i} of {len(layout.offsets)}", end, size)
+    if height * row_bytes > size:  # strips that overlap: leave the memory this needs to GDAL's checks
+        return None
     array = np.empty((height, width), dtype=layout.native_dtype)
     for i, offset in enumerate(layout.offsets):
         rows = min(rows_per_strip, height - i * rows_per_strip)
-        if offset + rows * row_bytes > size:
-            raise _truncated(where, f"strip {i} of {len(layout.offsets)}", offset + rows * row_bytes, size)
         strip = np.frombuffer(data, dtype=layout.file_dtype, count=rows * width, offset=offset)
         array[i * rows_per_strip : i * rows_per_strip + rows] = strip.reshape(rows, width)
     return array
@@ -309,6 +355,12 @@ def _decode_rasterio(data: bytes | bytearray | memoryview, where: str) -> np.nda
                     raise RasterError(
                         f"{_source(where)}: expected a single-band GeoTIFF, "
                         f"found {dataset.count} bands ({', '.join(dataset.dtypes)})"
+                    )
+                pixel_bytes = dataset.width * dataset.height * np.dtype(dataset.dtypes[0]).itemsize
+                if pixel_bytes > MAX_DECODED_BYTES:
+                    raise RasterError(
+                        f"{_source(where)}: a {dataset.width}x{dataset.height} {dataset.dtypes[0]} image "
+                        f"({pixel_bytes} bytes decoded) is far larger than any band; not decoded"
                     )
                 return dataset.read(1)
     except RasterError:
@@ -335,10 +387,24 @@ def decode_geotiff(data: bytes | bytearray | memoryview, where: str = "") -> np.
         return array
     if bytes(data[:4]) not in (_TIFF_LE, _TIFF_BE) + _BIGTIFF_MAGICS:
         # Checked here rather than left to GDAL, which would happily decode a PNG.
-        raise RasterError(
-            f"{_source(where)}: not a TIFF file ({len(data)} bytes, starting with {bytes(data[:16])!r})"
-        )
+        # The bytes themselves stay out of the message: they may be anything (a
+        # linked /etc/passwd, a token), and messages end up in logs and issues.
+        raise RasterError(f"{_source(where)}: not a TIFF file ({len(data)} bytes; they do not start with a TIFF header)")
     return _decode_rasterio(data, where)
+
+
+def max_band_file_bytes(band: str) -> int:
+    """The largest file that can hold ``band``: twice its raw pixels plus 64 KiB of headers.
+
+    A real band file is its raw pixels plus a few hundred bytes of tags
+    (facts file, section 10), so anything larger is not a band of the release;
+    readers refuse it before reading it, which keeps memory independent of
+    what a damaged or hostile source holds.
+    """
+    group = GROUP_OF_BAND.get(band)
+    if group is None:
+        raise ValueError(f"unknown band {band!r}: valid bands are {sorted(GROUP_OF_BAND)}")
+    return 2 * group.size * group.size * np.dtype(group.dtype).itemsize + 64 * 1024
 
 
 def check_band(array: np.ndarray, band: str, where: str = "") -> np.ndarray:
@@ -569,7 +635,8 @@ def resample(array: np.ndarray, size: int, mode: str = "nearest") -> np.ndarray:
 
 
 def stack_image(
-    arrays: Mapping[str, np.ndarray], bands: Sequence[str], img_size: int, mode: str = "nearest"
+    arrays: Mapping[str, np.ndarray], bands: Sequence[str], img_size: int, mode: str = "nearest",
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """float32 (C, img_size, img_size) in ``bands`` order: ``stack_and_interpolate`` without torch.
 
@@ -580,7 +647,8 @@ def stack_image(
     """
     img_size = _check_size(img_size, "img_size")
     _check_mode(mode)
-    out = np.empty((len(bands), img_size, img_size), dtype=np.float32)
+    if out is None:  # ``out``: a (C, img_size, img_size) float32 slot, e.g. in a batch being filled
+        out = np.empty((len(bands), img_size, img_size), dtype=np.float32)
     for channel, band in enumerate(bands):
         try:
             src = arrays[band]

@@ -13,7 +13,7 @@ import math
 import struct
 import warnings
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -267,6 +267,246 @@ def test_bigtiff_falls_back() -> None:
 
 
 # --------------------------------------------------------------------------- #
+# decode_geotiff: the fast path declines what it does not fully understand
+# --------------------------------------------------------------------------- #
+
+Entry = Tuple[int, int, int, int]
+
+
+def ifd_of(data: bytes) -> Tuple[List[Entry], int]:
+    """The first IFD of a little-endian TIFF: (tag, type, count, value-or-offset) entries and the next IFD's offset."""
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    entries = [struct.unpack_from("<HHII", data, ifd + 2 + 12 * i) for i in range(n)]
+    return entries, struct.unpack_from("<I", data, ifd + 2 + 12 * n)[0]
+
+
+def with_ifd(data: bytes, entries: Sequence[Entry], next_ifd: int = 0) -> bytes:
+    """``data`` with a new first IFD appended at its end; out-of-line values keep their offsets, the old IFD is unused."""
+    body = bytearray(data) + b"\0" * (len(data) % 2)
+    at = len(body)
+    body += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    body += struct.pack("<I", next_ifd)
+    body[4:8] = struct.pack("<I", at)
+    return bytes(body)
+
+
+def with_entry(data: bytes, entry: Entry) -> bytes:
+    """One more IFD entry, in tag order."""
+    entries, _ = ifd_of(data)
+    return with_ifd(data, sorted(entries + [entry], key=lambda e: e[0]))
+
+
+def assert_decodes_like_rasterio(data: bytes) -> Optional[np.ndarray]:
+    """decode_geotiff gives rasterio's array (dtype included), or both fail."""
+    try:
+        expected = read_rasterio(data)
+    except Exception:  # noqa: BLE001 - whatever GDAL refuses, we must refuse too
+        with pytest.raises(RasterError, match="patch S2A_"):
+            decode_geotiff(data, WHERE)
+        return None
+    decoded = decode_geotiff(data, WHERE)
+    assert decoded.dtype == expected.dtype
+    np.testing.assert_array_equal(decoded, expected)
+    return decoded
+
+
+def test_duplicated_sample_format_is_read_as_gdal_reads_it() -> None:
+    """GDAL keeps the first of two SampleFormat entries (uint32); the fast path used the last and read float32."""
+    data = real_layout_tiff(GROUP_OF_BAND["VV"])
+    entries, _ = ifd_of(data)
+    entries = [e for e in entries if e[0] != 339]
+    duplicated = with_ifd(data, sorted(entries + [(339, 3, 1, 1), (339, 3, 1, 3)], key=lambda e: e[0]))
+    assert raster._decode_fast(duplicated, WHERE) is None
+    decoded = assert_decodes_like_rasterio(duplicated)
+    assert decoded.dtype == np.uint32
+
+
+@pytest.mark.parametrize(
+    "tag, value",
+    [(256, 60), (257, 1), (258, 8), (278, 120), (259, 1), (262, 1)],
+    ids=["width", "height", "bits", "rows-per-strip", "compression-same-value", "photometric-same-value"],
+)
+def test_any_duplicated_tag_falls_back(tag: int, value: int) -> None:
+    data = real_layout_tiff(GROUP_OF_BAND["B02"])
+    entries, _ = ifd_of(data)
+    first = next(i for i, e in enumerate(entries) if e[0] == tag)
+    duplicated = with_ifd(data, entries[: first + 1] + [(tag, 3, 1, value)] + entries[first + 1 :])
+    assert raster._decode_fast(duplicated, WHERE) is None
+    assert_decodes_like_rasterio(duplicated)
+
+
+def test_tags_out_of_order_fall_back() -> None:
+    data = real_layout_tiff(GROUP_OF_BAND["B02"])
+    entries, _ = ifd_of(data)
+    shuffled = with_ifd(data, [entries[1], entries[0]] + entries[2:])
+    assert raster._decode_fast(shuffled, WHERE) is None
+    assert_decodes_like_rasterio(shuffled)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        (274, 3, 1, 3),  # Orientation: rotated 180 degrees
+        (266, 3, 1, 2),  # FillOrder: bits reversed (GDAL reads other pixels)
+        (317, 3, 1, 2),  # Predictor without compression
+        (338, 3, 1, 0),  # ExtraSamples
+        (254, 4, 1, 1),  # NewSubfileType: a reduced-resolution image
+        (330, 4, 1, 8),  # SubIFDs
+        (42112, 2, 4, 8),  # GDAL_METADATA
+        (65000, 3, 1, 7),  # a private tag
+    ],
+    ids=["orientation", "fill-order", "predictor", "extra-samples", "new-subfile-type", "sub-ifds", "gdal-metadata",
+         "private-tag"],
+)
+def test_tags_the_fast_path_does_not_interpret_fall_back(entry: Entry) -> None:
+    data = with_entry(real_layout_tiff(GROUP_OF_BAND["B02"]), entry)
+    assert raster._decode_fast(data, WHERE) is None
+    assert_decodes_like_rasterio(data)
+
+
+def test_harmless_tags_stay_on_the_fast_path(no_fallback: None) -> None:
+    values = band_values(GROUP_OF_BAND["B02"])
+    data = real_layout_tiff(GROUP_OF_BAND["B02"], values)
+    for entry in [(254, 4, 1, 0), (274, 3, 1, 1), (296, 3, 1, 2), (305, 2, 4, 8), (33432, 2, 4, 8)]:
+        data = with_entry(data, entry)
+    np.testing.assert_array_equal(decode_geotiff(data, WHERE), values)
+
+
+def test_a_second_ifd_falls_back() -> None:
+    data = real_layout_tiff(GROUP_OF_BAND["B02"])
+    entries, _ = ifd_of(data)
+    two = with_ifd(data, entries, next_ifd=struct.unpack_from("<I", data, 4)[0])
+    assert raster._decode_fast(two, WHERE) is None
+    assert_decodes_like_rasterio(two)
+
+
+def _with_strip_table(data: bytes, tag: int, values: Sequence[int], count: Optional[int] = None) -> bytes:
+    """``data`` with the StripOffsets or StripByteCounts array replaced by ``values``, appended at the end."""
+    entries, _ = ifd_of(data)
+    at = len(data) + len(data) % 2
+    data = data + b"\0" * (len(data) % 2) + struct.pack(f"<{len(values)}I", *values)
+    entries = [(t, 4, len(values) if count is None else count, at) if t == tag else (t, ty, c, v) for t, ty, c, v in entries]
+    return with_ifd(data, entries)
+
+
+@pytest.mark.parametrize(
+    "tag, values, count",
+    [
+        (279, [8160, 8161, 8160, 4320], None),  # one strip a byte too long
+        (279, [8160, 8160, 8160, 4321], None),  # the last strip too long, but not a whole strip
+        (279, [8160, 8160, 8160, 4320], 3),  # fewer byte counts than strips
+        (273, [0, 1000, 9000, 17000], None),  # offset 0 means "not written" to GDAL
+    ],
+    ids=["long-strip", "long-last-strip", "count-mismatch", "zero-offset"],
+)
+def test_inconsistent_strip_tables_fall_back(tag: int, values: List[int], count: Optional[int]) -> None:
+    data = real_layout_tiff(GROUP_OF_BAND["B02"])
+    changed = _with_strip_table(data, tag, values, count)
+    assert raster._decode_fast(changed, WHERE) is None
+    assert_decodes_like_rasterio(changed)
+
+
+def test_a_padded_last_strip_stays_on_the_fast_path(no_fallback: None) -> None:
+    """Some writers pad the last strip to a whole one; its byte count then covers rows that are not in the image."""
+    values = band_values(GROUP_OF_BAND["B02"])
+    data = real_layout_tiff(GROUP_OF_BAND["B02"], values) + bytes(16 * 240)
+    padded = _with_strip_table(data, 279, [8160, 8160, 8160, 8160])
+    np.testing.assert_array_equal(decode_geotiff(padded, WHERE), values)
+    np.testing.assert_array_equal(read_rasterio(padded), values)
+
+
+#: tags worth writing into a mutated entry: every tag the fast path reads, some it must refuse, and junk
+_FUZZ_TAGS = [0, 254, 256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 284, 317, 322, 330, 338, 339,
+              33550, 34735, 42112, 42113, 65535]
+_FUZZ_BASES: Dict[str, bytes] = {}
+
+
+def _fuzz_base(group: BandGroup) -> bytes:
+    if group.name not in _FUZZ_BASES:
+        _FUZZ_BASES[group.name] = real_layout_tiff(group, band_values(group, seed=5))
+    return _FUZZ_BASES[group.name]
+
+
+@st.composite
+def mutated_tiffs(draw) -> bytes:
+    """A real-layout band file whose header (IFD, strip tables, GeoTIFF tags) got 1-4 targeted edits."""
+    data = bytearray(_fuzz_base(draw(st.sampled_from(BAND_GROUPS))))
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    entries, _ = ifd_of(bytes(data))
+    pixels_at = min(v for t, _, _, v in entries if t == 273)  # StripOffsets[0] or the offsets array
+    header_end = max(ifd + 2 + 12 * n + 4, pixels_at)
+    for _ in range(draw(st.integers(1, 4))):
+        at = ifd + 2 + 12 * draw(st.integers(0, n - 1))
+        edit = draw(st.sampled_from(["byte", "tag", "type", "count", "value", "duplicate", "next-ifd"]))
+        if edit == "byte":
+            data[draw(st.integers(0, header_end - 1))] = draw(st.integers(0, 255))
+        elif edit == "tag":
+            struct.pack_into("<H", data, at, draw(st.sampled_from(_FUZZ_TAGS) | st.integers(0, 65535)))
+        elif edit == "type":
+            struct.pack_into("<H", data, at + 2, draw(st.integers(0, 13) | st.just(16)))
+        elif edit == "count":
+            struct.pack_into("<I", data, at + 4, draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 9]) | st.integers(0, 2**32 - 1)))
+        elif edit == "value":
+            value = st.sampled_from([0, 1, 2, 3, 8, 16, 17, 20, 32, 34, 60, 119, 120, 121, len(data)])
+            struct.pack_into("<I", data, at + 8, draw(value | st.integers(0, len(data)) | st.integers(0, 2**32 - 1)))
+        elif edit == "duplicate":  # another entry's tag with this entry's value: which one wins?
+            other = ifd + 2 + 12 * draw(st.integers(0, n - 1))
+            data[at : at + 2] = data[other : other + 2]
+        else:
+            struct.pack_into("<I", data, ifd + 2 + 12 * n, draw(st.sampled_from([0, 8, ifd]) | st.integers(0, len(data))))
+    return bytes(data)
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(mutated_tiffs())
+def test_fast_path_agrees_with_rasterio_on_mutated_headers(data: bytes) -> None:
+    """The fast path returns rasterio's exact array, declines, or raises RasterError; never other pixels.
+
+    One allowance: rasterio also decodes the CRS name (GeoAsciiParams) and
+    fails when it is not UTF-8; the pixels do not depend on it.
+    """
+    try:
+        fast = raster._decode_fast(data, WHERE)
+    except RasterError as err:
+        assert str(err).startswith(WHERE)
+        return
+    if fast is None:
+        return  # decode_geotiff hands the file to rasterio
+    try:
+        expected = raster._decode_rasterio(data, WHERE)
+    except RasterError as err:
+        assert isinstance(err.__cause__, UnicodeDecodeError), f"the fast path decoded a file GDAL refuses: {err}"
+        return
+    assert (fast.dtype, fast.shape) == (expected.dtype, expected.shape)
+    assert fast.tobytes() == expected.tobytes()
+
+
+def test_max_band_file_bytes_is_far_above_the_real_files() -> None:
+    for group in BAND_GROUPS:
+        real = len(real_layout_tiff(group))
+        for band in group.bands:
+            limit = raster.max_band_file_bytes(band)
+            assert limit == 2 * group.size**2 * np.dtype(group.dtype).itemsize + 65_536
+            assert real < limit < 4 * real + 65_536
+    assert raster.max_band_file_bytes("B02") == 123_136
+    assert raster.max_band_file_bytes("VV") == 180_736
+    with pytest.raises(ValueError, match="unknown band 'B10'"):
+        raster.max_band_file_bytes("B10")
+
+
+def test_a_huge_image_in_the_fallback_is_refused_before_it_is_read() -> None:
+    """A 1 kB header may claim a 100,000 x 100,000 image: rasterio would allocate 20 GB for it."""
+    data = handmade_tiff(np.zeros((4, 4), np.uint16), 4)
+    entries, _ = ifd_of(data)
+    huge = with_ifd(data, [(t, 4, 1, 100_000) if t in (256, 257) else (t, ty, c, v) for t, ty, c, v in entries]
+                    + [(65000, 3, 1, 1)])
+    with pytest.raises(RasterError, match=r"a 100000x100000 uint16 image \(20000000000 bytes decoded\) is far larger"):
+        decode_geotiff(huge, WHERE)
+
+
+# --------------------------------------------------------------------------- #
 # decode_geotiff: errors
 # --------------------------------------------------------------------------- #
 
@@ -281,7 +521,18 @@ def test_not_a_tiff(data: bytes) -> None:
         decode_geotiff(data, WHERE)
     message = str(info.value)
     assert WHERE in message
-    assert repr(data[:16]) in message
+    assert f"({len(data)} bytes; they do not start with a TIFF header)" in message
+    if len(data) > 2:
+        assert repr(data[:16]) not in message and data[2:8].decode("latin-1") not in message
+
+
+def test_not_a_tiff_message_never_quotes_the_file() -> None:
+    """A band path linked to /etc/passwd must not put the password file into logs and issues."""
+    passwd = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+    with pytest.raises(RasterError) as info:
+        decode_geotiff(passwd, WHERE)
+    assert str(info.value) == f"{WHERE}: not a TIFF file ({len(passwd)} bytes; they do not start with a TIFF header)"
+    assert "root" not in str(info.value)
 
 
 def test_png_is_not_decoded_even_though_gdal_could() -> None:
