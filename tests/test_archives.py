@@ -395,3 +395,19 @@ def test_unmutated_tars_read_exactly_like_tarfile() -> None:
         files, error = tarfile_files(data)
         assert error is None and len(files) == 3
         assert _ours(data) == (files, None)
+
+
+@pytest.mark.parametrize("process", ["1", "0"])
+def test_both_decompressors_read_the_same_and_report_damage(fixture_data, tmp_path, monkeypatch, process):
+    """``zstd -dc`` in a child process (when the command exists) and in-process ``zstandard`` are interchangeable."""
+    monkeypatch.setenv("BENTXT_ZSTD_PROCESS", process)
+    archive = str(fixture_data.s2_archive)
+    with monkeypatch.context() as m:
+        m.setenv("BENTXT_ZSTD_PROCESS", "0")
+        expected = list(archives.iter_tar([archive]))
+    assert list(archives.iter_tar([archive])) == expected
+    cut = tmp_path / "cut.tar.zst"
+    data = Path(archive).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(archives.ArchiveError, match=r"cut.tar.zst is damaged or truncated after member BigEarthNet-S2/\S+_B\w+\.tif: "):
+        list(archives.iter_tar([str(cut)]))
