@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -270,26 +271,30 @@ def _progress_bar(paths: Sequence[str], download_config: Optional[DownloadConfig
 
 
 class _ZstdProcess(io.RawIOBase):
-    """zstd decompression in a ``zstd -dc`` child process, fed by a thread, read here as a pipe.
+    """zstd decompression in a ``zstd -dc`` child process, read here as a pipe.
 
     Decompression is half the cost of a pass over an archive, and in this
     process it holds the GIL (measured: 5x slower beside one busy Python
     thread). In its own process it runs on another core while this one parses
-    tar headers and decodes bands, and the feeding thread only waits in I/O
-    (the compressed bytes still come through this process: local files,
-    HTTP with resume, progress counting). The exit status and zstd's message
-    are checked at the end of the stream, so damage is still an error naming
-    the archive. Used when the ``zstd`` command exists, unless
+    tar headers and decodes bands. A local file is handed to the child as its
+    standard input (the file offset, shared with the child, drives the
+    progress bar); any other stream (HTTP with resume, split parts) is fed by
+    a thread that only waits in I/O. The exit status and zstd's message are
+    checked at the end of the stream, so damage is still an error naming the
+    archive. Used when the ``zstd`` command exists, unless
     ``BENTXT_ZSTD_PROCESS=0``; otherwise ``zstandard`` decompresses in-process.
     """
 
-    def __init__(self, raw, command: str):
+    def __init__(self, command: str, raw=None, fd: Optional[int] = None, bar=None):
         super().__init__()
-        self._proc = subprocess.Popen([command, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, bufsize=0)
+        self._fd, self._bar, self._seen = fd, bar, 0
+        self._proc = subprocess.Popen([command, "-dcq"], stdin=fd if fd is not None else subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         self._error: Optional[BaseException] = None
-        self._feeder = threading.Thread(target=self._feed, args=(raw,), daemon=True)
-        self._feeder.start()
+        self._feeder = None
+        if fd is None:
+            self._feeder = threading.Thread(target=self._feed, args=(raw,), daemon=True)
+            self._feeder.start()
 
     def _feed(self, raw) -> None:
         try:
@@ -311,12 +316,17 @@ class _ZstdProcess(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         n = self._proc.stdout.readinto(buffer)
+        if self._bar is not None and self._fd is not None:
+            position = os.lseek(self._fd, 0, os.SEEK_CUR)
+            self._bar.update(position - self._seen)
+            self._seen = position
         if not n:
             self._finish()
         return n or 0
 
     def _finish(self) -> None:
-        self._feeder.join()
+        if self._feeder is not None:
+            self._feeder.join()
         if self._error is not None:
             raise self._error
         if self._proc.wait() != 0:
@@ -329,10 +339,25 @@ class _ZstdProcess(io.RawIOBase):
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        self._feeder.join()
+        if self._feeder is not None:
+            self._feeder.join()
         for pipe in (self._proc.stdout, self._proc.stderr):
             pipe.close()
+        if self._bar is not None and self._fd is not None:
+            self._bar.close()
         super().close()
+
+
+def _local_file(raw) -> Optional[int]:
+    """The OS file descriptor under ``raw`` when it is a plain local file (a child process can read it itself)."""
+    try:
+        fd = raw.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _zstd_command() -> Optional[str]:
@@ -341,18 +366,21 @@ def _zstd_command() -> Optional[str]:
     return shutil.which("zstd")
 
 
-def _decompressed(raw):
+def _decompressed(raw, bar=None):
     """zstd for the release, gzip for torchgeo's parts, nothing for a plain tar: chosen by the stream's magic bytes.
 
     Not by file name: ``datasets``' download cache stores a remote archive
-    under a hash without its extension.
+    under a hash without its extension. ``bar`` counts the compressed bytes read.
     """
-    buffered = io.BufferedReader(raw, 1 << 16)
+    command, fd = _zstd_command(), _local_file(raw)
+    if command is not None and fd is not None and os.pread(fd, 4, 0) == _ZSTD_MAGIC:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return io.BufferedReader(_ZstdProcess(command, fd=fd, bar=bar), 1 << 20)
+    buffered = io.BufferedReader(_Counted(raw, bar) if bar is not None else raw, 1 << 16)
     magic = buffered.peek(4)[:4]
-    if magic == b"\x28\xb5\x2f\xfd":  # buffered: tar headers are read 512 bytes at a time
-        command = _zstd_command()
+    if magic == _ZSTD_MAGIC:  # buffered: tar headers are read 512 bytes at a time
         if command is not None:
-            return io.BufferedReader(_ZstdProcess(buffered, command), 1 << 20)
+            return io.BufferedReader(_ZstdProcess(command, raw=buffered), 1 << 20)
         reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_size=1 << 16, closefd=False)
         return io.BufferedReader(reader, 1 << 16)
     if magic[:2] == b"\x1f\x8b":
@@ -657,11 +685,10 @@ def iter_tar(
     """
     name = display_name(paths[0]) + (f" (+{len(paths) - 1} parts)" if len(paths) > 1 else "")
     raw = open_archive(paths[0], download_config) if len(paths) == 1 else _PartsStream(paths, download_config)
-    if progress:
-        raw = _Counted(raw, _progress_bar(paths, download_config, name))
+    bar = _progress_bar(paths, download_config, name) if progress else None
     with raw:
         try:
-            stream = _decompressed(raw)  # reads the first bytes
+            stream = _decompressed(raw, bar)  # reads the first bytes
         except ResumeError as err:
             raise ResumeError(f"{err}; the last member read completely is {_NONE_YET}") from err
         with stream:

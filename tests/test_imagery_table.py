@@ -360,3 +360,30 @@ print("ok", ds.num_rows)
     # the saved folder embeds the pixels: it does not point into the cache
     saved_bytes = sum(f.stat().st_size for f in moved.glob("*.arrow"))
     assert saved_bytes >= sum(a.nbytes for a in expected.values())
+
+
+@pytest.mark.parametrize("folder", ["tmp", "shm"])
+def test_direct_file_writes_exactly_the_bytes_given(tmp_path, folder):
+    """O_DIRECT with aligned blocks, double buffering and a truncated tail; tmpfs (no O_DIRECT) falls back."""
+    import os
+
+    from bentxt.imagery_table import DirectFile
+
+    if folder == "shm":
+        if not os.path.isdir("/dev/shm"):
+            pytest.skip("no /dev/shm")
+        import tempfile
+
+        tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in (1, 4095, 4097, 70_000, 3, 200_000, 12_345)]
+    path = tmp_path / "out.bin"
+    sink = DirectFile(str(path), buffer_bytes=1 << 16)
+    for piece in pieces:
+        assert sink.write(piece) == len(piece)
+    sink.close()
+    assert path.read_bytes() == b"".join(pieces)
+    if folder == "shm":
+        import shutil
+
+        shutil.rmtree(tmp_path)
