@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 import zlib
+from functools import lru_cache
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import fsspec
@@ -700,6 +701,7 @@ def iter_tar_zst(urlpath: str, download_config: Optional[DownloadConfig] = None)
     return iter_tar([urlpath], download_config)
 
 
+@lru_cache(maxsize=16)  # asked three times per member (wanted, max_size, grouping): parse it once
 def _sensor_band(member: str, sensor: str) -> Optional[str]:
     """The band a member holds when it is a band file of ``sensor``, else None."""
     parsed = parse_member(member)
