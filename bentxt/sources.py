@@ -113,8 +113,8 @@ class ImageSource:
         return [_stat(p) for p in self.paths]
 
     def patches(self, sensor: str, bands: Sequence[str], dlc=None) -> Iterator[Tuple[str, readers.BandData]]:
-        """Every patch of the sensor, in the source's own order: ``(name, {band: data})``."""
-        raise NotImplementedError
+        """Every patch of the sensor, in the source's own order: ``(name, {band: data})`` (sequential kinds only)."""
+        raise TypeError(f"{self.name} is read by patch name (open_reader), never walked")
 
     def open_reader(self, bands: Dict[str, Tuple[str, ...]]):
         """A reader with ``read(sensor, name)`` / ``has`` / ``close`` (random-access kinds only)."""
@@ -192,9 +192,6 @@ class FolderSource(ImageSource):
     def open_reader(self, bands):
         return readers.FolderReader(self.paths[0], bands)
 
-    def patches(self, sensor, bands, dlc=None):
-        raise TypeError(f"{self.name}: read by patch name (open_reader), the folder is never walked")
-
 
 @dataclass(frozen=True)
 class LmdbSource(ImageSource):
@@ -215,9 +212,6 @@ class LmdbSource(ImageSource):
 
     def open_reader(self, bands):
         return readers.LmdbReader(self.paths[0])
-
-    def patches(self, sensor, bands, dlc=None):
-        raise TypeError(f"{self.name}: read by patch name (open_reader)")
 
 
 @dataclass(frozen=True)
