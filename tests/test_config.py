@@ -182,3 +182,13 @@ def test_estimate_counts_pixels_once_per_pair():
     total = estimate_cache_bytes(CONFIGS["s1s2-all"], rows=9_553_962, patches=464_044, text_bytes=9_553_962 * 150)
     assert 125e9 < total < 140e9
     assert np.isclose(total / 1e9, (464_044 * 275_200 * 1.02 + 9_553_962 * 320) / 1e9)
+
+
+def test_readme_lists_the_channel_order_of_every_band_preset():
+    from pathlib import Path
+
+    from bentxt.bands import BAND_COMBINATIONS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, bands in BAND_COMBINATIONS.items():
+        assert f"| `{name}` | {len(bands)} | {', '.join(bands)} |" in readme, name
