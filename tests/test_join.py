@@ -122,7 +122,12 @@ def test_join_report_raises_for_missing_pairs_unless_skipped(caplog):
 def planned(fixture_data, tmp_path_factory):
     config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
     root = tmp_path_factory.mktemp("plan")
-    return config, join.plan_cache(config, files_for(config), str(root), 2, None), root
+    patch = pytest.MonkeyPatch()
+    patch.setattr(join, "TEXTS_PER_PROCESS", 1)  # the fixture's splits are tiny: cut them anyway
+    try:
+        yield config, join.plan_cache(config, files_for(config), str(root), 2, None), root
+    finally:
+        patch.undo()
 
 
 def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixture_data):
@@ -145,6 +150,14 @@ def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixtur
         ordered = [index_keys[i] for shard in shards for i in shard]
         assert ordered == [n for n in archive if fixture_data.patch(n).split == split]
     assert os.path.exists(plan.texts)
+
+
+def test_small_splits_are_written_by_one_process(fixture_data, tmp_path, monkeypatch):
+    """A writer process pays off only past TEXTS_PER_PROCESS texts: datasets starts a pool per split."""
+    monkeypatch.setattr(join, "TEXTS_PER_PROCESS", 100_000)
+    config = resolve_config("s2-all", data_dir=str(fixture_data.root))
+    plan = join.plan_cache(config, files_for(config), str(tmp_path), 2, None)
+    assert all(len(shards) == 1 for shards in plan.shards.values())
 
 
 def test_plan_cache_reports_missing_pairs(tmp_path):
