@@ -247,7 +247,9 @@ _PREPARE = """
 import sys
 sys.path.insert(0, {root!r})
 import datasets, bigearthnet_txt as bt
+from bentxt import join
 datasets.disable_progress_bars()
+join.TEXTS_PER_PROCESS = 1  # two text-writing processes even for the small fixture, as for the release
 b = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=sys.argv[1], cache_dir=sys.argv[2], writer_batch_size=8)
 b.download_and_prepare(num_proc=int(sys.argv[3]))
 """
