@@ -156,3 +156,41 @@ def test_nan_marks_what_a_row_does_not_have_in_torch_too(prepared):
         if kind != "bounding box":
             assert torch.isnan(point).all()
     assert math.isnan(float(batch["bbox"][[t != "bounding box" for t in batch["type"]].index(True)][0]))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    return type(a) is type(b) and (a == b or (a != a and b != b))
+
+
+@pytest.mark.parametrize("fmt,kwargs", [("numpy", {}), ("numpy", {"dtype": None}), ("torch", {})])
+def test_fast_row_and_column_paths_give_what_datasets_gives(prepared, fmt, kwargs):
+    """Our one-row extraction and flat tensorize must equal datasets' generic path on every non-band column."""
+    from datasets.formatting.np_formatter import NumpyFormatter
+    from datasets.formatting.torch_formatter import TorchFormatter
+
+    from bentxt.formatting import FastNumpyArrowExtractor, extract_one_row
+
+    part = prepared["train"]
+    bands = [k for k, f in part.features.items() if isinstance(f, PairBands)]
+    texts = part.remove_columns(bands)
+    generic_cls = NumpyFormatter if fmt == "numpy" else TorchFormatter
+    generic = generic_cls(features=texts.features, **kwargs)
+    ours = part.with_format(fmt, **kwargs)
+    for i in range(part.num_rows):  # every type of row: binary, mcq, captions, grounding
+        table = texts.data.slice(i, 1).table if hasattr(texts.data, "table") else texts.data.slice(i, 1)
+        expected = generic.format_row(table)
+        got = ours[i]
+        for column, value in expected.items():
+            if fmt == "torch" and isinstance(value, torch.Tensor):
+                assert isinstance(got[column], torch.Tensor) and got[column].dtype == value.dtype
+                assert torch.equal(torch.nan_to_num(got[column]), torch.nan_to_num(value)), column
+            else:
+                assert _same(got[column], value), (column, got[column], value)
+        row = extract_one_row(table)
+        generic_row = generic.numpy_arrow_extractor().extract_row(table)
+        fast_row = FastNumpyArrowExtractor().extract_row(table)
+        for column in generic_row:
+            assert _same(row[column], generic_row[column]) and _same(fast_row[column], generic_row[column]), column
