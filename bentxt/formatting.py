@@ -145,7 +145,9 @@ class _KeepBandDtype:
         if row is None:
             row = super().format_row(rest)
         else:
-            row = self.recursive_tensorize(self.python_features_decoder.decode_row(row))
+            if any(self.features._column_requires_decoding.get(k) for k in row):
+                row = self.python_features_decoder.decode_row(row)
+            row = self.recursive_tensorize(row)
         decoded = {k: self._bands(self._decoded(pa_table, k)[0]) for k in bands}
         return {k: decoded[k] if k in decoded else row[k] for k in pa_table.column_names}
 
@@ -165,6 +167,11 @@ class _KeepBandDtype:
 
 
 class BandNumpyFormatter(_KeepBandDtype, NumpyFormatter):
+    def _recursive_tensorize(self, data_struct):
+        if isinstance(data_struct, (np.number, np.str_, str)):  # what NumpyFormatter._tensorize returns as is
+            return data_struct
+        return super()._recursive_tensorize(data_struct)
+
     def _bands(self, array: np.ndarray) -> np.ndarray:
         dtype = self.np_array_kwargs.get("dtype")
         return array if dtype is None else array.astype(dtype, copy=False)

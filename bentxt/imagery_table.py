@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -255,24 +256,32 @@ class ImageryTables:
         return out
 
 
-_OPEN: Dict[Tuple[int, str], Tuple[float, ImageryTables]] = {}
+_OPEN: Dict[Tuple[int, str], Tuple[int, ImageryTables, float]] = {}
+
+
+#: seconds between checks that an open folder was not rebuilt (a stat per row costs ~10 us of a ~300 us read)
+RECHECK_SECONDS = 1.0
 
 
 def open_tables(root: str) -> ImageryTables:
     """One ``ImageryTables`` per process and folder; reopened when the folder was rebuilt."""
+    key = (os.getpid(), root)
+    entry = _OPEN.get(key)
+    now = time.monotonic()
+    if entry is not None and now - entry[2] < RECHECK_SECONDS:
+        return entry[1]
     directory = os.path.join(root, IMAGERY_DIR)
     try:
         stamp = os.stat(directory).st_mtime_ns
     except FileNotFoundError:
+        _OPEN.pop(key, None)
         raise FileNotFoundError(
             f"the imagery tables of this dataset are missing: no folder {directory}. The cache was moved or deleted; "
             f"prepare it again, or keep a self-contained copy with save_to_disk()"
         ) from None
-    key = (os.getpid(), root)
-    entry = _OPEN.get(key)
-    if entry is None or entry[0] != stamp:
-        entry = _OPEN[key] = (stamp, ImageryTables(root))
-    return entry[1]
+    tables = entry[1] if entry is not None and entry[0] == stamp else ImageryTables(root)
+    _OPEN[key] = (stamp, tables, now)
+    return tables
 
 
 # ----------------------------------------------------------------------------- the feature
@@ -434,6 +443,7 @@ def attach(data, root: str):
     features = data.info.features if hasattr(data, "info") else data  # .features would be a copy
     for feature in _pair_bands(features):
         feature.root = root
+    _OPEN.pop((os.getpid(), root), None)  # looked at afresh: it may have been rebuilt or removed
     return data
 
 
