@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -63,9 +62,16 @@ def _folder_bytes(path: str) -> int:
     return total
 
 
+def _sample_peak(cache_dir: str, peak, stop) -> None:
+    """In its own process (a thread here would take the GIL from the preparation it measures)."""
+    while not stop.wait(0.05):
+        peak.value = max(peak.value, _folder_bytes(cache_dir))
+
+
 def prepare(data_dir: str, cache_dir: str, config: str = "s1s2-all", num_proc: int = 2, **options) -> dict:
-    """Prepare through load_dataset's builder; the cache folder's size is sampled while it runs."""
+    """Prepare through load_dataset's builder; the cache folder's size is sampled by another process while it runs."""
     import logging
+    import multiprocessing
 
     import datasets
 
@@ -73,25 +79,21 @@ def prepare(data_dir: str, cache_dir: str, config: str = "s1s2-all", num_proc: i
 
     datasets.disable_progress_bars()
     logging.getLogger("bigearthnet_txt").setLevel(logging.WARNING)
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], _folder_bytes(cache_dir))
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    context = multiprocessing.get_context("spawn")
+    peak, stop = context.Value("q", 0), context.Event()
+    sampler = context.Process(target=_sample_peak, args=(cache_dir, peak, stop), daemon=True)
     builder = datasets.load_dataset_builder("bigearthnet_txt", config, data_dir=data_dir, cache_dir=cache_dir, **options)
     sampler.start()
     t = time.perf_counter()
     builder.download_and_prepare(num_proc=num_proc)
     seconds = time.perf_counter() - t
-    done.set()
+    stop.set()
     sampler.join()
     final = _folder_bytes(cache_dir)
     ds = builder.as_dataset()
     out = builder._output_dir
     imagery = _folder_bytes(os.path.join(out, "imagery"))
-    return {"seconds": seconds, "cache_bytes": final, "peak_bytes": max(peak[0], final), "imagery_bytes": imagery,
+    return {"seconds": seconds, "cache_bytes": final, "peak_bytes": max(peak.value, final), "imagery_bytes": imagery,
             "examples": sum(p.num_rows for p in ds.values()), "pairs": sum(len(set(p["patch_id"])) for p in ds.values())}
 
 
