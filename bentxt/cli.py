@@ -588,10 +588,20 @@ def export_command(args) -> int:
     """Prepare a config, write it as a Parquet dataset folder (bentxt/export.py), optionally upload it."""
     from .export import export, push_to_hub
 
+    if args.ray_address is not None and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+    if args.engine == "ray" and args.inline_pixels:
+        raise UsageError("--inline-pixels is for small configs and runs on --engine local only")
     name, options = config_request(args, args.config)
     data_files = _data_files(args)
     _resolve(name, data_dir=args.data_dir, data_files=data_files, **options)
-    root = export(
+    if args.engine == "ray":
+        from .ray_engine import export as run_export
+
+        options["ray_address"] = args.ray_address
+    else:
+        run_export = export
+    root = run_export(
         name, args.output, data_dir=args.data_dir, data_files=data_files, cache_dir=args.cache_dir,
         num_proc=args.num_proc, name=args.name, min_shards=args.min_shards, inline_pixels=args.inline_pixels,
         progress=not args.quiet, **options,
@@ -606,6 +616,8 @@ def export_command(args) -> int:
 
 
 CONFIG_HELP = f"<sensor>-<task>[-<split>], e.g. s2-vqa-bench ({PROG} info lists them)"
+#: where ``export`` runs: this machine, or a Ray cluster (bentxt/ray_engine.py)
+ENGINES = ("local", "ray")
 SAMPLE_DEFAULT = "default: the embedded synthetic sample, unless --data-files or --image-source is given"
 
 
@@ -661,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-shards", type=int, default=4, help="files per split at least (ranks / DataLoader workers)")
     p.add_argument("--inline-pixels", action="store_true",
                    help="bands and a preview in every text row (~20 copies per pair: small configs such as bench only)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this machine (--num-proc processes); ray: a Ray cluster, one task per S2 tile run "
+                        "(pip install 'bigearthnet-txt[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="with --engine ray: the cluster (host:6379, auto; default RAY_ADDRESS, else a local Ray); "
+                        "the cache and --output must be on storage every node shares")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this dataset repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     _add_config_options(p, building=True)

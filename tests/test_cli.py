@@ -439,3 +439,30 @@ def test_export_takes_the_config_options_and_shares_the_cache(fixture_data, tmp_
     t = fixture_data.table.filter(pc.and_(pc.equal(fixture_data.table["split"], "test"),
                                           pc.equal(fixture_data.table["type"], "captioning")))
     assert ds.num_rows == len(t) and set(ds["type"]) == {"captioning"}
+
+
+def test_export_engine_flags_are_export_only_and_checked_before_any_work(tmp_path, capsys):
+    """--engine/--ray-address (the Ray run itself, on a two-node cluster by address, is in test_ray.py)."""
+    commands = subparsers(cli.build_parser())
+    export_flags = {s for a in commands["export"]._actions for s in a.option_strings}
+    assert {"--engine", "--ray-address"} <= export_flags
+    for name in ("demo", "show", "prepare", "info"):
+        assert not {"--engine", "--ray-address"} & {s for a in commands[name]._actions for s in a.option_strings}
+    args = cli.build_parser().parse_args(["export", "s2-vqa", "-o", str(tmp_path)])
+    assert args.engine == "local" and args.ray_address is None
+    base = ["export", "s2-vqa-bench", "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "nowhere")]
+    for argv, message in (
+        ([*base, "--engine", "spark"], "argument --engine: invalid choice: 'spark'"),
+        ([*base, "--ray-address", "10.0.0.1:6379"], "--ray-address needs --engine ray"),
+        ([*base, "--engine", "ray", "--inline-pixels"], "--inline-pixels is for small configs and runs on --engine local only"),
+    ):
+        assert cli.main(argv) == 2
+        assert error_line(capsys.readouterr().err).startswith(message)
+    assert not (tmp_path / "out").exists()
+    # the flags reach the Ray engine: an address nobody answers at fails in seconds, before any preparation
+    argv = ["export", "s2-vqa-bench", "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--data-dir", cli.sample_dir(), "--engine", "ray", "--ray-address", "127.0.0.1:1"]
+    assert cli.main(argv) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("ConnectionError: no Ray cluster answers at 127.0.0.1:1") and "--ray-address" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
