@@ -142,7 +142,7 @@ def export(
     from .registration import builder_for
 
     builder = builder_for(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, **config_kwargs)
-    with _datasets_progress(progress):
+    with datasets_progress(progress):
         builder.download_and_prepare(num_proc=num_proc)
     return export_dataset(
         builder.as_dataset(),
@@ -661,7 +661,7 @@ def _warn_if_too_big_for_viewer(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _datasets_progress(enabled: bool) -> Iterator[None]:
+def datasets_progress(enabled: bool) -> Iterator[None]:
     """Turn the ``datasets`` progress bars off for a block (and back on only if they were on)."""
     was_enabled = not datasets.utils.are_progress_bars_disabled()
     if not enabled and was_enabled:

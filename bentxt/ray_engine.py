@@ -164,18 +164,6 @@ def connected(address: Optional[str] = None) -> Iterator[None]:
         ray.shutdown()
 
 
-@contextlib.contextmanager
-def _datasets_progress(enabled: bool) -> Iterator[None]:
-    was_enabled = not datasets.utils.are_progress_bars_disabled()
-    if not enabled and was_enabled:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not enabled and was_enabled:
-            datasets.enable_progress_bars()
-
-
 # ----------------------------------------------------------------------------- exporting
 
 
@@ -211,7 +199,7 @@ def export(
     _refuse_inline(inline_pixels)
     with connected(ray_address):  # first: a wrong address fails before a long preparation
         builder = builder_for(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, **config_kwargs)
-        with _datasets_progress(progress):
+        with ex.datasets_progress(progress):
             builder.download_and_prepare(num_proc=num_proc)
         return export_dataset(builder.as_dataset(), output_dir, builder.config, num_workers=num_workers, name=name,
                               min_shards=min_shards, max_shard_bytes=max_shard_bytes, rows_per_group=rows_per_group,
