@@ -144,14 +144,22 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
                     f"bands {foreign} are not read by config sensor {self.sensor!r}; use an s1s2-* config "
                     f"or bands from {[b for g in groups_for_sensors(self.sensors) for b in g.bands]}"
                 )
-            check_resample_options(self.img_size, self.resample)
+        check_resample_options(self.img_size, self.resample)  # checked even when unused: a typo is still a typo
 
     def options(self) -> Dict[str, object]:
-        """The keyword options that differ from the named config's defaults (what makes a variant)."""
+        """The keyword options that differ from the named config's defaults and change the data (what makes a variant).
+
+        Where the files are (``data_dir``, ``data_files``, ``image_source``) is
+        keyed by their resolved paths instead (``bentxt.cache``); ``img_size`` and
+        ``resample`` only matter with ``bands``.
+        """
         base = CONFIGS.get(self.name)
         out = {}
+        ignored = {"name", "version", "data_dir", "data_files", "description", "image_source"}
+        if self.bands is None:
+            ignored |= {"img_size", "resample"}
         for f in fields(BigEarthNetTxtConfig):
-            if f.name in ("name", "version", "data_dir", "data_files", "description") or base is None:
+            if f.name in ignored or base is None:
                 continue
             value = getattr(self, f.name)
             if value != getattr(base, f.name):

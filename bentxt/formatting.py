@@ -22,13 +22,18 @@ import logging
 from functools import partial
 from typing import List, Optional, Tuple
 
+import datasets
 import numpy as np
 import pyarrow as pa
 from datasets.formatting import _register_formatter as _datasets_register
 from datasets.formatting.formatting import NumpyArrowExtractor
 from datasets.formatting.np_formatter import NumpyFormatter
 
-from .imagery_table import PairBands
+from .bands import BAND_GROUPS
+from .imagery_table import PairBands, array3d_values
+
+#: the image columns of our examples: the native band groups and the ``bands=`` image
+BAND_COLUMNS = frozenset([g.name for g in BAND_GROUPS] + ["image"])
 
 
 def _register_formatter(cls, name: str, aliases: List[str]) -> None:
@@ -111,6 +116,15 @@ def extract_one_row(pa_table) -> Optional[dict]:
     return {name: makers[name](value) for name, value in row.items()}
 
 
+def _stacked(value) -> Optional[np.ndarray]:
+    """A band value as one array: an example's array, or a batch's list of equal arrays (None: neither)."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+        return np.stack(value)
+    return None
+
+
 class _KeepBandDtype:
     """Mixin: band columns are decoded straight into one batch array in their own dtype; the rest as usual."""
 
@@ -121,20 +135,32 @@ class _KeepBandDtype:
         return FastNumpyArrowExtractor()
 
     def _band_columns(self) -> List[str]:
-        return [k for k, f in (self.features or {}).items() if isinstance(f, PairBands) and f.decode]
+        """``PairBands`` columns; and the ``Array3D`` band columns of our streamed or exported rows
+        (a dataset with ``patch_id`` and ``s1_name`` columns), which datasets would turn into int64 too."""
+        features = self.features or {}
+        ours = "patch_id" in features and "s1_name" in features
+        return [
+            k for k, f in features.items()
+            if (isinstance(f, PairBands) and f.decode) or (ours and k in BAND_COLUMNS and isinstance(f, datasets.Array3D))
+        ]
 
     def _split(self, pa_table) -> Tuple[List[str], object]:
         bands = [c for c in self._band_columns() if c in pa_table.column_names]
         return bands, (pa_table.drop_columns(bands) if bands else pa_table)
 
     def _decoded(self, pa_table, name: str) -> np.ndarray:
-        return self.features[name].decode_batch(pa_table[name].to_pylist())
+        feature = self.features[name]
+        if isinstance(feature, PairBands):
+            return feature.decode_batch(pa_table[name].to_pylist())
+        return array3d_values(pa_table[name], feature.shape).astype(feature.dtype, copy=False)
 
     def recursive_tensorize(self, data_struct):
         """``datasets``' version maps with ``map_nested``, which builds a progress bar per call (~50 us a row);
         for a flat dict (no nested dicts, so the same result) each value is tensorized directly."""
         if isinstance(data_struct, dict) and not any(isinstance(v, dict) for v in data_struct.values()):
-            return {k: self._recursive_tensorize(v) for k, v in data_struct.items()}
+            bands = set(self._band_columns())  # streamed examples arrive here with their band arrays
+            return {k: self._bands(_stacked(v)) if k in bands and _stacked(v) is not None else self._recursive_tensorize(v)
+                    for k, v in data_struct.items()}
         return super().recursive_tensorize(data_struct)
 
     def format_row(self, pa_table):

@@ -251,7 +251,8 @@ def detect(path: str, sensor: str) -> ImageSource:
                 return found
         raise SourceError(
             f"{path} is neither an extracted {ROOT_DIR[sensor]}/ tree (or its parent), an LMDB folder (data.mdb) "
-            f"nor an export (README.md + data/)"
+            f"nor an export (README.md + data/); for archives name the file ({release()[sensor]['file_name']}), "
+            f"or pass the folder as data_dir"
         )
     return ArchiveSource.detect(path, sensor)
 

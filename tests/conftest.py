@@ -24,10 +24,16 @@ Tests must treat both as read-only: copy files before modifying them.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Everything a test run writes stays in the checkout (.pytest-tmp/): the datasets cache too, set before datasets is
+# imported (it reads HF_DATASETS_CACHE once).
+_RUN_DIR = Path(__file__).resolve().parents[1] / ".pytest-tmp"
+os.environ["HF_DATASETS_CACHE"] = str(_RUN_DIR / "hf-datasets-cache")
 
 TESTS_DIR = Path(__file__).resolve().parent
 for path in (TESTS_DIR.parent, TESTS_DIR):  # repo root (bentxt) and tests/ (make_fixtures), whatever the import mode
@@ -54,6 +60,7 @@ def pytest_unconfigure(config) -> None:
     import shutil
 
     shutil.rmtree(_TMP, ignore_errors=True)
+    shutil.rmtree(_RUN_DIR / "hf-datasets-cache", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -206,3 +206,14 @@ def test_sigterm_during_streaming_leaves_no_spill_folder(fixture_data, tmp_path)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert list(spill.iterdir()) == []
+
+
+def test_a_relative_and_an_absolute_image_source_share_one_cache(fixture_data, tmp_path, monkeypatch):
+    from bentxt import cache as cache_module
+    from bentxt.config import resolve_config
+
+    monkeypatch.chdir(fixture_data.root.parent)
+    relative = os.path.relpath(fixture_data.s2_archive)
+    a = resolve_config("s2-vqa", data_dir=str(fixture_data.root), image_source=relative)
+    b = resolve_config("s2-vqa", data_dir=str(fixture_data.root), image_source=str(fixture_data.s2_archive))
+    assert cache_module.config_id(a) == cache_module.config_id(b)

@@ -192,3 +192,12 @@ def test_readme_lists_the_channel_order_of_every_band_preset():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, bands in BAND_COMBINATIONS.items():
         assert f"| `{name}` | {len(bands)} | {', '.join(bands)} |" in readme, name
+
+
+def test_img_size_and_resample_are_checked_even_without_bands_and_do_not_key_the_cache():
+    with pytest.raises(ValueError, match="img_size"):
+        resolve_config("s2-vqa", img_size=0)
+    with pytest.raises(ValueError, match="unknown resampling mode 'cubic-ish'"):
+        resolve_config("s2-vqa", resample="cubic-ish")
+    assert resolve_config("s2-vqa", img_size=64).options() == {}  # unused without bands=
+    assert resolve_config("s2-vqa", bands="RGB", img_size=64).options() == {"bands": "RGB", "img_size": 64}

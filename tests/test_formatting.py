@@ -194,3 +194,15 @@ def test_fast_row_and_column_paths_give_what_datasets_gives(prepared, fmt, kwarg
         fast_row = FastNumpyArrowExtractor().extract_row(table)
         for column in generic_row:
             assert _same(row[column], generic_row[column]) and _same(fast_row[column], generic_row[column]), column
+
+
+def test_streamed_and_exported_bands_keep_their_dtype_too(fixture_data, tmp_path):
+    """Array3D band columns of our streamed rows: numpy keeps uint16, torch gives int32, rows and batches."""
+    it = datasets.load_dataset("bigearthnet_txt", "s1s2-vqa", data_dir=str(fixture_data.root), split="test",
+                               streaming=True, cache_dir=str(tmp_path))
+    row = next(iter(it.with_format("numpy")))
+    assert row["s2_10m"].dtype == np.uint16 and row["s1"].dtype == np.float32
+    batch = next(iter(it.with_format("numpy").iter(batch_size=3)))
+    assert batch["s2_10m"].dtype == np.uint16 and batch["s2_10m"].shape == (3, 4, 120, 120)
+    tensors = next(iter(it.with_format("torch").iter(batch_size=3)))
+    assert tensors["s2_10m"].dtype == torch.int32 and tensors["s1"].dtype == torch.float32
