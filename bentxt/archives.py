@@ -288,7 +288,7 @@ class _ZstdProcess(io.RawIOBase):
 
     def __init__(self, command: str, raw=None, fd: Optional[int] = None, bar=None):
         super().__init__()
-        self._fd, self._bar, self._seen = fd, bar, 0
+        self._fd, self._bar, self._seen, self._next_update = fd, bar, 0, 0.0
         self._proc = subprocess.Popen([command, "-dcq"], stdin=fd if fd is not None else subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         self._error: Optional[BaseException] = None
@@ -317,10 +317,10 @@ class _ZstdProcess(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         n = self._proc.stdout.readinto(buffer)
-        if self._bar is not None and self._fd is not None:
-            position = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if self._bar is not None and self._fd is not None and (not n or time.monotonic() > self._next_update):
+            position = os.lseek(self._fd, 0, os.SEEK_CUR)  # the child's position in the shared file
             self._bar.update(position - self._seen)
-            self._seen = position
+            self._seen, self._next_update = position, time.monotonic() + 0.2
         if not n:
             self._finish()
         return n or 0
