@@ -19,6 +19,7 @@ import os
 from typing import Iterator, List, Optional, Tuple
 
 import datasets
+import pyarrow as pa
 from datasets.data_files import DataFilesDict, DataFilesList
 from datasets.download.streaming_download_manager import StreamingDownloadManager
 

@@ -15,7 +15,7 @@ one_core=True)``).
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Tuple
+from typing import Dict
 
 import numpy as np
 

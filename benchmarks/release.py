@@ -202,7 +202,6 @@ def measure_prepare(work: Path, full: Dict, half: Dict, notes: List[str]) -> Lis
     per_pair = (p["seconds"] - hp["seconds"]) / dn
     per_pair_zstd = (z["seconds"] - hz["seconds"]) / dn
     extra = (p["peak_bytes"] - p["cache_bytes"]) / p["cache_bytes"]
-    release_seconds = per_pair * RELEASE_PAIRS * (RELEASE_ARCHIVE_PAIRS / RELEASE_PAIRS) ** 0  # pairs read ~ pairs kept
     notes.append(
         f"prepare s1s2-all, num_proc=2: {n} pairs ({p['examples']:,} texts) in {p['seconds']:.2f} s, zstd -dc of both "
         f"archives {z['seconds']:.2f} s; {hx['patches']} pairs: {hp['seconds']:.2f} s vs {hz['seconds']:.2f} s. Per pair "

@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Iterator, Optional
+from typing import Iterator
 
 from datasets.fingerprint import Hasher
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 from dataclasses import dataclass, fields
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np

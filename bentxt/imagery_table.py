@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.features.features import register_feature
 
-from .bands import GROUP_OF_BAND, BandGroup, groups_for_sensors
+from .bands import GROUP_OF_BAND, BandGroup
 from .raster import stack_image
 
 IMAGERY_DIR = "imagery"

@@ -71,3 +71,20 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 @pytest.fixture(scope="session")
 def fixture_lmdb(fixture_data: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_lmdb(fixture_data, tmp_path_factory.mktemp("bentxt_lmdb") / "Encoded-BigEarthNet")
+
+
+@pytest.fixture(scope="session")
+def extracted(fixture_data: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture as users keep it after `tar -xf`: BigEarthNet-S1/ and BigEarthNet-S2/ trees beside the parquet."""
+    import os
+
+    from bentxt.archives import iter_tar_zst
+
+    root = tmp_path_factory.mktemp("extracted")
+    for archive in (fixture_data.s1_archive, fixture_data.s2_archive):
+        for name, data in iter_tar_zst(str(archive)):
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    os.symlink(fixture_data.parquet, root / "BigEarthNet.txt.parquet")
+    return root

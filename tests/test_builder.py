@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pytest
 
 import bigearthnet_txt as bt
-from bentxt import annotations as ann
 from bentxt import bands as B
 from bentxt import sources, text
 from bentxt.imagery_table import PairBands

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
-import pytest
 
 import bigearthnet_txt as bt
 from bentxt import cache

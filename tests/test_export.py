@@ -23,6 +23,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 import bigearthnet_txt as bt
+from test_builder import prepare
 from bentxt import export as ex
 from bentxt import annotations as ann
 from bentxt import preview, readers
@@ -34,13 +35,6 @@ from make_fixtures import REAL_PATCH_ID, make_fixture
 CONFIGS = ("s1s2-vqa", "s2-grounding", "s1-captioning")
 IMAGERY = ex.IMAGERY_SUFFIX
 SHARD = re.compile(r"^(train|validation|test|bench)-(\d{5})-of-(\d{5})\.parquet$")
-
-
-def prepare(config, fixture, cache, **kwargs):
-    """The builder's prepared DatasetDict (the class; the same cache folder as load_dataset and export())."""
-    builder = bt.BigEarthNetTxt(config_name=config, data_dir=str(fixture.root), cache_dir=str(cache), **kwargs)
-    builder.download_and_prepare()
-    return builder, builder.as_dataset()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import bigearthnet_txt as bt
+from test_builder import prepare
 from bentxt import bands as B
 from bentxt.archives import iter_archive_patches
 from bentxt.imagery_table import (
@@ -33,21 +33,15 @@ S2_GROUPS = [g for g in B.BAND_GROUPS if g.sensor == "s2"]
 S1 = B.BAND_GROUPS[3]
 
 
-def _prepare(config, fixture, cache, **kwargs):
-    builder = bt.BigEarthNetTxt(config_name=config, data_dir=str(fixture.root), cache_dir=str(cache), **kwargs)
-    builder.download_and_prepare()
-    return builder, builder.as_dataset()
-
-
 @pytest.fixture(scope="module")
 def vqa(fixture_data, tmp_path_factory):
     """s1s2-vqa prepared: (builder, DatasetDict)."""
-    return _prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa"))
+    return prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa"))
 
 
 @pytest.fixture(scope="module")
 def vqa_patch(fixture_data, tmp_path_factory):
-    return _prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa_patch"), layout="patch")
+    return prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa_patch"), layout="patch")
 
 
 def native(fixture, patch_id, group):
@@ -94,7 +88,7 @@ def test_the_imagery_tables_hold_one_row_per_pair_in_source_order(vqa, fixture_d
 
 
 def test_a_split_config_stores_only_its_pairs(fixture_data, tmp_path):
-    builder, ds = _prepare("s2-captioning-bench", fixture_data, tmp_path)
+    builder, ds = prepare("s2-captioning-bench", fixture_data, tmp_path)
     bench = {p.patch_id for p in fixture_data.patches if p.split == "bench" and p.has_caption}
     names = ImageryTables(builder.cache_dir).names("s2")
     assert set(names) == bench and len(names) == len(bench) == ds["bench"].num_rows
@@ -113,7 +107,7 @@ def test_the_cache_costs_the_imagery_once_plus_a_small_text_part(vqa, vqa_patch,
     assert per_text <= 1.15 * (patch_imagery + parquet), (per_text, patch_imagery, parquet)
     assert per_text < 0.2 * texts * 275_200  # a copy per text would be ~10x this fixture's cache
     # bands= configs keep the native groups once and compute the image on access
-    banded, _ = _prepare("s1s2-vqa", fixture_data, tmp_path, bands="S1S2-10m20m", img_size=120)
+    banded, _ = prepare("s1s2-vqa", fixture_data, tmp_path, bands="S1S2-10m20m", img_size=120)
     assert folder_bytes(banded.cache_dir) <= 1.15 * (patch_imagery + parquet)
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bentxt import bands as B
-from bentxt.archives import iter_tar_zst
 from bentxt.layout import band_path
 from bentxt.raster import RasterError, max_band_file_bytes
 from bentxt.readers import FolderReader, LmdbReader, band_array, decode_patch, iter_export_patches
@@ -18,17 +16,6 @@ from bentxt.readers import FolderReader, LmdbReader, band_array, decode_patch, i
 S2_BANDS = tuple(b for g in B.BAND_GROUPS if g.sensor == "s2" for b in g.bands)
 S1_BANDS = ("VV", "VH")
 WANTED = {"s1": S1_BANDS, "s2": S2_BANDS}
-
-
-@pytest.fixture(scope="module")
-def extracted(fixture_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("readers_extracted")
-    for archive in (fixture_data.s1_archive, fixture_data.s2_archive):
-        for name, data in iter_tar_zst(str(archive)):
-            path = root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-    return root
 
 
 def _patch(fixture):

@@ -8,25 +8,11 @@ from pathlib import Path
 import pytest
 
 import bigearthnet_txt as bt
-from bentxt.archives import iter_tar_zst
 from bentxt import sources
 from bentxt.imagery_table import PairBands
 from bentxt.readers import iter_export_patches
 from bentxt.sources import ArchiveSource, ExportSource, FolderSource, LmdbSource, detect
 from test_builder import assert_same_examples, prepare, same_value
-
-
-@pytest.fixture(scope="module")
-def extracted(fixture_data, tmp_path_factory) -> Path:
-    """The fixture as users keep it after `tar -xf`: BigEarthNet-S1/ and BigEarthNet-S2/ trees beside the parquet."""
-    root = tmp_path_factory.mktemp("extracted")
-    for archive in (fixture_data.s1_archive, fixture_data.s2_archive):
-        for name, data in iter_tar_zst(str(archive)):
-            path = root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-    os.symlink(fixture_data.parquet, root / "BigEarthNet.txt.parquet")
-    return root
 
 
 @pytest.fixture(scope="module")
