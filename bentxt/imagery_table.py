@@ -40,7 +40,7 @@ import pyarrow as pa
 from datasets.features.features import register_feature
 
 from .bands import GROUP_OF_BAND, BandGroup
-from .raster import stack_image
+from .raster import RasterError, check_band, decode_band_into, stack_image
 
 IMAGERY_DIR = "imagery"
 FEATURE_TYPE = "PairBands"
@@ -189,6 +189,28 @@ class ImageryWriter:
         self._slot = {b: (g.name, k) for g in self.groups for k, b in enumerate(g.bands)}
         self._names: List[str] = []
         self.rows = 0
+
+    def add_encoded(self, name: str, data: Mapping[str, object], source: str) -> int:
+        """Like :meth:`add`, from band files as read (GeoTIFF bytes or arrays), decoded straight into the batch.
+
+        A band that is missing or does not decode raises ``RasterError`` naming
+        patch, band and source; the half-filled row is then simply not kept.
+        """
+        i = len(self._names)
+        for band, (group, k) in self._slot.items():
+            where = f"patch {name} band {band} (in {source})"
+            if band not in data:
+                raise RasterError(f"{where}: the band file is missing")
+            value = data[band]
+            if isinstance(value, np.ndarray):
+                self._buffers[group][i, k] = check_band(value, band, where=where)
+            else:
+                decode_band_into(value, band, self._buffers[group][i, k], where=where)
+        self._names.append(name)
+        self.rows += 1
+        if len(self._names) == self.batch_rows:
+            self._flush()
+        return self.rows - 1
 
     def add(self, name: str, arrays: Mapping[str, np.ndarray]) -> int:
         """``arrays``: band -> 2-D array (checked by the caller); returns the patch's row in this file."""

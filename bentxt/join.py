@@ -255,13 +255,12 @@ def run_imagery_job(job: ImageryJob) -> ImageryResult:
                 data = data() if callable(data) else data  # a bad LMDB value is skippable like a bad GeoTIFF
                 if data is None:  # not in a random-access source: reported as missing by the caller
                     continue
-                arrays = readers.decode_patch(data, bands, name, job.source.name)
+                writer.add_encoded(name, data, job.source.name)  # decoded straight into the write buffer
             except RasterError as err:
                 if not job.skip_invalid:
                     raise
                 result.invalid.append((name, str(err)))
                 continue
-            writer.add(name, arrays)
             result.names.append(name)
     finally:
         writer.close()

@@ -275,7 +275,7 @@ def _parse_layout(
     return _StripLayout(file_dtype, native_dtype, height, width, rows_per_strip, offsets, contiguous, arrays)
 
 
-def _decode_fast(data: bytes | bytearray | memoryview, where: str = "") -> Optional[np.ndarray]:
+def _decode_fast(data: bytes | bytearray | memoryview, where: str = "", copy: bool = True) -> Optional[np.ndarray]:
     """Decode a single-band, uncompressed, striped classic TIFF without GDAL.
 
     Returns None (so the caller falls back to rasterio) for any layout it does
@@ -326,7 +326,7 @@ def _decode_fast(data: bytes | bytearray | memoryview, where: str = "") -> Optio
         # The real files: contiguous strips, one view over all of them. The copy
         # makes the result writable and native-endian and lets the input go.
         view = np.frombuffer(data, dtype=layout.file_dtype, count=height * width, offset=first)
-        return view.reshape(height, width).astype(layout.native_dtype)
+        return view.reshape(height, width).astype(layout.native_dtype) if copy else view.reshape(height, width)
 
     for i, offset in enumerate(layout.offsets):
         end = offset + min(rows_per_strip, height - i * rows_per_strip) * row_bytes
@@ -391,6 +391,22 @@ def decode_geotiff(data: bytes | bytearray | memoryview, where: str = "") -> np.
         # linked /etc/passwd, a token), and messages end up in logs and issues.
         raise RasterError(f"{_source(where)}: not a TIFF file ({len(data)} bytes; they do not start with a TIFF header)")
     return _decode_rasterio(data, where)
+
+
+def decode_band_into(data: bytes | bytearray | memoryview, band: str, out: np.ndarray, where: str = "") -> None:
+    """Decode one band straight into ``out`` (a slot of a batch being filled), checked like ``check_band``.
+
+    The release's files take the fast path as a view over ``data``, copied
+    once into ``out`` (converting the byte order if needed); anything else is
+    decoded and checked as usual, so the result and the errors are those of
+    ``check_band(decode_geotiff(data))``.
+    """
+    view = _decode_fast(data, where, copy=False)
+    if view is not None and view.shape == out.shape and view.dtype.newbyteorder("=") == out.dtype.newbyteorder("="):
+        out[...] = view
+        return
+    out[...] = check_band(view.astype(view.dtype.newbyteorder("=")) if view is not None else decode_geotiff(data, where),
+                          band, where=where)
 
 
 def max_band_file_bytes(band: str) -> int:

@@ -859,3 +859,29 @@ def test_stack_image_matches_publisher_stack_and_interpolate(img_size: int, mode
         np.testing.assert_array_equal(got, expected)
     else:  # torch built without FMA rounds differently (see raster._fma)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("group", BAND_GROUPS, ids=lambda g: g.name)
+@pytest.mark.parametrize("layout", [{}, {"compress": "deflate"}, {"tiled": True, "blockxsize": 16, "blockysize": 16}])
+def test_decoding_straight_into_a_slot_equals_check_band_of_decode(group, layout):
+    """The imagery writer's path (no intermediate array) gives what check_band(decode_geotiff(...)) gives."""
+    band = group.bands[0]
+    values = band_values(group)
+    data = write_geotiff(values, **layout)
+    out = np.zeros((group.size, group.size), dtype=group.dtype)
+    raster.decode_band_into(data, band, out, where="here")
+    assert np.array_equal(out, check_band(decode_geotiff(data), band)) and np.array_equal(out, values)
+
+
+def test_decoding_into_a_slot_rejects_what_check_band_rejects():
+    group = GROUP_OF_BAND["B02"]
+    out = np.zeros((group.size, group.size), dtype=group.dtype)
+    wrong_size = write_geotiff(np.zeros((60, 60), dtype=np.uint16))
+    with pytest.raises(RasterError, match=r"here: band B02 should be 120x120 uint16, found shape \(60, 60\)"):
+        raster.decode_band_into(wrong_size, "B02", out, where="here")
+    wrong_dtype = write_geotiff(np.zeros((120, 120), dtype=np.float32))
+    with pytest.raises(RasterError, match=r"band B02 should be 120x120 uint16, found shape \(120, 120\) dtype float32"):
+        raster.decode_band_into(wrong_dtype, "B02", out, where="here")
+    big_endian = np.zeros((120, 120), dtype=">u2") + 7
+    raster.decode_band_into(write_geotiff(big_endian.astype(np.uint16)), "B02", out)
+    assert (out == 7).all()
