@@ -139,11 +139,8 @@ def export(
     to store such a variant under its own config name. Writes ``<name>`` and
     ``<name>-imagery`` (see :func:`export_dataset`). Returns the folder.
     """
-    from .registration import builder_for
-
-    builder = builder_for(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, **config_kwargs)
-    with datasets_progress(progress):
-        builder.download_and_prepare(num_proc=num_proc)
+    builder = prepared(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, num_proc=num_proc,
+                       progress=progress, **config_kwargs)
     return export_dataset(
         builder.as_dataset(),
         output_dir,
@@ -188,19 +185,7 @@ def export_dataset(
     small configs, e.g. ``bench``, where the viewer should show each text
     beside its picture.
     """
-    config = resolve_config(config, **config_kwargs)
-    name = name or config.name
-    if name.endswith(IMAGERY_SUFFIX):
-        raise ValueError(f"name={name!r}: names ending in {IMAGERY_SUFFIX!r} are the image pairs' configs; choose another")
-    expected = features_for(config, storage="cache")
-    for split, part in dataset.items():
-        if part.features != expected:
-            raise ValueError(
-                f"split {split!r} does not have the features of config {config.name!r} "
-                f"(layout={config.layout!r}, bands={config.bands!r}); pass the options it was prepared with"
-            )
-    if min_shards < 1 or max_shard_bytes < 1:
-        raise ValueError("min_shards and max_shard_bytes must be positive")
+    config, name, expected = checked_input(dataset, config, name, min_shards, max_shard_bytes, **config_kwargs)
     splits = {split: part for split, part in dataset.items() if part.num_rows}
     root = Path(output_dir)
     images = [k for k, f in expected.items() if isinstance(f, PairBands)]
@@ -232,6 +217,35 @@ def export_dataset(
     }
     _write_config(root, name + IMAGERY_SUFFIX, splits, pair_plans, pair_features, config, "imagery", num_proc, progress)
     return root
+
+
+
+def prepared(config: str, *, num_proc: Optional[int] = None, progress: bool = True, **options):
+    """The builder ``load_dataset`` would use (same cache folder), prepared: the first step of every export."""
+    from .registration import builder_for
+
+    builder = builder_for(config, **options)
+    with datasets_progress(progress):
+        builder.download_and_prepare(num_proc=num_proc)
+    return builder
+
+
+def checked_input(dataset, config, name: Optional[str], min_shards: int, max_shard_bytes: int, **config_kwargs):
+    """``(config, name, cache features)`` of an export, after checking the dataset and the options against them."""
+    config = resolve_config(config, **config_kwargs)
+    name = name or config.name
+    if name.endswith(IMAGERY_SUFFIX):
+        raise ValueError(f"name={name!r}: names ending in {IMAGERY_SUFFIX!r} are the image pairs' configs; choose another")
+    expected = features_for(config, storage="cache")
+    for split, part in dataset.items():
+        if part.features != expected:
+            raise ValueError(
+                f"split {split!r} does not have the features of config {config.name!r} "
+                f"(layout={config.layout!r}, bands={config.bands!r}); pass the options it was prepared with"
+            )
+    if min_shards < 1 or max_shard_bytes < 1:
+        raise ValueError("min_shards and max_shard_bytes must be positive")
+    return config, name, expected
 
 
 def imagery_features(stream: datasets.Features, images: Sequence[str]) -> datasets.Features:

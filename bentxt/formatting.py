@@ -136,7 +136,14 @@ class _KeepBandDtype:
 
     def _band_columns(self) -> List[str]:
         """``PairBands`` columns; and the ``Array3D`` band columns of our streamed or exported rows
-        (a dataset with ``patch_id`` and ``s1_name`` columns), which datasets would turn into int64 too."""
+        (a dataset with ``patch_id`` and ``s1_name`` columns), which datasets would turn into int64 too.
+        Asked several times per row: worked out once per formatter (its features do not change)."""
+        cached = self.__dict__.get("_bands_cache")
+        if cached is None:
+            cached = self.__dict__["_bands_cache"] = self._find_band_columns()
+        return cached
+
+    def _find_band_columns(self) -> List[str]:
         features = self.features or {}
         ours = "patch_id" in features and "s1_name" in features
         return [

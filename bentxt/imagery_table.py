@@ -40,7 +40,7 @@ import pyarrow as pa
 from datasets.features.features import register_feature
 
 from .bands import GROUP_OF_BAND, BandGroup
-from .raster import RasterError, check_band, decode_band_into, stack_image
+from .raster import stack_image
 
 IMAGERY_DIR = "imagery"
 FEATURE_TYPE = "PairBands"
@@ -190,22 +190,13 @@ class ImageryWriter:
         self._names: List[str] = []
         self.rows = 0
 
-    def add_encoded(self, name: str, data: Mapping[str, object], source: str) -> int:
-        """Like :meth:`add`, from band files as read (GeoTIFF bytes or arrays), decoded straight into the batch.
-
-        A band that is missing or does not decode raises ``RasterError`` naming
-        patch, band and source; the half-filled row is then simply not kept.
-        """
+    def slots(self) -> Dict[str, np.ndarray]:
+        """band -> the next row's place in the batch buffers: decode into them, then :meth:`commit`."""
         i = len(self._names)
-        for band, (group, k) in self._slot.items():
-            where = f"patch {name} band {band} (in {source})"
-            if band not in data:
-                raise RasterError(f"{where}: the band file is missing")
-            value = data[band]
-            if isinstance(value, np.ndarray):
-                self._buffers[group][i, k] = check_band(value, band, where=where)
-            else:
-                decode_band_into(value, band, self._buffers[group][i, k], where=where)
+        return {band: self._buffers[group][i, k] for band, (group, k) in self._slot.items()}
+
+    def commit(self, name: str) -> int:
+        """Keep the row just filled through :meth:`slots`; returns the patch's row in this file."""
         self._names.append(name)
         self.rows += 1
         if len(self._names) == self.batch_rows:
@@ -214,14 +205,9 @@ class ImageryWriter:
 
     def add(self, name: str, arrays: Mapping[str, np.ndarray]) -> int:
         """``arrays``: band -> 2-D array (checked by the caller); returns the patch's row in this file."""
-        i = len(self._names)
-        for band, (group, k) in self._slot.items():
-            self._buffers[group][i, k] = arrays[band]
-        self._names.append(name)
-        self.rows += 1
-        if len(self._names) == self.batch_rows:
-            self._flush()
-        return self.rows - 1
+        for band, slot in self.slots().items():
+            slot[...] = arrays[band]
+        return self.commit(name)
 
     def _flush(self) -> None:
         n = len(self._names)

@@ -255,7 +255,8 @@ def run_imagery_job(job: ImageryJob) -> ImageryResult:
                 data = data() if callable(data) else data  # a bad LMDB value is skippable like a bad GeoTIFF
                 if data is None:  # not in a random-access source: reported as missing by the caller
                     continue
-                writer.add_encoded(name, data, job.source.name)  # decoded straight into the write buffer
+                readers.decode_patch(data, bands, name, job.source.name, out=writer.slots())  # straight into the batch
+                writer.commit(name)
             except RasterError as err:
                 if not job.skip_invalid:
                     raise

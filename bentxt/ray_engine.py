@@ -93,7 +93,7 @@ from tqdm.auto import tqdm
 from . import annotations as ann
 from . import export as ex
 from . import preview
-from .config import features_for, resolve_config
+from .config import features_for
 from .imagery_table import PairBands, array3d, array3d_values
 from .layout import parent_dir
 
@@ -194,13 +194,10 @@ def export(
     export's; ``inline_pixels=True`` (small configs only) is refused: use the local export. The
     cache and ``output_dir`` must be on storage all nodes share (see the module docstring).
     """
-    from .registration import builder_for
-
     _refuse_inline(inline_pixels)
     with connected(ray_address):  # first: a wrong address fails before a long preparation
-        builder = builder_for(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, **config_kwargs)
-        with ex.datasets_progress(progress):
-            builder.download_and_prepare(num_proc=num_proc)
+        builder = ex.prepared(config, data_dir=data_dir, data_files=data_files, cache_dir=cache_dir, num_proc=num_proc,
+                              progress=progress, **config_kwargs)
         return export_dataset(builder.as_dataset(), output_dir, builder.config, num_workers=num_workers, name=name,
                               min_shards=min_shards, max_shard_bytes=max_shard_bytes, rows_per_group=rows_per_group,
                               progress=progress)
@@ -230,19 +227,7 @@ def export_dataset(
 ) -> Path:
     """``bentxt.export.export_dataset`` on Ray, for a ``DatasetDict`` prepared by the builder (its cache is shared)."""
     _refuse_inline(inline_pixels)
-    config = resolve_config(config, **config_kwargs)
-    name = name or config.name
-    if name.endswith(ex.IMAGERY_SUFFIX):
-        raise ValueError(f"name={name!r}: names ending in {ex.IMAGERY_SUFFIX!r} are the image pairs' configs; choose another")
-    expected = features_for(config, storage="cache")
-    for split, part in dataset.items():
-        if part.features != expected:
-            raise ValueError(
-                f"split {split!r} does not have the features of config {config.name!r} "
-                f"(layout={config.layout!r}, bands={config.bands!r}); pass the options it was prepared with"
-            )
-    if min_shards < 1 or max_shard_bytes < 1:
-        raise ValueError("min_shards and max_shard_bytes must be positive")
+    config, name, expected = ex.checked_input(dataset, config, name, min_shards, max_shard_bytes, **config_kwargs)
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be at least 1")
     splits = {split: part for split, part in dataset.items() if part.num_rows}

@@ -32,15 +32,26 @@ def band_array(value, band: str, where: str) -> np.ndarray:
     return raster.check_band(array, band, where=where)
 
 
-def decode_patch(data: Optional[BandData], bands, name: str, source: str) -> Dict[str, np.ndarray]:
-    """The wanted bands of one patch, decoded and checked; a missing band is a RasterError too."""
+def decode_patch(data: Optional[BandData], bands, name: str, source: str,
+                 out: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """The wanted bands of one patch, decoded and checked; a missing band is a RasterError too.
+
+    ``out`` (band -> array slot, e.g. a row of the imagery writer's batch)
+    receives the bands directly: one copy, no intermediate array.
+    """
     arrays = {}
     for band in bands:
         where = f"patch {name} band {band} (in {source})"
         if not data or band not in data:
             raise raster.RasterError(f"{where}: the band file is missing")
-        arrays[band] = band_array(data[band], band, where)
-    return arrays
+        value = data[band]
+        if out is None:
+            arrays[band] = band_array(value, band, where)
+        elif isinstance(value, np.ndarray):
+            out[band][...] = raster.check_band(value, band, where=where)
+        else:
+            raster.decode_band_into(value, band, out[band], where=where)
+    return out if out is not None else arrays
 
 
 class FolderReader:
