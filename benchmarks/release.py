@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patches", type=int, default=1000, help="image pairs in the generated archives (>= 500)")
     parser.add_argument("--read-patches", type=int, default=150, help="image pairs of the reading subset")
     parser.add_argument("--work", help="folder for generated data (kept and reused); default: a temporary folder")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per preparation timing (the best counts)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: prepare,sizes,reading,torchgeo")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     try:
         full = data.fixture(work, args.patches)
         if "prepare" not in skip:
-            rows += measure_prepare(work, full, data.fixture(work, max(8, args.patches // 2)), notes)
+            rows += measure_prepare(work, full, data.fixture(work, max(8, args.patches // 2)), notes, args.repeat)
         if "sizes" not in skip:
             rows += measure_sizes(work, full, notes)
         if "reading" not in skip or "torchgeo" not in skip:
@@ -186,17 +187,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure_prepare(work: Path, full: Dict, half: Dict, notes: List[str]) -> List[Row]:
-    results = {}
-    for fx in (half, full):
-        log(f"zstd -dc of both archives, {fx['patches']} pairs")
-        z = run_child("benchmarks.release:zstd_cli", {"archives": [fx["s2_archive"], fx["s1_archive"]]})
-        cache = work / f"prepare-cache-{fx['patches']}"
-        shutil.rmtree(cache, ignore_errors=True)
-        log(f"prepare s1s2-all, num_proc=2, {fx['patches']} pairs")
-        p = run_child("benchmarks.release:prepare", {"data_dir": fx["data_dir"], "cache_dir": str(cache)})
-        shutil.rmtree(cache, ignore_errors=True)
-        results[fx["patches"]] = (fx, z, p)
+def measure_prepare(work: Path, full: Dict, half: Dict, notes: List[str], repeat: int = 3) -> List[Row]:
+    """Each of the four timings is the best of ``repeat`` runs, interleaved (this VM's speed drifts by +-30 %)."""
+    results: Dict[int, tuple] = {}
+    for k in range(repeat):
+        for fx in (half, full):
+            log(f"run {k + 1}/{repeat}: zstd -dc of both archives, {fx['patches']} pairs")
+            z = run_child("benchmarks.release:zstd_cli", {"archives": [fx["s2_archive"], fx["s1_archive"]]})
+            cache = work / f"prepare-cache-{fx['patches']}"
+            shutil.rmtree(cache, ignore_errors=True)
+            log(f"run {k + 1}/{repeat}: prepare s1s2-all, num_proc=2, {fx['patches']} pairs")
+            p = run_child("benchmarks.release:prepare", {"data_dir": fx["data_dir"], "cache_dir": str(cache)})
+            shutil.rmtree(cache, ignore_errors=True)
+            _, best_z, best_p = results.get(fx["patches"], (fx, z, p))
+            results[fx["patches"]] = (fx, min(z, best_z, key=lambda r: r["seconds"]),
+                                      min(p, best_p, key=lambda r: r["seconds"]))
     (fx, z, p), (hx, hz, hp) = results[full["patches"]], results[half["patches"]]
     n, dn = fx["patches"], fx["patches"] - hx["patches"]
     per_pair = (p["seconds"] - hp["seconds"]) / dn
@@ -204,7 +209,8 @@ def measure_prepare(work: Path, full: Dict, half: Dict, notes: List[str]) -> Lis
     extra = (p["peak_bytes"] - p["cache_bytes"]) / p["cache_bytes"]
     notes.append(
         f"prepare s1s2-all, num_proc=2: {n} pairs ({p['examples']:,} texts) in {p['seconds']:.2f} s, zstd -dc of both "
-        f"archives {z['seconds']:.2f} s; {hx['patches']} pairs: {hp['seconds']:.2f} s vs {hz['seconds']:.2f} s. Per pair "
+        f"archives {z['seconds']:.2f} s; {hx['patches']} pairs: {hp['seconds']:.2f} s vs {hz['seconds']:.2f} s (best of "
+        f"{repeat} each). Per pair "
         f"(difference of the two sizes): ours {per_pair * 1e3:.3f} ms, zstd -dc {per_pair_zstd * 1e3:.3f} ms"
     )
     notes.append(f"peak disk while preparing: {p['peak_bytes'] / 1e6:,.1f} MB, final cache {p['cache_bytes'] / 1e6:,.1f} MB "

@@ -15,6 +15,7 @@ archive is tens of GB read through a single GET, and a dropped connection
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gzip
 import io
 import logging
@@ -291,6 +292,7 @@ class _ZstdProcess(io.RawIOBase):
         self._fd, self._bar, self._seen, self._next_update = fd, bar, 0, 0.0
         self._proc = subprocess.Popen([command, "-dcq"], stdin=fd if fd is not None else subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        _widen_pipe(self._proc.stdout.fileno())
         self._error: Optional[BaseException] = None
         self._feeder = None
         if fd is None:
@@ -347,6 +349,19 @@ class _ZstdProcess(io.RawIOBase):
         if self._bar is not None and self._fd is not None:
             self._bar.close()
         super().close()
+
+
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Let zstd run up to 1 MiB ahead of the reader (Linux; the default pipe holds 64 kB).
+
+    Fewer sleeps and wake-ups on both sides: with the default pipe, zstd spent
+    as much CPU time in the kernel as it spent decompressing (measured here).
+    """
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:  # above /proc/sys/fs/pipe-max-size, or not allowed: the default pipe works too
+            pass
 
 
 def _local_file(raw) -> Optional[int]:
@@ -449,6 +464,16 @@ def _number(field: bytes, what: str) -> int:
     return int(match[1] or b"0", 8)
 
 
+def _byte_sum(block: bytes, _adler32=zlib.adler32) -> int:
+    """The sum of a 512-byte block's bytes, exactly, 5x faster than ``sum``.
+
+    Adler-32's low half is 1 + the byte sum modulo 65,521; a 256-byte half sums
+    to at most 65,280, so for each half it is the exact sum. Two headers per
+    member and 7.7 M members make this ~40 s of the release's preparation.
+    """
+    return (_adler32(block[:256]) & 0xFFFF) + (_adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _check_header(header: bytes) -> int:
     """The member size a 512-byte header declares, after checking its checksum and every numeric field."""
     if _USUAL_NUMBERS.fullmatch(header, 100, 156) and _USUAL_DEVICES.fullmatch(header, 329, 345):
@@ -458,7 +483,7 @@ def _check_header(header: bytes) -> int:
         checksum, size = _number(header[148:156], "checksum"), _number(header[124:136], "size")
         for what, start, end in _OTHER_NUMBERS:
             _number(header[start:end], what)
-    if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+    if checksum != _byte_sum(header) - sum(header[148:156]) + 256:  # the checksum field counts as 8 spaces
         raise _TarError("tar header checksum mismatch (not a tar archive, or corrupted)")
     return _checked_size(size)
 
@@ -548,12 +573,15 @@ class _TarReader:
         max_size: Optional[Callable[[str], int]] = None,
     ):
         self.stream, self.wanted, self.max_size = stream, wanted, max_size
+        self._stream_read = stream.read
         self.offset = 0
         self.last_good = _NONE_YET
         self._position = 0
 
     def _read(self, n: int) -> bytes:
-        data = _read_exact(self.stream, n)
+        data = self._stream_read(n)
+        if len(data) < n:  # stream readers may return short reads
+            data += _read_exact(self.stream, n - len(data))
         self._position += len(data)
         if len(data) < n:
             raise _TarError(f"unexpected end of data: {len(data)} of {n} bytes after the tar header")
@@ -574,7 +602,9 @@ class _TarReader:
         pending = False  # an extended header is waiting for its member
         while True:
             self.offset = self._position
-            header = _read_exact(self.stream, _BLOCK)
+            header = self._stream_read(_BLOCK)
+            if len(header) < _BLOCK and header:
+                header += _read_exact(self.stream, _BLOCK - len(header))
             self._position += len(header)
             if not header:  # tar ends with zero blocks: without them the data stopped early (a cut download
                 # or zstd frame, which zstandard's stream reader does not report), even between two members
@@ -701,13 +731,16 @@ def iter_tar_zst(urlpath: str, download_config: Optional[DownloadConfig] = None)
     return iter_tar([urlpath], download_config)
 
 
-@lru_cache(maxsize=16)  # asked three times per member (wanted, max_size, grouping): parse it once
-def _sensor_band(member: str, sensor: str) -> Optional[str]:
-    """The band a member holds when it is a band file of ``sensor``, else None."""
+@lru_cache(maxsize=16)  # asked twice per member (wanted, then max_size and grouping): parse it once
+def _sensor_member(member: str, sensor: str) -> Optional[Tuple[str, str, int]]:
+    """``(patch, band, largest file size)`` when the member is a band file of ``sensor``, else None."""
     parsed = parse_member(member)
     if parsed is None or parsed[0] != sensor or parsed[2] not in SENSOR_BANDS[sensor]:
         return None
-    return parsed[2]
+    return parsed[1], parsed[2], _MAX_BAND_FILE_BYTES[parsed[2]]
+
+
+_MAX_BAND_FILE_BYTES = {band: max_band_file_bytes(band) for bands in SENSOR_BANDS.values() for band in bands}
 
 
 def iter_archive_patches(
@@ -731,11 +764,11 @@ def iter_archive_patches(
         paths,
         download_config,
         progress=progress,
-        wanted=lambda member: _sensor_band(member, sensor) is not None,
-        max_size=lambda member: max_band_file_bytes(_sensor_band(member, sensor)),
+        wanted=lambda member: _sensor_member(member, sensor) is not None,
+        max_size=lambda member: _sensor_member(member, sensor)[2],
     )
     for name, data in members:
-        _, patch, band = parse_member(name)
+        patch, band, _ = _sensor_member(name, sensor)
         if patch != current:
             if current is not None:
                 finished.add(current)

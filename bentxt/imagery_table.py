@@ -186,14 +186,15 @@ class ImageryWriter:
         self._sink = DirectFile(path)
         self._writer = pa.ipc.new_stream(self._sink, self._schema)
         self._buffers = {g.name: np.empty((batch_rows, *g.shape), dtype=g.dtype) for g in self.groups}
-        self._slot = {b: (g.name, k) for g in self.groups for k, b in enumerate(g.bands)}
+        # band -> its place in row i of the batch buffers, made once (the buffers are reused)
+        self._slots = [{b: self._buffers[g.name][i, k] for g in self.groups for k, b in enumerate(g.bands)}
+                       for i in range(batch_rows)]
         self._names: List[str] = []
         self.rows = 0
 
     def slots(self) -> Dict[str, np.ndarray]:
         """band -> the next row's place in the batch buffers: decode into them, then :meth:`commit`."""
-        i = len(self._names)
-        return {band: self._buffers[group][i, k] for band, (group, k) in self._slot.items()}
+        return self._slots[len(self._names)]
 
     def commit(self, name: str) -> int:
         """Keep the row just filled through :meth:`slots`; returns the patch's row in this file."""
@@ -216,8 +217,7 @@ class ImageryWriter:
         columns = [pa.array(self._names, pa.string())]
         columns += [array3d(self._buffers[g.name][:n], self.features[g.name]) for g in self.groups]
         self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
-        self._names = []
-        self._buffers = {g.name: np.empty((self.batch_rows, *g.shape), dtype=g.dtype) for g in self.groups}
+        self._names = []  # the batch buffers are reused: the stream writer has copied them into the file
 
     def close(self) -> int:
         self._flush()

@@ -402,7 +402,9 @@ def decode_band_into(data: bytes | bytearray | memoryview, band: str, out: np.nd
     ``check_band(decode_geotiff(data))``.
     """
     view = _decode_fast(data, where, copy=False)
-    if view is not None and view.shape == out.shape and view.dtype.newbyteorder("=") == out.dtype.newbyteorder("="):
+    if view is not None and view.shape == out.shape and (
+        view.dtype == out.dtype or view.dtype.newbyteorder("=") == out.dtype.newbyteorder("=")
+    ):
         out[...] = view
         return
     out[...] = check_band(view.astype(view.dtype.newbyteorder("=")) if view is not None else decode_geotiff(data, where),

@@ -136,6 +136,17 @@ def test_a_large_base256_size_within_bounds_is_read(tmp_path: Path) -> None:
     assert read(tmp_path, data) == [("first.txt", b"hello"), ("second.txt", b"abc")]
 
 
+def test_the_fast_byte_sum_is_exactly_sum_for_any_block() -> None:
+    """The header checksum is computed from two Adler-32 halves: exact for every 512-byte block."""
+    import random
+
+    rng = random.Random(0)
+    blocks = [bytes(512), b"\xff" * 512, b"\x80" * 256 + b"\xff" * 256]
+    blocks += [bytes(rng.getrandbits(8) for _ in range(512)) for _ in range(300)]
+    for block in blocks:
+        assert archives._byte_sum(block) == sum(block)
+
+
 def test_a_checksum_mismatch_names_the_archive_and_offset(tmp_path: Path) -> None:
     second = bytearray(header("second.txt", 1))
     second[0] ^= 1

@@ -152,6 +152,53 @@ def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixtur
     assert os.path.exists(plan.texts)
 
 
+def test_texts_file_holds_the_parsed_texts_in_selection_order_in_any_chunking(fixture_data, tmp_path):
+    """The texts are parsed while the imagery is written: the file must equal one parse of the whole selection."""
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    whole = join.text_columns(config, index.table)
+    for rows_per_chunk in (7, index.table.num_rows, 10 * index.table.num_rows):
+        path = str(tmp_path / f"texts-{rows_per_chunk}.arrow")
+        join.write_texts(config, index.table, path, rows_per_chunk=rows_per_chunk)
+        with pa.memory_map(path) as source:
+            reader = pa.ipc.open_file(source)
+            assert reader.num_record_batches == -(-index.table.num_rows // rows_per_chunk)
+            table = reader.read_all()
+        assert table.num_rows == index.table.num_rows
+        for column, values in whole.items():
+            ours, expected = table[column].to_pylist(), values.to_pylist()
+            if column in ("bbox", "point"):  # NaN-filled where a row has none: compared as arrays, NaN equal to NaN
+                np.testing.assert_array_equal(np.array(ours, float), np.array(expected, float), err_msg=column)
+            else:
+                assert ours == expected, column
+        for column in ("patch_id", "s1_name", "split", "country"):
+            assert table[column].to_pylist() == index.table[column].to_pylist(), column
+
+
+def test_a_bad_text_row_stops_the_imagery_workers_at_once(fixture_data, tmp_path, monkeypatch):
+    """Texts are checked while the workers write the imagery; a bad row must not wait for the whole pass."""
+    import time
+
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    started = time.monotonic()
+    monkeypatch.setattr(join, "run_imagery_job", _slow_job)
+
+    def bad_texts():
+        raise ValueError("ID 7: output is not a box")
+
+    jobs = join.imagery_jobs(config, files_for(config),
+                             {"s1": [], "s2": []}, str(tmp_path), 2, None)
+    with pytest.raises(ValueError, match="ID 7: output is not a box"):
+        join.run_jobs(jobs, 2, meanwhile=bad_texts)
+    assert time.monotonic() - started < 20  # the workers (each sleeping 60 s) were stopped, not awaited
+
+
+def _slow_job(job):
+    import time
+
+    time.sleep(60)
+
+
 def test_small_splits_are_written_by_one_process(fixture_data, tmp_path, monkeypatch):
     """A writer process pays off only past TEXTS_PER_PROCESS texts: datasets starts a pool per split."""
     monkeypatch.setattr(join, "TEXTS_PER_PROCESS", 100_000)
