@@ -239,14 +239,19 @@ class ImageryTables:
         return [os.path.join(directory, n) for n in names]
 
     def group(self, sensor: str, group: BandGroup) -> Tuple[np.ndarray, List[np.ndarray]]:
-        """(first global row of each file + total, one (n, C, H, W) view per file)."""
+        """(first global row of each record batch + total, one (n, C, H, W) view per batch, over the memory map).
+
+        One view per batch, never one array per file: joining a file's batches
+        copies the whole group into memory (63 GB for the release's S2 10 m bands).
+        """
         key = (sensor, group.name)
         if key not in self._arrays:
             starts, views = [0], []
             for path in self.files(sensor):
-                table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
-                views.append(array3d_values(table[group.name], group.shape) if table.num_rows else np.zeros((0, *group.shape), group.dtype))
-                starts.append(starts[-1] + table.num_rows)
+                for chunk in pa.ipc.open_stream(pa.memory_map(path)).read_all()[group.name].chunks:
+                    if len(chunk):
+                        views.append(array3d_values(chunk, group.shape))
+                        starts.append(starts[-1] + len(chunk))
             self._arrays[key] = (np.array(starts, dtype=np.int64), views)
         return self._arrays[key]
 

@@ -247,6 +247,32 @@ def test_imagery_writer_batches_and_numbers_rows(tmp_path):
     assert np.array_equal(tables.take("s2", S2_GROUPS[2], 13), np.stack([last[b] for b in S2_GROUPS[2].bands]))
 
 
+def test_reading_a_row_maps_the_batches_and_copies_nothing(tmp_path):
+    """A group's rows are views over the memory map: joining a file's batches would copy the whole group.
+
+    (The release's S2 imagery file holds 549,488 rows: 63 GB of 10 m bands.)
+    """
+    rng = np.random.default_rng(2)
+    os.makedirs(tmp_path / IMAGERY_DIR)
+    writer = ImageryWriter(str(tmp_path / IMAGERY_DIR / "s2-00000.arrow"), S2_GROUPS, batch_rows=4)
+    written = []
+    for k in range(30):  # seven full batches and a partial one
+        arrays = {b: rng.integers(0, 60_000, (g.size, g.size)).astype(np.uint16) for g in S2_GROUPS for b in g.bands}
+        writer.add(f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{k:02d}_00", arrays)
+        written.append(arrays)
+    writer.close()
+    tables = ImageryTables(str(tmp_path))
+    before = pa.total_allocated_bytes()
+    starts, views = tables.group("s2", S2_GROUPS[0])
+    rows = [tables.take("s2", S2_GROUPS[0], row) for row in (0, 3, 4, 17, 29)]
+    assert pa.total_allocated_bytes() - before < 4096  # no batch was copied out of the map
+    assert list(starts) == list(range(0, 29, 4)) + [30] and len(views) == 8
+    for row, value in zip((0, 3, 4, 17, 29), rows):
+        assert np.array_equal(value, np.stack([written[row][b] for b in S2_GROUPS[0].bands]))
+    with pytest.raises(IndexError, match="imagery row 30 of s2"):
+        tables.take("s2", S2_GROUPS[0], 30)
+
+
 # ----------------------------------------------------------------------------- the datasets API on a prepared config
 
 
