@@ -247,6 +247,43 @@ def test_imagery_writer_batches_and_numbers_rows(tmp_path):
     assert np.array_equal(tables.take("s2", S2_GROUPS[2], 13), np.stack([last[b] for b in S2_GROUPS[2].bands]))
 
 
+def test_full_batches_are_decoded_in_place_and_written_without_a_copy(tmp_path):
+    """After the first batch, bands are decoded into the file's write buffer; a failed last patch leaves no trace."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s2-00000.arrow"
+    writer = ImageryWriter(str(path), S2_GROUPS, batch_rows=4)
+    written = []
+    for k in range(13):  # batches 2 and 3 in place, a last one of 1 row from the writer's own buffers
+        arrays = {b: rng.integers(0, 60_000, (g.size, g.size)).astype(np.uint16) for g in S2_GROUPS for b in g.bands}
+        writer.add(f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{k:02d}_00", arrays)
+        written.append(arrays)
+    for slot in writer.slots().values():  # a 14th patch starts decoding, then fails: never committed
+        slot[...] = 7
+    pixels_per_row = sum(len(g.bands) * g.size * g.size * 2 for g in S2_GROUPS)
+    assert writer.close() == 13
+    assert writer._sink.placed_bytes == 2 * 4 * pixels_per_row
+    table = datasets.Dataset.from_file(str(path)).with_format("numpy")
+    assert table.num_rows == 13
+    for i in (0, 3, 4, 11, 12):
+        for g in S2_GROUPS:
+            assert np.array_equal(table[i][g.name], np.stack([written[i][b] for b in g.bands]))
+
+
+def test_a_write_over_bands_waiting_in_place_is_refused(tmp_path):
+    from bentxt.imagery_table import DirectFile
+
+    sink = DirectFile(str(tmp_path / "out.bin"), buffer_bytes=1 << 16)
+    region = sink.reserve(300, [(100, 50)])
+    region[100:150] = b"p" * 50
+    sink.write(b"h" * 100)  # up to the piece: fine
+    with pytest.raises(RuntimeError, match="would overwrite decoded bands"):
+        sink.write(b"x" * 60)
+    sink.release()
+    sink.write(b"y" * 60)
+    sink.close()
+    assert (tmp_path / "out.bin").read_bytes() == b"h" * 100 + b"y" * 60
+
+
 def test_reading_a_row_maps_the_batches_and_copies_nothing(tmp_path):
     """A group's rows are views over the memory map: joining a file's batches would copy the whole group.
 
