@@ -15,7 +15,6 @@ archive is tens of GB read through a single GET, and a dropped connection
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gzip
 import io
 import logging
@@ -354,14 +353,15 @@ class _ZstdProcess(io.RawIOBase):
 def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
     """Let zstd run up to 1 MiB ahead of the reader (Linux; the default pipe holds 64 kB).
 
-    Fewer sleeps and wake-ups on both sides: with the default pipe, zstd spent
-    as much CPU time in the kernel as it spent decompressing (measured here).
+    Fewer sleeps and wake-ups on both sides once the reader keeps up with zstd
+    (measured on 2,000 pairs' S2 archive: zstd's kernel time 0.46 s instead of 0.54-0.62 s).
     """
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-        except OSError:  # above /proc/sys/fs/pipe-max-size, or not allowed: the default pipe works too
-            pass
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (ImportError, AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size: the default works
+        pass
 
 
 def _local_file(raw) -> Optional[int]:
