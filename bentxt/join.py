@@ -46,6 +46,10 @@ logger = logging.getLogger("bigearthnet_txt")
 
 #: texts a text-writing process gets at least (fewer: the pool costs more than it saves)
 TEXTS_PER_PROCESS = 100_000
+#: rows of a type from which :func:`text_columns` parses them in bulk: a bulk parse costs ~0.5 ms a call
+#: (Arrow compiles its RE2 patterns on each call), what ``parse_row`` takes for ~100 mcq or ~250 box rows;
+#: a streamed image pair has ~20 texts
+BULK_PARSE_MIN_ROWS = 200
 
 
 class MissingPatchError(ValueError):
@@ -85,28 +89,57 @@ def describe_selection(config: BigEarthNetTxtConfig, split: Optional[str] = None
 TEXT_COLUMNS: Tuple[str, ...] = ("ID", "input", "output", "type", "category", "bbox", "point", "options")
 
 
+#: the type of the ``options`` column
+OPTIONS_TYPE = pa.list_(pa.string(), 4)
+_NO_OPTIONS = pa.array([NO_OPTIONS], OPTIONS_TYPE)
+
+
 def text_columns(config: BigEarthNetTxtConfig, rows: pa.Table) -> Dict[str, pa.Array]:
     """The per-text feature columns of a block of text rows, in one vectorised pass (preparing and streaming).
 
-    Only rows whose type carries structure are parsed in Python (boxes and
-    points of ``bounding box`` rows, options of ``mcq`` rows); binary answers
-    are checked with Arrow compute and tags replaced with ``replace_substring``
-    (the publisher's order: ``<ref>``, ``</ref>``, ``<point>``, ``</point>``).
-    Rows of other types get the fixed-size "none" values, never nulls.
+    Rows whose type carries structure are parsed in bulk with Arrow compute
+    when a block has many (``text.fast_boxes``: boxes and points of
+    ``bounding box`` rows; ``text.fast_options``: options of ``mcq`` rows).
+    The rows those leave out, and all of a small block, go through
+    ``text.parse_row``, which parses them or raises the row's
+    ``AnnotationError``, type by type in row order: results and errors are
+    ``parse_row``'s either way. Binary answers are checked with Arrow compute
+    (only the first invalid one goes to the parser, for its message), and tags
+    are replaced with ``replace_substring`` (the publisher's order: ``<ref>``,
+    ``</ref>``, ``<point>``, ``</point>``). Rows of other types get the
+    fixed-size "none" values, never nulls.
     """
     n = rows.num_rows
     kinds = _plain(rows["type"])
     ids = _plain(rows["ID"])
     inputs, outputs = _plain(rows["input"]), _plain(rows["output"])
     boxes, points = np.tile(np.array(NO_BOX), (n, 1)), np.tile(np.array(NO_POINT), (n, 1))
-    options = np.tile(np.array(NO_OPTIONS, dtype=object), (n, 1))
+    # the options column is gathered at the end: text j gets row option_of[j] of the concatenated option_lists
+    option_lists, option_of = [_NO_OPTIONS], np.zeros(n, dtype=np.int64)
+
+    def add_options(where: np.ndarray, lists: pa.Array) -> None:
+        option_of[where] = sum(map(len, option_lists)) + np.arange(len(where))
+        option_lists.append(lists)
+
     for kind in ("bounding box", "mcq", "binary"):
         where = np.flatnonzero(pc.equal(kinds, kind).to_numpy(zero_copy_only=False))
-        if kind == "binary":
-            bad = where[~pc.is_in(outputs.take(pa.array(where)), pa.array(sorted(text.BINARY_ANSWERS))).to_numpy(zero_copy_only=False)]
-            where = bad[:1]  # only an invalid answer needs the parser: for its message
         if not len(where):
             continue
+        taken = pa.array(where)
+        if kind == "binary":
+            accepted = pc.is_in(outputs.take(taken), pa.array(sorted(text.BINARY_ANSWERS))).to_numpy(zero_copy_only=False)
+        elif len(where) < BULK_PARSE_MIN_ROWS:  # e.g. one image pair's texts when streaming
+            accepted = np.zeros(len(where), dtype=bool)
+        elif kind == "bounding box":
+            accepted, boxes[where], points[where] = text.fast_boxes(inputs.take(taken), outputs.take(taken))
+        else:
+            accepted, options = text.fast_options(inputs.take(taken), outputs.take(taken))
+            add_options(where[accepted], options)
+        # the rest go to the parser; of the binary rows only the first invalid one: for its message
+        where = where[~accepted][:1] if kind == "binary" else where[~accepted]
+        if not len(where):
+            continue
+        parsed_options = {}
         taken = pa.array(where)
         for j, row_id, prompt, answer in zip(where, ids.take(taken).to_pylist(), inputs.take(taken).to_pylist(),
                                              outputs.take(taken).to_pylist()):
@@ -116,7 +149,9 @@ def text_columns(config: BigEarthNetTxtConfig, rows: pa.Table) -> Dict[str, pa.A
             if parsed["point"] is not None:
                 points[j] = parsed["point"]
             if parsed["options"] is not None:
-                options[j] = parsed["options"]
+                parsed_options[j] = parsed["options"]
+        if parsed_options:
+            add_options(np.array(list(parsed_options)), pa.array(list(parsed_options.values()), OPTIONS_TYPE))
     for token, tags in ((config.ref_token, ("<ref>", "</ref>")), (config.point_token, ("<point>", "</point>"))):
         if token is not None:
             for tag, replacement in zip(tags, token):
@@ -129,7 +164,7 @@ def text_columns(config: BigEarthNetTxtConfig, rows: pa.Table) -> Dict[str, pa.A
         "category": _plain(rows["category"]),
         "bbox": pa.FixedSizeListArray.from_arrays(pa.array(boxes.reshape(-1)), 4),
         "point": pa.FixedSizeListArray.from_arrays(pa.array(points.reshape(-1)), 2),
-        "options": pa.FixedSizeListArray.from_arrays(pa.array(options.reshape(-1), pa.string()), 4),
+        "options": pa.concat_arrays(option_lists).take(pa.array(option_of)),
     }
 
 

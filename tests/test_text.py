@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 import pickle
 import re
+from types import SimpleNamespace
+from unittest import mock
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bentxt import join
 from bentxt.text import (
+    ROW_TYPES,
     AnnotationError,
+    fast_boxes,
+    fast_options,
     format_bbox,
     format_point,
     parse_bbox,
@@ -459,3 +469,300 @@ def test_options_round_trip(question, options):
     parts = [f"{letter}) {opt}" for letter, opt in zip("abcd", options)]
     text = f"{question} {', '.join(parts)}".lstrip()
     assert parse_options(text, 1) == options
+
+
+# --- bulk parsing: fast_boxes, fast_options ---------------------------------------------------
+#
+# The contract: a row the fast path accepts gets exactly parse_row's values (floats bit for bit),
+# every other row is left to parse_row; and rows written like the release are accepted.
+
+
+def _bits(values):
+    return [float(v).hex() for v in values]
+
+
+def _check_fast(kind, inputs, outputs):
+    """Run the fast path on the rows; check every accepted row against parse_row; return the accepted mask."""
+    if kind == "bounding box":
+        accepted, boxes, points = fast_boxes(pa.array(inputs, pa.string()), pa.array(outputs, pa.string()))
+        assert boxes.shape == (len(inputs), 4) and points.shape == (len(inputs), 2)
+    else:
+        accepted, options = fast_options(pa.array(inputs, pa.string()), pa.array(outputs, pa.string()))
+        assert len(options) == accepted.sum() and options.type == pa.list_(pa.string(), 4)
+        options = iter(options.to_pylist())
+    for i, (input_, output) in enumerate(zip(inputs, outputs)):
+        if kind == "bounding box" and not accepted[i]:
+            assert all(math.isnan(v) for v in [*boxes[i], *points[i]])
+        if not accepted[i]:
+            continue
+        want = parse_row(kind, input_, output, 1)  # an accepted row parses
+        if kind == "bounding box":
+            assert _bits(boxes[i]) == _bits(want["bbox"])
+            assert _bits(points[i]) == _bits(want["point"] or (math.nan, math.nan))
+        else:
+            assert next(options) == want["options"]
+    return accepted
+
+
+REAL_STRUCTURED = [r for r in REAL_ROWS if r[1] in ("mcq", "bounding box")]
+
+
+@pytest.mark.parametrize("kind", ["mcq", "bounding box"])
+def test_fast_path_takes_the_real_rows(kind):
+    rows = [r for r in REAL_STRUCTURED if r[1] == kind]
+    assert rows and _check_fast(kind, [r[2] for r in rows], [r[3] for r in rows]).all()
+
+
+MCQ_Q = "Which climate zone is captured in the satellite image?"
+
+
+@pytest.mark.parametrize(
+    "input_, output, accepted",
+    [
+        (f"{MCQ_Q} a) Cold, no dry season, warm summer, b) Cold, dry summer, warm summer, c) x, d) y", "a", True),
+        (f"{MCQ_Q} a) (a) x, b) tab) y, c) Rule (c), d) w,", "d", True),  # non-markers; the last option keeps its ","
+        (f"{MCQ_Q} a) x,, b) y, c) z, d) w", "b", True),  # one separator comma removed: "x,"
+        (f" a) x, b) y, c) z, d) w", "c", True),  # an empty question
+        (f"{MCQ_Q} a) x, b) y, c) z, d) w", "e", False),  # bad answer: parse_row raises
+        (f"{MCQ_Q} a) x, b) y, c) z, d) w\n", "a", False),  # parse_row strips "\n": left to it
+        (f"{MCQ_Q}\xa0a) x, b) y, c) z, d) w", "a", False),  # \xa0 is whitespace for re, not for RE2
+        (f"{MCQ_Q} a) x,\u2003b) y, c) z, d) w", "a", False),
+        (f"{MCQ_Q}\va) x, b) y, c) z, d) w", "a", False),  # \v: not in RE2's \s
+        ("a) x, b) y, c) z, d) w", "a", False),  # a marker at the start: parse_row takes it
+        ("b) x a) 1, b) 2, c) 3, d) 4", "a", False),  # an extra marker at the start: parse_row raises
+        (f"{MCQ_Q} a) b) x, b) y, c) z, d) w", "a", False),  # a marker right after "a) ": parse_row raises
+        (f"{MCQ_Q} a) see b) below, b) y, c) z, d) w", "a", False),
+        (f"{MCQ_Q} a) x, b) y, c) z, d) w, d) v", "a", False),
+        (f"{MCQ_Q} a) x, b) , c) z, d) w", "a", False),  # an empty option
+        (f"{MCQ_Q} a) x, b) y, c) z, d)", "a", False),
+        (f"{MCQ_Q} a) x, b)  y, c) z, d) w", "a", False),  # two spaces: parse_row strips them
+        (f"{MCQ_Q} a) x b) y, c) z, d) w", "a", False),  # no comma: parse_row tolerates it
+        (f"{MCQ_Q} a) x, c) y, b) z, d) w", "a", False),
+    ],
+)
+def test_fast_options_examples(input_, output, accepted):
+    assert _check_fast("mcq", [input_], [output])[0] == accepted
+
+
+AT = "Output a bounding box for the land cover class instance located at "
+
+
+@pytest.mark.parametrize(
+    "input_, output, accepted",
+    [
+        (f"{AT}<point>(0.81, 0.37)</point>.", "[0.77 0.0, 1.0 1.0]", True),
+        ("Identify a continuous patch of <ref>inland wetlands</ref>.", "[0 0.45, 1 0.69]", True),
+        ("x", "[0.1234567890123456789012 0.5, 0.5 0.5]", True),  # long: both round correctly
+        ("x", "[00.5 0, 1 1]", True),
+        ("x", " [0.0 0.37, 1.0 1.0]\n", False),  # whitespace around: parse_row takes it
+        ("x", "[.5 0., +1 1.0]", False),
+        ("x", "[0.5 0.37, 0.4 1.0]", False),  # x1 < x0: parse_row raises
+        ("x", "[0.0 0.37, 1.0 1.01]", False),
+        ("x", "[0.0 0.37, 1.0 1.0]x", False),
+        (f"{AT}<point>(0.81, 1.37)</point>.", "[0.77 0.0, 1.0 1.0]", False),
+        (f"{AT}<point>(0.81,0.37)</point>.", "[0.77 0.0, 1.0 1.0]", False),
+        (f"{AT}<point>(0.81, 0.37)</point> <point>(0.1, 0.1)</point>", "[0.77 0.0, 1.0 1.0]", False),
+        (f"{AT}<point>(0.81, 0.37)</point></point>", "[0.77 0.0, 1.0 1.0]", False),
+        (f"{AT}</point>.", "[0.77 0.0, 1.0 1.0]", False),
+        (f"{AT}\xe9 <point>(0.81, 0.37)</point>.", "[0.77 0.0, 1.0 1.0]", False),  # not ASCII: parse_row takes it
+        (f"{AT}\n<point>(0.81, 0.37)</point>.", "[0.77 0.0, 1.0 1.0]", False),
+    ],
+)
+def test_fast_boxes_examples(input_, output, accepted):
+    assert _check_fast("bounding box", [input_], [output])[0] == accepted
+
+
+def test_fast_path_on_no_rows_and_null_rows():
+    for kind in ("mcq", "bounding box"):
+        assert len(_check_fast(kind, [], [])) == 0
+        assert not _check_fast(kind, [None, f"{MCQ_Q} a) x, b) y, c) z, d) w"], ["a", None]).any()
+
+
+# Generated rows: the release's layout, with none, one or two pitfalls applied to each row.
+
+release_number = st.integers(0, 100).map(lambda i: repr(i / 100))
+# numbers in [0, 1]: "0", "1", "1.0..." and "0." with 1 to 14 decimals
+short_number = st.sampled_from(["0", "1", "1.0", "1.00000000000000"]) | st.tuples(
+    st.integers(1, 14), st.integers(0, 10**14 - 1)).map(lambda t: f"0.{t[1]:014d}"[: 2 + t[0]])
+clean_number = release_number | short_number
+# numbers the release does not write: parse_row rejects some, the fast path leaves most to parse_row
+odd_number = st.sampled_from(
+    ["0.123456789012345", "0.1234567890123456789", "1.01", "2", "-0.1", "+0.5", "-0", ".5", "5.", "0.", "00.5", "1e0",
+     "nan", "inf", "\u0661", "0.30000000000000004", "0,5", "", " 0.5"]
+) | st.floats(0, 2).map(repr)  # 17 digits, or "1e-05"
+ODD_SPACE = ["\n", "\t", "\v", "\x0c", "\x1c", "\xa0", "\u2003", "\x85"]
+odd_char = st.sampled_from(ODD_SPACE + ["\xe9", "\x00", "\x7f"])
+
+
+def _box_pitfall(draw, row):
+    pitfall = draw(st.sampled_from(["number", "reversed", "space", "separator", "tags", "char"]))
+    if pitfall == "number":
+        row[draw(st.sampled_from(["x0", "y0", "x1", "y1", "px", "py"]))] = draw(odd_number)
+    elif pitfall == "reversed":
+        a, b = draw(st.sampled_from([("x0", "x1"), ("y0", "y1")]))
+        row[a], row[b] = row[b], row[a]
+    elif pitfall == "space":  # around the box: parse_row allows it
+        row[draw(st.sampled_from(["lead", "trail"]))] = draw(st.sampled_from([" ", "  "] + ODD_SPACE))
+    elif pitfall == "separator":
+        row[draw(st.sampled_from(["sep", "psep"]))] = draw(st.sampled_from([",", " ", ",  ", ", ,", ",\xa0", "\n"]))
+    elif pitfall == "tags":
+        row["tags"] = draw(st.sampled_from([2, "<point>", "</point>", "<point></point>", "</point><point>"]))
+    else:  # anywhere in the input: parse_row does not care
+        row["head"] += draw(odd_char)
+
+
+@st.composite
+def box_rows(draw, pitfalls=True):
+    """(input, output) of a ``bounding box`` row."""
+    (x0, x1), (y0, y1) = (sorted((draw(clean_number), draw(clean_number)), key=float) for _ in "xy")
+    row = dict(x0=x0, y0=y0, x1=x1, y1=y1, px=draw(clean_number), py=draw(clean_number), sep=", ", psep=", ",
+               lead="", trail="", tags=draw(st.sampled_from([0, 1])), head=AT)
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]) if pitfalls else st.just(0))):
+        _box_pitfall(draw, row)
+    tag = "<point>({px}{psep}{py})</point>".format(**row)
+    tags = tag * row["tags"] if isinstance(row["tags"], int) else row["tags"]
+    input_ = row["head"] + (tags or "<ref>arable land</ref>") + " in the image."
+    return input_, "{lead}[{x0} {y0}{sep}{x1} {y1}]{trail}".format(**row)
+
+
+CLEAN_OPTIONS = ["Portugal", "Cold, dry summer, warm summer", "0", "x,", "1,", "(a)", "xb)", "tab) x", "x-d) end",
+                 "Rule (c)", "a", "a ,x"]
+ODD_OPTIONS = ["see b) below", "c) 3", "a) x", "", " ", "x ,", ",", "\xe9t\xe9", "x\xa0y", "x\u2003", "\vx", "x\ny",
+               "x\x1c", "x\xa0", "\xa0b) y"]
+option_text = st.sampled_from(CLEAN_OPTIONS) | st.text(st.sampled_from(list("ab cd),(x")), min_size=1, max_size=6).filter(
+    lambda t: t == t.strip())  # may hold a marker: then parse_row raises
+
+
+def _mcq_pitfall(draw, row):
+    pitfall = draw(st.sampled_from(["option", "before", "after", "letters", "question", "lead", "end", "answer"]))
+    i = draw(st.integers(0, 3))
+    if pitfall == "option":
+        row["options"][i] = draw(st.sampled_from(ODD_OPTIONS))
+    elif pitfall == "before":  # the separator before a marker
+        row["before"][i] = draw(st.sampled_from(["", " ", ",", ", ,", ",,", " , ", "\xa0", ",\n", ", \u2003", ",\v"]))
+    elif pitfall == "after":
+        row["after"][i] = draw(st.sampled_from(["", "  ", "\xa0", "\t", "\n", " ,"]))
+    elif pitfall == "letters":  # missing, out of order, repeated, extra
+        row["letters"] = draw(st.sampled_from(["abc", "abdc", "abcdd", "aabcd", "abcde", "bacd", "abcdc"]))
+    elif pitfall == "question":
+        row["question"] = draw(st.sampled_from(["", "Pick (a) or b):", "Q\xa0", "Q\n", "\xe9"]))
+        row["before"][0] = draw(st.sampled_from(["", " "]))
+    elif pitfall == "lead":  # a marker at the very start: parse_row counts it too
+        row["question"] = draw(st.sampled_from(["a) x", "d)", "b) Q:", "c)Q"]))
+    elif pitfall == "end":
+        row["end"] = draw(st.sampled_from(ODD_SPACE + [" ", ","]))
+    else:
+        row["answer"] = draw(st.sampled_from(["e", "A", "", "a)", " a"]))
+
+
+@st.composite
+def mcq_rows(draw, pitfalls=True):
+    """(input, output) of an ``mcq`` row."""
+    row = dict(question=draw(st.sampled_from([MCQ_Q, "Pick (a) or (b):", "?"])), letters="abcd",
+               before=[" ", ", ", ", ", ", ", ", "], after=[" "] * 5, options=[draw(option_text) for _ in range(5)],
+               end="", answer=draw(st.sampled_from("abcd")))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]) if pitfalls else st.just(0))):
+        _mcq_pitfall(draw, row)
+    parts = zip(row["letters"], row["before"], row["after"], row["options"])
+    input_ = row["question"] + "".join(f"{before}{letter}){after}{option}" for letter, before, after, option in parts)
+    return input_ + row["end"], row["answer"]
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(st.lists(box_rows(), min_size=1, max_size=20), st.lists(mcq_rows(), min_size=1, max_size=20))
+def test_fast_path_agrees_with_parse_row(boxes, mcqs):
+    for kind, rows in (("bounding box", boxes), ("mcq", mcqs)):
+        _check_fast(kind, *zip(*rows))
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(st.lists(box_rows(pitfalls=False), min_size=1, max_size=20), st.lists(mcq_rows(pitfalls=False), min_size=1, max_size=20))
+def test_fast_path_takes_rows_written_like_the_release(boxes, mcqs):
+    assert _check_fast("bounding box", *zip(*boxes)).all()
+    clean = [(i, o) for i, o in mcqs if len(MARKER.findall(i)) == 4]  # a generated option text may hold a marker
+    if clean:
+        assert _check_fast("mcq", *zip(*clean)).all()
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=10))
+def test_fast_boxes_read_numbers_bit_for_bit_like_float(xs):
+    # Arrow's cast and float() must agree even where rounding is hardest: at and next to the exact
+    # midpoint of two adjacent doubles (up to ~1100 digits)
+    texts = []
+    for x in xs:
+        with decimal.localcontext() as context:
+            context.prec = 2000
+            middle = format((decimal.Decimal(x) + decimal.Decimal(math.nextafter(x, 1))) / 2, "f")
+        texts += [np.format_float_positional(x, trim="0"), middle, middle + "1", middle[:-1], middle[:19]]  # no exponent
+    outputs = [f"[0 0, {t} {t}]" for t in texts]
+    assert _check_fast("bounding box", ["x"] * len(outputs), outputs).all()
+
+
+# --- through join.text_columns: the same values and the same first error as parse_row ---------
+
+NO_TOKENS = SimpleNamespace(ref_token=None, point_token=None)
+
+
+def _text_columns(rows, bulk):
+    """``join.text_columns`` of (type, input, output) rows, IDs from 100; ``bulk``: parse even 1 row in bulk."""
+    kinds, inputs, outputs = zip(*rows)
+    table = pa.table({"ID": pa.array(range(100, 100 + len(rows)), pa.int64()), "input": list(inputs),
+                      "output": list(outputs), "type": list(kinds), "category": ["None"] * len(rows)})
+    with mock.patch.object(join, "BULK_PARSE_MIN_ROWS", 1 if bulk else 10**9):
+        return join.text_columns(NO_TOKENS, table)
+
+
+any_row = (box_rows().map(lambda r: ("bounding box", *r)) | mcq_rows().map(lambda r: ("mcq", *r))
+           | st.tuples(st.sampled_from(["binary", "captioning", "other"]), st.just("Is it?"), st.sampled_from(["yes", "no", "Yes"])))
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(st.lists(any_row, min_size=1, max_size=20))
+def test_text_columns_agree_with_parse_row(rows):
+    first_error = None
+    for kind in ("bounding box", "mcq", "binary"):  # the order in which text_columns meets the rows
+        for j, (k, input_, output) in enumerate(rows):
+            if k == kind:
+                try:
+                    parse_row(kind, input_, output, 100 + j)
+                except AnnotationError as err:
+                    first_error = first_error or err
+    parsed = []
+    for kind, input_, output in rows:
+        try:
+            parsed.append(((kind, input_, output), parse_row(kind, input_, output, 1) if kind in ROW_TYPES else {}))
+        except AnnotationError:
+            pass
+    for bulk in (True, False):
+        if first_error is not None:
+            with pytest.raises(AnnotationError) as exc:
+                _text_columns(rows, bulk)
+            assert str(exc.value) == str(first_error)
+        if not parsed:
+            continue
+        out = _text_columns([r for r, _ in parsed], bulk)
+        assert out["options"].type == pa.list_(pa.string(), 4) and out["bbox"].type == pa.list_(pa.float64(), 4)
+        for j, (_, want) in enumerate(parsed):
+            assert _bits(out["bbox"][j].as_py()) == _bits(want.get("bbox") or (math.nan,) * 4)
+            assert _bits(out["point"][j].as_py()) == _bits(want.get("point") or (math.nan,) * 2)
+            assert out["options"][j].as_py() == (want.get("options") or [""] * 4)
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+@pytest.mark.parametrize(
+    "kind, input_, output, column",
+    [
+        ("mcq", f"{MCQ_Q} a) see b) below, b) y, c) z, d) w", "a", "input"),
+        ("mcq", f"{MCQ_Q} a) x, b) y, c) z, d) w", "e", "output"),
+        ("bounding box", f"{AT}<point>(0.81, 1.37)</point>.", "[0.77 0.0, 1.0 1.0]", "input"),
+        ("bounding box", "x", "[0.5 0.37, 0.4 1.0]", "output"),
+        ("binary", "Is it?", "Yes", "output"),
+    ],
+)
+def test_a_bad_row_raises_naming_its_id_through_text_columns(kind, input_, output, column, bulk):
+    good = [("mcq", f"{MCQ_Q} a) x, b) y, c) z, d) w", "a"), ("bounding box", "x", "[0.0 0.37, 1.0 1.0]"),
+            ("binary", "Is it?", "no")] * 2
+    with pytest.raises(AnnotationError, match=rf"^ID 104: {column} ") as exc:
+        _text_columns(good[:4] + [(kind, input_, output)] + good[4:], bulk)
+    assert exc.value.id == 104
