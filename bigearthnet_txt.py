@@ -49,6 +49,9 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = BigEarthNetTxtConfig
     BUILDER_CONFIGS = list(cfg.CONFIGS.values())
     DEFAULT_CONFIG_NAME = cfg.DEFAULT_CONFIG_NAME
+    # Text rows are ~200 bytes: record batches of 10,000 (2 MB) instead of datasets' 1,000 cut the writer's
+    # per-batch work (a write per buffer) 10x; preparing the texts after the imagery pass is serial time.
+    DEFAULT_WRITER_BATCH_SIZE = 10_000
 
     def __init__(self, *args, data_files=None, hash: Optional[str] = None, **kwargs):
         # Named files are used as given: ``datasets`` would glob them (a folder of 7.7 M files takes hours).

@@ -175,13 +175,14 @@ def _plain(column) -> pa.Array:
 
 
 def example_table(config: BigEarthNetTxtConfig, features, rows: pa.Table, starts: np.ndarray,
-                  images: Mapping[str, pa.Array], parsed: bool = False) -> pa.Table:
+                  images: Mapping[str, pa.Array], parsed: bool = False, schema: Optional[pa.Schema] = None) -> pa.Table:
     """The examples of consecutive pairs as one Arrow table in feature order.
 
     ``rows``: the pairs' texts, pair after pair; ``starts``: where each pair's
     texts begin in ``rows`` (then ``rows.num_rows``); ``images``: one value per
     pair for each image column (references, or arrays when streaming).
     ``parsed``: ``rows`` already holds :func:`text_columns`' output (:func:`write_texts`).
+    ``schema``: ``features.arrow_schema``, when the caller has it (datasets rebuilds it on each access, ~1 ms).
     """
     texts = {c: _plain(rows[c]) for c in TEXT_COLUMNS} if parsed else text_columns(config, rows)
     counts = np.diff(starts)
@@ -198,7 +199,7 @@ def example_table(config: BigEarthNetTxtConfig, features, rows: pa.Table, starts
         columns.update(texts)
         columns.update({k: v.take(pair_of_text) for k, v in images.items()})
     names = list(features)
-    return pa.Table.from_arrays([columns[k] for k in names], names=names).cast(features.arrow_schema)
+    return pa.Table.from_arrays([columns[k] for k in names], names=names).cast(schema or features.arrow_schema)
 
 
 def examples(config: BigEarthNetTxtConfig, rows: pa.Table, images: Mapping[str, object]) -> Iterator[Tuple[object, dict]]:
@@ -493,6 +494,7 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
     batch size): ``datasets`` starts a new shard (``max_shard_size``) between tables.
     """
     columns = [name for name, feature in features.items() if isinstance(feature, PairBands)]
+    schema = features.arrow_schema
     pairs = np.asarray(pairs)
     per_pair = (starts[pairs + 1] - starts[pairs]) if config.layout == "annotation" else np.ones(len(pairs), np.int64)
     cuts = np.searchsorted(np.cumsum(per_pair), np.arange(rows_per_table, int(per_pair.sum()), rows_per_table), side="left") + 1
@@ -506,7 +508,7 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
             text_rows = np.repeat(starts[chunk] - local[:-1], counts) + np.arange(local[-1])
             reference = _references({s: r[chunk] for s, r in rows.items()}, len(chunk))
             yield example_table(config, features, table.take(pa.array(text_rows)), local, {c: reference for c in columns},
-                                parsed=True)
+                                parsed=True, schema=schema)
 
 
 def _references(rows: Mapping[str, np.ndarray], n: int) -> pa.StructArray:
