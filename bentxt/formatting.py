@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import datasets
 import numpy as np
@@ -88,7 +88,7 @@ def _scalar_type(kind) -> Optional[type]:
     return None
 
 
-def extract_one_row(pa_table) -> Optional[dict]:
+def extract_one_row(pa_table, makers_of: Optional[Dict[Tuple[str, ...], object]] = None) -> Optional[dict]:
     """A one-row table as the numpy extractor would give it, from one ``to_pylist`` (not one conversion per column).
 
     Covers null-free numbers, strings and fixed-size lists of them; returns
@@ -96,8 +96,23 @@ def extract_one_row(pa_table) -> Optional[dict]:
     """
     if pa_table.num_rows != 1 or any(column.null_count for column in pa_table.columns):
         return None
+    if makers_of is None:
+        makers = _row_makers(pa_table.schema)
+    else:  # one formatter, one set of columns: its makers are worked out once, keyed by the (cheap) column names
+        key = tuple(pa_table.column_names)
+        if key not in makers_of:
+            makers_of[key] = _row_makers(pa_table.schema)
+        makers = makers_of[key]
+    if makers is None:
+        return None
+    row = pa_table.to_pylist()[0]
+    return {name: makers[name](value) for name, value in row.items()}
+
+
+def _row_makers(schema: pa.Schema) -> Optional[Dict[str, Callable]]:
+    """Per column, what turns its Python value into the numpy extractor's value (None: a type not covered)."""
     makers = {}
-    for field in pa_table.schema:
+    for field in schema:
         kind = field.type
         scalar = _scalar_type(kind)
         if scalar is None and pa.types.is_fixed_size_list(kind):
@@ -112,8 +127,7 @@ def extract_one_row(pa_table) -> Optional[dict]:
             return None
         else:
             makers[field.name] = scalar
-    row = pa_table.to_pylist()[0]
-    return {name: makers[name](value) for name, value in row.items()}
+    return makers
 
 
 def _stacked(value) -> Optional[np.ndarray]:
@@ -174,7 +188,7 @@ class _KeepBandDtype:
         bands, rest = self._split(pa_table)
         if not bands:
             return super().format_row(pa_table)
-        row = extract_one_row(rest) if rest.num_columns else {}
+        row = extract_one_row(rest, self.__dict__.setdefault("_makers_of", {})) if rest.num_columns else {}
         if row is None:
             row = super().format_row(rest)
         else:
