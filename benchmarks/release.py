@@ -1,6 +1,6 @@
 """The full release on one machine: preparation speed, peak disk, cache sizes and reading, projected from measured rates.
 
-    python benchmarks/release.py [--patches 1000] [--read-patches 150] [--work DIR]
+    python benchmarks/release.py [--patches 5000] [--read-patches 150] [--repeat 3] [--work DIR]
 
 Everything runs in one go against baselines measured in the same run:
 
@@ -153,7 +153,7 @@ def _once(fn) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patches", type=int, default=1000, help="image pairs in the generated archives (>= 500)")
+    parser.add_argument("--patches", type=int, default=5000, help="image pairs in the generated archives (>= 500)")
     parser.add_argument("--read-patches", type=int, default=150, help="image pairs of the reading subset")
     parser.add_argument("--work", help="folder for generated data (kept and reused); default: a temporary folder")
     parser.add_argument("--repeat", type=int, default=3, help="runs per preparation timing (the best counts)")
