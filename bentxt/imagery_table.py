@@ -7,8 +7,8 @@ that disk. ``datasets`` keeps large media out of its rows the same way
 
 Inside a prepared cache folder::
 
-    imagery/s2-00000.arrow   rows in the S2 source's own order: name, s2_10m, s2_20m, s2_60m (Array3D)
-    imagery/s1-00000.arrow   rows in the S1 source's own order: name, s1 (Array3D)
+    imagery/s2-00000.arrow   rows in the S2 source's own order: s2_10m, s2_20m, s2_60m (Array3D), name
+    imagery/s1-00000.arrow   rows in the S1 source's own order: s1 (Array3D), name
 
 Each is a plain ``datasets`` Arrow file (``Dataset.from_file`` reads it on its
 own). Rows of a sensor are numbered across its files in name order. A text row

@@ -353,36 +353,53 @@ def imagery_jobs(config: BigEarthNetTxtConfig, files: Mapping[str, object], name
     return jobs
 
 
-def run_jobs(jobs: Sequence[ImageryJob], num_proc: int, meanwhile: Optional[Callable[[], None]] = None) -> List[ImageryResult]:
+def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
+             meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None) -> List[ImageryResult]:
     """In this process, or ``num_proc`` forked workers (S1 and S2 archives then decompress at the same time).
 
-    ``meanwhile`` runs here while the workers run (the text side of preparing:
-    it does not need the imagery). When it or a job fails, the workers are
-    stopped at once rather than left to finish a pass nobody will use.
+    ``meanwhile(stopped)`` runs here while the workers run (the text side of
+    preparing: it does not need the imagery); it should return early once
+    ``stopped()`` is true, i.e. once a job failed. A failure on either side
+    stops the other at once rather than after a pass nobody will use, and a
+    worker that dies (killed, out of memory) is an error, not a hang.
     """
     if num_proc <= 1 or len(jobs) <= 1:
         results = [run_imagery_job(job) for job in jobs]
         if meanwhile is not None:
-            meanwhile()
+            meanwhile(lambda: False)
         return results
     import multiprocessing
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = context.Pool(min(num_proc, len(jobs)))
+    failed = threading.Event()
+    pool = ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=context)
     try:
-        pending = pool.map_async(run_imagery_job, jobs, chunksize=1)
+        futures = [pool.submit(run_imagery_job, job) for job in jobs]
+        for future in futures:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or failed.set())
         if meanwhile is not None:
-            meanwhile()
-        results = pending.get()
+            meanwhile(failed.is_set)
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for job, future in zip(jobs, futures):
+            if future.done() and future.exception() is not None:
+                if isinstance(future.exception(), BrokenProcessPool):
+                    raise RuntimeError(
+                        f"an imagery worker died while writing {job.path} from {job.source.name} (killed, or out of "
+                        f"memory?); nothing was kept: prepare again"
+                    ) from future.exception()
+                raise future.exception()
+        return [future.result() for future in futures]
     except BaseException:
-        pool.terminate()
+        # the workers' own passes would run to their end: stop them now (their zstd children then see a closed pipe)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # (a private map, pid -> Process)
+            process.terminate()
         raise
-    else:
-        pool.close()
     finally:
-        pool.join()
-    return results
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
@@ -466,16 +483,20 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: 
     return CachePlan(texts, index.starts, rows, shards, counts)
 
 
-def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, rows_per_chunk: int = 100_000) -> None:
+def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stopped: Callable[[], bool] = lambda: False,
+                rows_per_chunk: int = 100_000) -> None:
     """The selection's texts, parsed and checked (:func:`text_columns`), with their pair columns, to an Arrow file.
 
     Runs while the imagery workers run (:func:`run_jobs`), so the text side of
     preparing costs no time of its own; a bad text row stops the imagery pass
-    at once. Written in chunks: memory follows a chunk, not the selection.
+    at once, and a failed imagery job (``stopped()``) stops this between
+    chunks. Written in chunks: memory follows a chunk, not the selection.
     """
     writer = None
     try:
         for offset in range(0, max(table.num_rows, 1), rows_per_chunk):
+            if stopped():
+                return
             rows = table.slice(offset, rows_per_chunk)
             chunk = pa.table({**{c: rows[c] for c in ann.PATCH_COLUMNS}, **text_columns(config, rows)})
             if writer is None:
@@ -499,7 +520,9 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
     per_pair = (starts[pairs + 1] - starts[pairs]) if config.layout == "annotation" else np.ones(len(pairs), np.int64)
     cuts = np.searchsorted(np.cumsum(per_pair), np.arange(rows_per_table, int(per_pair.sum()), rows_per_table), side="left") + 1
     with pa.memory_map(texts) as source:
-        table = pa.ipc.open_file(source).read_all()
+        reader = pa.ipc.open_file(source)
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        first_rows = np.cumsum([0] + [batch.num_rows for batch in batches])
         for chunk in np.split(pairs, np.unique(cuts[cuts < len(pairs)])):
             if not len(chunk):
                 continue
@@ -507,8 +530,24 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
             local = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             text_rows = np.repeat(starts[chunk] - local[:-1], counts) + np.arange(local[-1])
             reference = _references({s: r[chunk] for s, r in rows.items()}, len(chunk))
-            yield example_table(config, features, table.take(pa.array(text_rows)), local, {c: reference for c in columns},
-                                parsed=True, schema=schema)
+            yield example_table(config, features, _take_rows(batches, first_rows, text_rows), local,
+                                {c: reference for c in columns}, parsed=True, schema=schema)
+
+
+def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """``rows`` of a file's record batches, in that order, taken batch by batch.
+
+    ``Table.take`` on a table of several batches first joins each whole column
+    (~1 GB and seconds for each take from the release's 96-batch texts file).
+    """
+    which = np.searchsorted(first_rows, rows, side="right") - 1
+    if len(rows) and (which == which[0]).all():
+        return pa.Table.from_batches([batches[which[0]].take(pa.array(rows - first_rows[which[0]]))])
+    order = np.argsort(which, kind="stable")
+    parts = [batches[k].take(pa.array(rows[order][which[order] == k] - first_rows[k])) for k in np.unique(which)]
+    back = np.empty(len(rows), dtype=np.int64)
+    back[order] = np.arange(len(rows))
+    return pa.Table.from_batches(parts, schema=batches[0].schema).take(pa.array(back))
 
 
 def _references(rows: Mapping[str, np.ndarray], n: int) -> pa.StructArray:

@@ -183,7 +183,7 @@ def test_a_bad_text_row_stops_the_imagery_workers_at_once(fixture_data, tmp_path
     started = time.monotonic()
     monkeypatch.setattr(join, "run_imagery_job", _slow_job)
 
-    def bad_texts():
+    def bad_texts(stopped):
         raise ValueError("ID 7: output is not a box")
 
     jobs = join.imagery_jobs(config, files_for(config),
@@ -197,6 +197,61 @@ def _slow_job(job):
     import time
 
     time.sleep(60)
+
+
+def _first_job_fails(job):
+    import time
+
+    if job.sensor == "s2":
+        raise RuntimeError(f"archive {job.path} is damaged")
+    time.sleep(60)
+
+
+def _first_job_dies(job):
+    import signal
+    import time
+
+    if job.sensor == "s2":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("job, error", [(_first_job_fails, "is damaged"), (_first_job_dies, "an imagery worker died")])
+def test_a_failed_or_killed_worker_stops_the_texts_and_the_other_worker(fixture_data, tmp_path, monkeypatch, job, error):
+    """An imagery failure is raised at once: the text side stops between chunks, the other worker is stopped."""
+    import time
+
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    monkeypatch.setattr(join, "run_imagery_job", job)
+    chunks = []
+
+    def texts(stopped):
+        for _ in range(600):  # 60 s of "parsing", in chunks
+            if stopped():
+                return
+            chunks.append(1)
+            time.sleep(0.1)
+
+    jobs = join.imagery_jobs(config, files_for(config), {"s1": [], "s2": []}, str(tmp_path), 2, None)
+    started = time.monotonic()
+    with pytest.raises(Exception, match=error):
+        join.run_jobs(jobs, 2, meanwhile=texts)
+    assert time.monotonic() - started < 20 and len(chunks) < 150
+
+
+def test_texts_are_taken_from_the_file_batch_by_batch_in_any_order():
+    """Taking from a several-batch file must not join whole columns (the release's texts file has ~96 batches)."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    table = pa.table({"ID": np.arange(n), "input": pa.array([f"text {i}" for i in range(n)])})
+    batches = table.to_batches(max_chunksize=30_000)
+    first_rows = np.cumsum([0] + [b.num_rows for b in batches])
+    for rows in (np.arange(5, 900), rng.integers(0, n, 5_000), np.array([n - 1, 0, 30_000, 29_999])):
+        before = pa.total_allocated_bytes()
+        taken = join._take_rows(batches, first_rows, rows)
+        assert taken["ID"].to_pylist() == rows.tolist()
+        assert taken["input"].to_pylist() == [f"text {i}" for i in rows]
+        assert pa.total_allocated_bytes() - before < 2_000_000  # the rows taken, not the 200,000-row columns
 
 
 def test_small_splits_are_written_by_one_process(fixture_data, tmp_path, monkeypatch):
