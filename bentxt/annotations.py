@@ -191,6 +191,26 @@ def distinct_values(
     return {c: sorted(v) for c, v in seen.items()}
 
 
+def selected_names(urlpath: str, selection: Selection, columns: Sequence[str],
+                   download_config: Optional[DownloadConfig] = None) -> Dict[str, List[str]]:
+    """The distinct values of ``columns`` (pair names) among the selected rows, sorted.
+
+    A quick first pass (a few columns, no checks, no texts): the imagery
+    workers start on these names while :func:`read_selection` reads and checks
+    everything. Rows it would reject are not left out here; that only makes
+    the imagery pass keep a pair nobody uses, never miss one.
+    """
+    f, pf = open_parquet(urlpath, download_config, read_dictionary=[c for c in columns if c in DICTIONARY_COLUMNS])
+    seen: Dict[str, set] = {c: set() for c in columns}
+    with f:
+        for i in range(pf.num_row_groups):
+            rg = pf.read_row_group(i, columns=sorted(set(columns) | set(selection.columns())))
+            keep = pa.array(selection.mask(rg))
+            for c in columns:
+                seen[c].update(pc.unique(rg[c].filter(keep)).to_pylist())
+    return {c: sorted(v for v in values if v is not None) for c, values in seen.items()}
+
+
 def read_selection(
     urlpath: str,
     selection: Selection,

@@ -63,11 +63,11 @@ class EmptySelectionError(ValueError):
 # ----------------------------------------------------------------------------- texts
 
 
-def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc) -> ann.PatchIndex:
+def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc,
+                       filters_checked: bool = False) -> ann.PatchIndex:
     """Read, check and group the config's rows; filter values are validated against the data first."""
-    if any(v is not None for v in config.filters.values()):
-        present = ann.distinct_values(urlpath, list(ann.FILTER_COLUMNS.values()), TASKS[config.task], dlc)
-        ann.check_filter_values(config.filters, present)
+    if not filters_checked:
+        check_filters(config, urlpath, dlc)
     # sorted while reading: the bulky text columns are placed straight into sorted order (< 3 GB for s1s2-all)
     table = ann.read_selection(urlpath, config.selection(split), download_config=dlc, sort_by=config.key_column)
     where = display_name(urlpath)
@@ -77,6 +77,13 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
     ann.check_patch_pairs(index, where)
     ann.check_pair_names(index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1])), where)
     return index
+
+
+def check_filters(config: BigEarthNetTxtConfig, urlpath: str, dlc) -> None:
+    """Filter values (countries, seasons, ...) must occur in the data: a typo is an error, not an empty split."""
+    if any(v is not None for v in config.filters.values()):
+        present = ann.distinct_values(urlpath, list(ann.FILTER_COLUMNS.values()), TASKS[config.task], dlc)
+        ann.check_filter_values(config.filters, present)
 
 
 def describe_selection(config: BigEarthNetTxtConfig, split: Optional[str] = None) -> str:
@@ -363,11 +370,10 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
     stops the other at once rather than after a pass nobody will use, and a
     worker that dies (killed, out of memory) is an error, not a hang.
     """
-    if num_proc <= 1 or len(jobs) <= 1:
-        results = [run_imagery_job(job) for job in jobs]
+    if num_proc <= 1 or len(jobs) <= 1:  # the texts first: their errors then come before a whole imagery pass
         if meanwhile is not None:
             meanwhile(lambda: False)
-        return results
+        return [run_imagery_job(job) for job in jobs]
     import multiprocessing
     import threading
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -404,7 +410,7 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
 
 def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
                   root: str, num_proc: int, dlc, report: JoinReport,
-                  meanwhile: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
+                  meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None) -> Dict[str, np.ndarray]:
     """Write the imagery tables under ``root/imagery``; returns per sensor each name's row (-1: not written)."""
     directory = os.path.join(root, IMAGERY_DIR)
     os.makedirs(directory, exist_ok=True)
@@ -449,14 +455,38 @@ def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
 
 
 def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: str, num_proc: int, dlc) -> CachePlan:
-    """Read the texts, write the imagery tables, and order each split's pairs like streaming does."""
-    index = select_annotations(config, files["annotations"], None, dlc)
-    log_estimate(config, index)
-    pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
-    report = JoinReport(f"config {config.name}")
+    """Read the texts, write the imagery tables, and order each split's pairs like streaming does.
+
+    The imagery workers start on the selected pair names (a quick first pass
+    over a few columns); reading, checking and parsing the texts happens while
+    they run (``meanwhile``), and a failure on either side stops the other.
+    """
+    urlpath = files["annotations"]
+    check_filters(config, urlpath, dlc)
+    wanted = ann.selected_names(urlpath, config.selection(None), [NAME_COLUMN[s] for s in config.sensors], dlc)
     texts = os.path.join(root, ".texts.arrow")  # removed when preparing ends (bigearthnet_txt.py)
-    rows = write_imagery(config, files, pair_names, root, num_proc, dlc, report,
-                         meanwhile=partial(write_texts, config, index.table, texts))
+    selected: Dict[str, ann.PatchIndex] = {}
+
+    def read_texts(stopped: Callable[[], bool]) -> None:
+        index = selected["index"] = select_annotations(config, urlpath, None, dlc, filters_checked=True)
+        log_estimate(config, index)
+        for sensor in config.sensors:  # never wrong unless a bug: a pair missing here would be reported missing
+            extra = set(index.first(NAME_COLUMN[sensor])) - set(wanted[NAME_COLUMN[sensor]])
+            if extra:
+                raise RuntimeError(f"internal error: {len(extra)} selected {sensor} pair(s) missed by the name pass")
+        write_texts(config, index.table, texts, stopped)
+
+    if not all(wanted.values()):  # nothing selected: read_texts says which filter emptied it, before any imagery
+        read_texts(lambda: False)
+    report = JoinReport(f"config {config.name}")
+    names = {sensor: wanted[NAME_COLUMN[sensor]] for sensor in config.sensors}
+    written = write_imagery(config, files, names, root, num_proc, dlc, report, meanwhile=read_texts)
+    index = selected["index"]
+    pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
+    rows = {}
+    for sensor in config.sensors:
+        row_of = dict(zip(names[sensor], written[sensor].tolist()))
+        rows[sensor] = np.array([row_of.get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
     present = np.ones(len(index), dtype=bool)
     for sensor in config.sensors:
         absent = rows[sensor] < 0

@@ -254,6 +254,21 @@ def test_texts_are_taken_from_the_file_batch_by_batch_in_any_order():
         assert pa.total_allocated_bytes() - before < 2_000_000  # the rows taken, not the 200,000-row columns
 
 
+@pytest.mark.parametrize("name, options", [("s1s2-all", {}), ("s1s2-vqa-test", {}), ("s2-grounding", {}),
+                                           ("s1s2-captioning", {"seasons": ("Summer",)})])
+def test_the_quick_name_pass_finds_exactly_the_selected_pairs(fixture_data, name, options):
+    """The imagery workers start on a names-only pass; it must name every pair the full selection keeps."""
+    from bentxt import annotations as ann
+    from bentxt.layout import NAME_COLUMN
+
+    config = resolve_config(name, data_dir=str(fixture_data.root), **options)
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None)
+    columns = [NAME_COLUMN[s] for s in config.sensors]
+    quick = ann.selected_names(str(fixture_data.parquet), config.selection(None), columns)
+    for column in columns:
+        assert quick[column] == sorted(set(index.first(column)))
+
+
 def test_small_splits_are_written_by_one_process(fixture_data, tmp_path, monkeypatch):
     """A writer process pays off only past TEXTS_PER_PROCESS texts: datasets starts a pool per split."""
     monkeypatch.setattr(join, "TEXTS_PER_PROCESS", 100_000)
