@@ -26,6 +26,7 @@ name the file and the row ``ID``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,7 +149,10 @@ def open_parquet(
 
     ``read_dictionary`` names string columns to read as ``dictionary<int32, string>``.
     """
-    f = xopen(urlpath, "rb", download_config=download_config)
+    if "://" not in urlpath and "::" not in urlpath and os.path.isfile(urlpath):
+        f = pa.memory_map(urlpath)  # a local file: Arrow reads it itself (through a Python file object: ~3x slower)
+    else:
+        f = xopen(urlpath, "rb", download_config=download_config)
     try:
         pf = pq.ParquetFile(f)
     except Exception as err:  # pyarrow raises ArrowInvalid for non-parquet bytes
@@ -200,7 +204,7 @@ def selected_names(urlpath: str, selection: Selection, columns: Sequence[str],
     everything. Rows it would reject are not left out here; that only makes
     the imagery pass keep a pair nobody uses, never miss one.
     """
-    f, pf = open_parquet(urlpath, download_config, read_dictionary=[c for c in columns if c in DICTIONARY_COLUMNS])
+    f, pf = open_parquet(urlpath, download_config)
     seen: Dict[str, set] = {c: set() for c in columns}
     with f:
         for i in range(pf.num_row_groups):
