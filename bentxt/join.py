@@ -410,17 +410,16 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
 
 def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
                   root: str, num_proc: int, dlc, report: JoinReport,
-                  meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None) -> Dict[str, np.ndarray]:
-    """Write the imagery tables under ``root/imagery``; returns per sensor each name's row (-1: not written)."""
+                  meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None) -> Dict[str, Dict[str, int]]:
+    """Write the imagery tables under ``root/imagery``; returns per sensor each written name's row."""
     directory = os.path.join(root, IMAGERY_DIR)
     os.makedirs(directory, exist_ok=True)
     jobs = imagery_jobs(config, files, names, directory, num_proc, dlc)
     results = run_jobs(jobs, num_proc, meanwhile)
-    rows: Dict[str, np.ndarray] = {}
+    rows: Dict[str, Dict[str, int]] = {}
     for sensor in config.sensors:
         written = [name for job, result in zip(jobs, results) if job.sensor == sensor for name in result.names]
-        position = {name: row for row, name in enumerate(written)}
-        rows[sensor] = np.array([position.get(name, -1) for name in names[sensor]], dtype=np.int64)
+        rows[sensor] = {name: row for row, name in enumerate(written)}
     for job, result in zip(jobs, results):
         report.archive_only += result.archive_only if job.sensor == config.key_sensor else 0
         for name, reason in result.invalid:
@@ -480,13 +479,11 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: 
         read_texts(lambda: False)
     report = JoinReport(f"config {config.name}")
     names = {sensor: wanted[NAME_COLUMN[sensor]] for sensor in config.sensors}
-    written = write_imagery(config, files, names, root, num_proc, dlc, report, meanwhile=read_texts)
+    row_of = write_imagery(config, files, names, root, num_proc, dlc, report, meanwhile=read_texts)
     index = selected["index"]
     pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
-    rows = {}
-    for sensor in config.sensors:
-        row_of = dict(zip(names[sensor], written[sensor].tolist()))
-        rows[sensor] = np.array([row_of.get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
+    rows = {sensor: np.array([row_of[sensor].get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
+            for sensor in config.sensors}
     present = np.ones(len(index), dtype=bool)
     for sensor in config.sensors:
         absent = rows[sensor] < 0
@@ -620,9 +617,9 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
                 continue
             if files[sensor].sequential:
                 spilled = JoinReport(report.scope)  # its archive-only count is not the split's
-                rows = write_imagery(_only(config, sensor), files, pair_names, spill_dir, 1, dlc, spilled)[sensor]
+                row_of = write_imagery(_only(config, sensor), files, pair_names, spill_dir, 1, dlc, spilled)[sensor]
                 report.invalid.update(spilled.invalid)
-                sides[sensor] = _TableSide(ImageryTables(spill_dir), config.stored_groups(sensor), dict(zip(pair_names[sensor], rows)))
+                sides[sensor] = _TableSide(ImageryTables(spill_dir), config.stored_groups(sensor), row_of)
             else:
                 sides[sensor] = files[sensor].open_reader(wanted)
         driving = files[key]
