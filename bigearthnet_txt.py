@@ -87,7 +87,8 @@ class BigEarthNetTxt(datasets.GeneratorBasedBuilder):
         self._verification_mode = verification_mode
         cache.start_clean(self._output_dir)
         try:
-            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+            with join.preparing_memory_pool():
+                super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
             cache.write_inputs(self._output_dir, self.config)
         finally:
             if os.path.exists(os.path.join(self._output_dir, ".texts.arrow")):
