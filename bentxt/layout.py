@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 #: top-level folder of each sensor's archive / extracted tree
 ROOT_DIR = {"s1": "BigEarthNet-S1", "s2": "BigEarthNet-S2"}
+_SENSOR_OF_ROOT = {folder: sensor for sensor, folder in ROOT_DIR.items()}
 #: the annotation column naming each sensor's patch (the join key of its imagery)
 NAME_COLUMN = {"s1": "s1_name", "s2": "patch_id"}
 #: top-level folder of the reference-map archive
@@ -69,7 +70,7 @@ def parse_member(path: str) -> Optional[Tuple[str, str, str]]:
     parts = path.split("/")
     if len(parts) != 4 or not parts[3].endswith(".tif"):
         return None
-    sensor = {v: k for k, v in ROOT_DIR.items()}.get(parts[0])
+    sensor = _SENSOR_OF_ROOT.get(parts[0])
     patch = parts[2]
     if sensor is None or not parts[3].startswith(patch + "_"):
         return None

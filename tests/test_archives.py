@@ -147,6 +147,22 @@ def test_the_fast_byte_sum_is_exactly_sum_for_any_block() -> None:
         assert archives._byte_sum(block) == sum(block)
 
 
+def test_a_repeated_long_name_header_is_checked_once_and_a_damaged_copy_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """The release repeats one GNU long-name header per name length: it is checked once, by its exact bytes."""
+    names = ["a" * 150, "b" * 150, "c" * 150]  # one name length: three identical ././@LongLink headers
+    data = tar_bytes([(name, name[:1].encode()) for name in names])
+    checked = []
+    real_check = archives._check_header
+    monkeypatch.setattr(archives, "_check_header", lambda block: checked.append(block[156:157]) or real_check(block))
+    assert read(tmp_path, data) == [(name, name[:1].encode()) for name in names] == tarfile_files(data)[0]
+    assert checked.count(b"L") == 1 and checked.count(b"0") == 3
+    third_long_name = header_regions(data)[2][0]
+    damaged = bytearray(data)
+    damaged[third_long_name + 140] ^= 1  # a digit of its mtime: still a number, only the checksum can tell
+    assert_archive_error(tmp_path, bytes(damaged), "checksum mismatch", f"after member {names[1]}",
+                         f"(tar header at byte {third_long_name} ")
+
+
 def test_a_checksum_mismatch_names_the_archive_and_offset(tmp_path: Path) -> None:
     second = bytearray(header("second.txt", 1))
     second[0] ^= 1
@@ -406,6 +422,32 @@ def test_unmutated_tars_read_exactly_like_tarfile() -> None:
         files, error = tarfile_files(data)
         assert error is None and len(files) == 3
         assert _ours(data) == (files, None)
+
+
+def test_zstd_runs_without_its_async_io_thread_where_it_has_the_option(tmp_path: Path, monkeypatch) -> None:
+    """``--no-asyncio`` is passed only to a zstd whose help lists it (older ones would refuse the option)."""
+    import shutil
+
+    old = tmp_path / "old" / "zstd"
+    old.parent.mkdir()
+    old.write_text("#!/bin/sh\necho 'Usage: zstd [OPTIONS...]'\n")
+    old.chmod(0o755)
+    assert archives._zstd_options(str(old)) == ()
+    assert archives._zstd_options(str(tmp_path / "missing-zstd")) == ()
+    real = shutil.which("zstd")
+    if real is None:
+        pytest.skip("no zstd command")
+    help_text = subprocess.run([real, "-H"], capture_output=True).stdout
+    assert archives._zstd_options(real) == (("--no-asyncio",) if b"--[no-]asyncio" in help_text else ())
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(archives.subprocess, "Popen", lambda args, **kw: started.append(args) or real_popen(args, **kw))
+    payload = tar_bytes([("x.txt", b"hello")])
+    path = tmp_path / "x.tar.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(payload))
+    monkeypatch.setenv("BENTXT_ZSTD_PROCESS", "1")
+    assert list(iter_tar([str(path)])) == [("x.txt", b"hello")]
+    assert started == [[real, "-dcq", *archives._zstd_options(real)]]
 
 
 @pytest.mark.parametrize("process", ["1", "0"])
