@@ -99,8 +99,8 @@ def extract_one_row(pa_table) -> Optional[dict]:
     makers = _makers_for(pa_table.schema)
     if makers is None:
         return None
-    row = pa_table.to_pylist()[0]
-    return {name: makers[name](value) for name, value in row.items()}
+    values = [column.to_pylist()[0] for column in pa_table.columns]  # ~2/3 of the time of Table.to_pylist
+    return {name: makers[name](value) for name, value in zip(pa_table.column_names, values)}
 
 
 #: column names -> (their types, their makers): worked out once, not per row (~50 us of a ~450 us ``ds[i]``;
@@ -225,6 +225,10 @@ class _KeepBandDtype:
 class BandNumpyFormatter(_KeepBandDtype, NumpyFormatter):
     def _recursive_tensorize(self, data_struct):
         if isinstance(data_struct, (np.number, np.str_, str)):  # what NumpyFormatter._tensorize returns as is
+            return data_struct
+        if isinstance(data_struct, np.ndarray) and data_struct.dtype == object and data_struct.ndim == 1 \
+                and all(isinstance(v, str) for v in data_struct):
+            # e.g. ``options``: datasets rebuilds it element by element (~50 us a row) into an equal object array
             return data_struct
         return super()._recursive_tensorize(data_struct)
 

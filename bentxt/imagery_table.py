@@ -41,7 +41,7 @@ import pyarrow as pa
 from datasets.features.features import register_feature
 
 from .bands import GROUP_OF_BAND, BandGroup
-from .raster import stack_image
+from .raster import stack_groups
 
 IMAGERY_DIR = "imagery"
 FEATURE_TYPE = "PairBands"
@@ -492,13 +492,12 @@ class PairBands:
                 return np.array(value)
             out[...] = value
             return out
-        values, planes = {}, {}  # each group's row is looked up once
+        values = {}  # each group's row is looked up once
         for band in self.bands:
             group = GROUP_OF_BAND[band]
             if group.name not in values:
                 values[group.name] = tables.take(group.sensor, group, int(rows[group.sensor]))
-            planes[band] = values[group.name][group.bands.index(band)]
-        return stack_image(planes, self.bands, self.img_size, self.resample, out=out)
+        return stack_groups(values, self.bands, self.img_size, self.resample, out=out)
 
     def decode_batch(self, values: Sequence[Optional[dict]]) -> np.ndarray:
         """Many rows at once, straight into one (B, C, H, W) array (no per-row arrays to stack)."""

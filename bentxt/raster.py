@@ -41,6 +41,7 @@ __all__ = [
     "check_band",
     "max_band_file_bytes",
     "resample",
+    "stack_groups",
     "stack_image",
     "check_resample_options",
 ]
@@ -610,24 +611,42 @@ def _bicubic(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def _resample_into(dst: np.ndarray, src: np.ndarray, mode: str) -> None:
-    """Write ``src`` resampled to ``dst.shape`` (float32, C-contiguous) into ``dst``."""
-    if src.ndim != 2:
+    """Write ``src`` resampled to ``dst.shape`` (float32, C-contiguous) into ``dst``.
+
+    2-D (one band) or 3-D (C, H, W): channels are resampled independently, so
+    a run of a group's bands is one call, the same values as band by band.
+    """
+    if src.ndim not in (2, 3) or src.ndim != dst.ndim or src.shape[:-2] != dst.shape[:-2]:
         raise ValueError(f"expected a 2-D band array, got shape {src.shape}")
-    (in_h, in_w), (out_h, out_w) = src.shape, dst.shape
+    (in_h, in_w), (out_h, out_w) = src.shape[-2:], dst.shape[-2:]
     if (in_h, in_w) == (out_h, out_w):
         dst[...] = src  # the publisher only casts bands already at img_size
         return
     if mode == "nearest":
         k_h, k_w = _repeat_factor(in_h, out_h), _repeat_factor(in_w, out_w)
-        if k_h and k_w:
-            # Pixel replication. Repeating columns first and then broadcasting
+        if k_h and k_w and k_w <= 3:
+            # Pixel replication by a small factor (the 20 m bands at 120 px):
+            # cast once, fill the first of each k_h rows column phase by column
+            # phase, then copy those rows whole (~1/3 faster than np.repeat).
+            rows = dst.reshape(*src.shape[:-2], in_h, k_h, in_w, k_w)
+            first = rows[..., 0, :, :]
+            values = src.astype(dst.dtype, copy=False)
+            for phase in range(k_w):
+                first[..., phase] = values
+            rows[..., 1:, :, :] = first[..., None, :, :]
+        elif k_h and k_w:
+            # Larger factors: repeating columns first and then broadcasting
             # whole rows keeps numpy's inner loops long: ~4x faster than one
             # 4-D broadcast or a 2-D fancy index.
-            wide = np.repeat(src, k_w, axis=1)
-            dst.reshape(in_h, k_h, out_w)[...] = wide[:, None, :]
+            wide = np.repeat(src, k_w, axis=-1)
+            dst.reshape(*src.shape[:-2], in_h, k_h, out_w)[...] = wide[..., None, :]
         else:
-            wide = src.take(_nearest_index(in_w, out_w), axis=1)
-            dst[...] = wide.take(_nearest_index(in_h, out_h), axis=0)
+            wide = src.take(_nearest_index(in_w, out_w), axis=-1)
+            dst[...] = wide.take(_nearest_index(in_h, out_h), axis=-2)
+        return
+    if src.ndim == 3:
+        for channel in range(src.shape[0]):
+            _resample_into(dst[channel], src[channel], mode)
         return
     src32 = src.astype(np.float32, copy=False)
     dst[...] = _bilinear(src32, out_h, out_w) if mode == "bilinear" else _bicubic(src32, out_h, out_w)
@@ -673,6 +692,42 @@ def stack_image(
         except KeyError:
             raise ValueError(f"no array for band {band!r}; have {sorted(arrays)}") from None
         _resample_into(out[channel], src, mode)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _group_runs(bands: Tuple[str, ...]) -> Tuple[Tuple[str, int, int, int], ...]:
+    """(group, first plane, planes, first channel) per run of ``bands`` that are consecutive planes of one group."""
+    runs = []
+    for channel, band in enumerate(bands):
+        group = GROUP_OF_BAND[band]
+        plane = group.bands.index(band)
+        if runs and runs[-1][0] == group.name and runs[-1][1] + runs[-1][2] == plane:
+            runs[-1][2] += 1
+        else:
+            runs.append([group.name, plane, 1, channel])
+    return tuple(tuple(run) for run in runs)
+
+
+def stack_groups(
+    groups: Mapping[str, np.ndarray], bands: Sequence[str], img_size: int, mode: str = "nearest",
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """:func:`stack_image` from whole band groups (group name -> (C, H, W) array), bit-identical to it.
+
+    A prepared cache stores each group as one array, and ``bands=`` orders
+    mostly keep a group's bands together (``S1S2-10m20m``: 5 runs for 12
+    bands), so each run is resampled in one call instead of band by band.
+    """
+    img_size = _check_size(img_size, "img_size")
+    _check_mode(mode)
+    bands = tuple(bands)
+    if out is None:
+        out = np.empty((len(bands), img_size, img_size), dtype=np.float32)
+    for group, plane, count, channel in _group_runs(bands):
+        if group not in groups:
+            raise ValueError(f"no array for band group {group!r}; have {sorted(groups)}")
+        _resample_into(out[channel : channel + count], groups[group][plane : plane + count], mode)
     return out
 
 

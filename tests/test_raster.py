@@ -26,7 +26,7 @@ from rasterio.transform import Affine
 
 from bentxt import raster
 from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS, GROUP_OF_BAND, NODATA, BandGroup
-from bentxt.raster import RESAMPLE_MODES, RasterError, check_band, decode_geotiff, resample, stack_image
+from bentxt.raster import RESAMPLE_MODES, RasterError, check_band, decode_geotiff, resample, stack_groups, stack_image
 
 # --------------------------------------------------------------------------- #
 # Fixtures: GeoTIFFs in the real layouts
@@ -760,6 +760,32 @@ def test_stack_image(img_size: int, mode: str) -> None:
     if img_size == 120:
         np.testing.assert_array_equal(image[0], arrays["VV"])  # native 120 px bands are untouched
         np.testing.assert_array_equal(image[2], arrays["B02"].astype(np.float32))
+
+
+@pytest.mark.parametrize("img_size", [120, 128, 64, 240])
+@pytest.mark.parametrize("mode", RESAMPLE_MODES)
+@pytest.mark.parametrize("combination", sorted(BAND_COMBINATIONS))
+def test_stacking_whole_groups_gives_the_band_by_band_image(combination: str, mode: str, img_size: int) -> None:
+    """A cache's ``bands=`` image is resampled run by run of a group's bands: bit-identical to band by band."""
+    arrays = band_arrays()
+    groups = {g.name: np.stack([arrays[b] for b in g.bands]) for g in BAND_GROUPS}
+    bands = BAND_COMBINATIONS[combination]
+    image = stack_groups(groups, bands, img_size, mode)
+    assert image.dtype == np.float32 and image.shape == (len(bands), img_size, img_size)
+    np.testing.assert_array_equal(image, stack_image(arrays, bands, img_size, mode))
+    out = np.full((1, len(bands), img_size, img_size), np.nan, dtype=np.float32)
+    assert stack_groups(groups, bands, img_size, mode, out=out[0]) is not None
+    np.testing.assert_array_equal(out[0], image)
+
+
+def test_group_runs_of_the_publishers_combinations() -> None:
+    from bentxt.raster import _group_runs
+
+    assert _group_runs(BAND_COMBINATIONS["S1S2-10m20m"]) == (
+        ("s1", 0, 2, 0), ("s2_10m", 0, 3, 2), ("s2_20m", 0, 3, 5), ("s2_10m", 3, 1, 8), ("s2_20m", 3, 3, 9))
+    assert _group_runs(("B04", "B03", "B02")) == (("s2_10m", 2, 1, 0), ("s2_10m", 1, 1, 1), ("s2_10m", 0, 1, 2))
+    with pytest.raises(ValueError, match="no array for band group 's1'"):
+        stack_groups({"s2_10m": np.zeros((4, 120, 120), np.uint16)}, ("B02", "VV"), 120)
 
 
 def test_stack_image_default_is_nearest_replication() -> None:
