@@ -365,14 +365,21 @@ def measure(path: str, config: str, sort_by_key: bool = False) -> dict:
     ``sort_by_key`` passes ``sort_by=<key column>`` to ``read_selection`` (rows
     come back grouped, so ``group_by_patch`` has nothing to copy).
     """
-    import pyarrow as pa
-
     import bigearthnet_txt as bt
-    from bentxt import annotations as ann
+    from bentxt.join import preparing_memory_pool
 
     cfg = bt.BigEarthNetTxt.builder_configs[config]
     steps = {}
     kwargs = {"sort_by": cfg.key_column} if sort_by_key else {}
+    with preparing_memory_pool():  # the Arrow pool download_and_prepare reads the texts with
+        return _measure(path, cfg, kwargs, steps)
+
+
+def _measure(path: str, cfg, kwargs: dict, steps: dict) -> dict:
+    import pyarrow as pa
+
+    from bentxt import annotations as ann
+
     t0 = time.perf_counter()
     table = ann.read_selection(path, cfg.selection(None), **kwargs)
     steps["read_selection"] = time.perf_counter() - t0
@@ -393,7 +400,7 @@ def measure(path: str, config: str, sort_by_key: bool = False) -> dict:
         "patches": len(index),
         "table_mb": index.table.nbytes / 1e6,
         # live Arrow allocations at their peak; VmHWM also counts numpy arrays, the interpreter and pages
-        # the allocator has freed but not yet returned (mimalloc: MIMALLOC_PURGE_DECOMMITS=1 returns them)
+        # the allocator has freed but not yet returned
         "arrow_peak_mb": pa.default_memory_pool().max_memory() / 1e6,
     }
 

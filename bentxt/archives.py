@@ -289,7 +289,8 @@ class _ZstdProcess(io.RawIOBase):
     def __init__(self, command: str, raw=None, fd: Optional[int] = None, bar=None):
         super().__init__()
         self._fd, self._bar, self._seen, self._next_update = fd, bar, 0, 0.0
-        self._proc = subprocess.Popen([command, "-dcq", *_zstd_options(command)], stdin=fd if fd is not None else subprocess.PIPE,
+        self._proc = subprocess.Popen([command, "-dcq", *_zstd_options(command)],
+                                      stdin=fd if fd is not None else subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         _widen_pipe(self._proc.stdout.fileno())
         self._error: Optional[BaseException] = None
@@ -352,7 +353,7 @@ class _ZstdProcess(io.RawIOBase):
 
 @lru_cache(maxsize=4)
 def _zstd_options(command: str) -> Tuple[str, ...]:
-    """``--no-asyncio`` where this zstd has it (1.5.3+).
+    """``--no-asyncio`` where this zstd has it (its long help lists ``--[no-]asyncio``).
 
     zstd's asynchronous I/O runs its writes in a second thread: it helps when
     a core is idle, but preparing keeps both cores busy (two zstd children,
@@ -594,7 +595,7 @@ class _TarReader:
         self.offset = 0
         self.last_good = _NONE_YET
         self._position = 0
-        self._checked_extended: Dict[bytes, int] = {}  # extended headers already checked, with their sizes
+        self._checked_long_names: Dict[bytes, int] = {}  # GNU long-name headers already checked -> their sizes
 
     def _read(self, n: int) -> bytes:
         data = self._stream_read(n)
@@ -634,13 +635,13 @@ class _TarReader:
             if len(header) < _BLOCK:
                 raise _TarError("unexpected end of data inside a tar header")
             kind = header[156:157]
-            size = self._checked_extended.get(header) if kind in _EXTENDED_TYPES else None
+            size = self._checked_long_names.get(header) if kind == b"L" else None
             if size is None:
                 size = _check_header(header)
-                if kind in _EXTENDED_TYPES:  # the release has one long-name header per name length: checked once
-                    if len(self._checked_extended) >= 256:
-                        self._checked_extended.clear()
-                    self._checked_extended[header] = size
+                if kind == b"L":  # the release has one long-name header per name length: checked once
+                    if len(self._checked_long_names) >= 256:
+                        self._checked_long_names.clear()
+                    self._checked_long_names[header] = size
             padding = -size % _BLOCK
             if kind in _EXTENDED_TYPES:
                 if size > MAX_EXTENDED_HEADER_BYTES:

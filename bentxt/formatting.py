@@ -89,7 +89,7 @@ def _scalar_type(kind) -> Optional[type]:
 
 
 def extract_one_row(pa_table) -> Optional[dict]:
-    """A one-row table as the numpy extractor would give it, from one ``to_pylist`` (not one conversion per column).
+    """A one-row table as the numpy extractor would give it, from plain Python values (no numpy conversion per column).
 
     Covers null-free numbers, strings and fixed-size lists of them; returns
     None for anything else (the caller then takes the generic path).

@@ -24,6 +24,7 @@ import gc
 import logging
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -430,34 +431,55 @@ def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], nam
 # ----------------------------------------------------------------------------- preparing
 
 
+_POOL_LOCK = threading.Lock()
+_POOL_STATE: Dict[str, object] = {"depth": 0, "previous": None}  # preparations running in this process
+
+
 @contextmanager
 def preparing_memory_pool():
     """Arrow allocates through jemalloc while preparing, where pyarrow has it.
 
     Reading, grouping and parsing the texts allocate and free large buffers
-    over and over. pyarrow's default pool on Linux, mimalloc, returns freed
-    pages to the system at once, and every reuse faults them in again, which
-    is slow on VMs. Measured: the texts of the 5,000-pair case read and
-    grouped in 280-380 ms with mimalloc, 190-200 ms with jemalloc; at full
-    scale (9.55 M rows) 22.9 s and 2.80 GB peak RSS with mimalloc, 21.5 s and
-    2.59 GB with jemalloc (the system allocator: 23.8 s, 3.13 GB). A pool the
-    user chose (``ARROW_DEFAULT_MEMORY_POOL``) is kept, and the previous
-    default comes back afterwards (a buffer keeps the pool it came from).
+    over and over. pyarrow's default pool on Linux, mimalloc, soon returns
+    freed pages to the system, and every reuse faults them in again, which is
+    slow on VMs. Measured: the texts of the 5,000-pair case read and grouped
+    in 280-380 ms with mimalloc, 190-200 ms with jemalloc; at full scale
+    (9.55 M rows) 22.9 s and 2.80 GB peak RSS with mimalloc, 21.5 s and
+    2.59 GB with jemalloc (the system allocator: 23.8 s, 3.13 GB).
+
+    Only pyarrow's own default is replaced: a pool chosen with
+    ``ARROW_DEFAULT_MEMORY_POOL`` or ``pa.set_memory_pool`` is kept. The pool
+    is process-wide, so overlapping preparations (threads) share one switch,
+    undone when the last one ends; jemalloc's unused pages are then released
+    (a buffer keeps the pool it came from, so nothing allocated is affected).
     """
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        yield
-        return
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without jemalloc (e.g. on Windows)
-        yield
-        return
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pool)
+    with _POOL_LOCK:
+        if _POOL_STATE["depth"] == 0:
+            _POOL_STATE["previous"] = _switch_to_jemalloc()
+        _POOL_STATE["depth"] += 1
     try:
         yield
     finally:
-        pa.set_memory_pool(previous)
+        with _POOL_LOCK:
+            _POOL_STATE["depth"] -= 1
+            previous = _POOL_STATE["previous"]
+            if _POOL_STATE["depth"] == 0 and previous is not None:
+                _POOL_STATE["previous"] = None
+                pa.set_memory_pool(previous)
+                pa.jemalloc_memory_pool().release_unused()
+
+
+def _switch_to_jemalloc() -> Optional[pa.MemoryPool]:
+    """The pool replaced by jemalloc, or None when nothing was switched."""
+    current = pa.default_memory_pool()
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or current.backend_name != "mimalloc":
+        return None
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc (e.g. on Windows)
+        return None
+    pa.set_memory_pool(pool)
+    return current
 
 
 @dataclass(frozen=True)

@@ -323,27 +323,33 @@ def test_streaming_from_random_access_sources_needs_no_spill(fixture_data, fixtu
         assert np.array_equal(ex["s1"][1], fixture_data.patch(ex["patch_id"]).bands["VH"])
 
 
-def test_preparing_allocates_through_jemalloc_and_gives_the_users_pool_back(monkeypatch):
+def test_preparing_allocates_through_jemalloc_and_gives_pyarrows_default_back(monkeypatch):
     try:
-        jemalloc = pa.jemalloc_memory_pool()
+        pa.jemalloc_memory_pool()
     except NotImplementedError:
         pytest.skip("pyarrow without jemalloc")
     monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
     before = pa.default_memory_pool()
-    mine = pa.system_memory_pool()
-    pa.set_memory_pool(mine)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())  # pyarrow's own default on Linux
     try:
         with join.preparing_memory_pool():
-            assert pa.default_memory_pool().backend_name == jemalloc.backend_name == "jemalloc"
+            assert pa.default_memory_pool().backend_name == "jemalloc"
             kept = pa.array(np.arange(1000))  # allocated by jemalloc, still valid afterwards
-        assert pa.default_memory_pool().backend_name == mine.backend_name
+            with join.preparing_memory_pool():  # a second preparation meanwhile (another thread) shares the switch
+                assert pa.default_memory_pool().backend_name == "jemalloc"
+            assert pa.default_memory_pool().backend_name == "jemalloc"  # still preparing: not switched back
+        assert pa.default_memory_pool().backend_name == "mimalloc"
         assert kept.sum().as_py() == 499500
         with pytest.raises(RuntimeError, match="boom"):
             with join.preparing_memory_pool():
                 raise RuntimeError("boom")
-        assert pa.default_memory_pool().backend_name == mine.backend_name
-        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")  # the user's choice is kept
+        assert pa.default_memory_pool().backend_name == "mimalloc"
+        pa.set_memory_pool(pa.system_memory_pool())  # a pool the user chose in code is kept
         with join.preparing_memory_pool():
-            assert pa.default_memory_pool().backend_name == mine.backend_name
+            assert pa.default_memory_pool().backend_name == "system"
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")  # and so is one chosen in the environment
+        with join.preparing_memory_pool():
+            assert pa.default_memory_pool().backend_name == "mimalloc"
     finally:
         pa.set_memory_pool(before)

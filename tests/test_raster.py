@@ -773,9 +773,11 @@ def test_stacking_whole_groups_gives_the_band_by_band_image(combination: str, mo
     image = stack_groups(groups, bands, img_size, mode)
     assert image.dtype == np.float32 and image.shape == (len(bands), img_size, img_size)
     np.testing.assert_array_equal(image, stack_image(arrays, bands, img_size, mode))
-    out = np.full((1, len(bands), img_size, img_size), np.nan, dtype=np.float32)
-    assert stack_groups(groups, bands, img_size, mode, out=out[0]) is not None
-    np.testing.assert_array_equal(out[0], image)
+    batch = np.full((len(bands), 2, img_size, img_size), np.nan, dtype=np.float32)
+    slot = batch[:, 1]  # a non-contiguous view, like a slot of a batch being filled
+    assert np.shares_memory(stack_groups(groups, bands, img_size, mode, out=slot), batch)
+    np.testing.assert_array_equal(batch[:, 1], image)
+    assert np.isnan(batch[:, 0]).all()
 
 
 def test_group_runs_of_the_publishers_combinations() -> None:
@@ -786,6 +788,10 @@ def test_group_runs_of_the_publishers_combinations() -> None:
     assert _group_runs(("B04", "B03", "B02")) == (("s2_10m", 2, 1, 0), ("s2_10m", 1, 1, 1), ("s2_10m", 0, 1, 2))
     with pytest.raises(ValueError, match="no array for band group 's1'"):
         stack_groups({"s2_10m": np.zeros((4, 120, 120), np.uint16)}, ("B02", "VV"), 120)
+    with pytest.raises(ValueError, match=r"unknown band\(s\) \['B10'\]"):
+        stack_groups({"s2_10m": np.zeros((4, 120, 120), np.uint16)}, ("B02", "B10"), 120)
+    with pytest.raises(ValueError, match=r"got shape \(1, 60, 60\) for an output of shape \(2, 120, 120\)"):
+        stack_groups({"s2_20m": np.zeros((1, 60, 60), np.uint16)}, ("B05", "B06"), 120)  # a group array too short
 
 
 def test_stack_image_default_is_nearest_replication() -> None:
