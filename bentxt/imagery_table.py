@@ -462,7 +462,7 @@ class PairBands:
 
     @property
     def sensors(self) -> Tuple[str, ...]:
-        return tuple(s for s in ("s1", "s2") if any(GROUP_OF_BAND[b].sensor == s for b in self.bands))
+        return _sensors_of(self.bands)
 
     def encode_example(self, value) -> dict:
         """A reference ``{"s1": row, "s2": row}`` stays one; an array (e.g. returned by ``map``) is stored inline."""
@@ -492,11 +492,7 @@ class PairBands:
                 return np.array(value)
             out[...] = value
             return out
-        values = {}  # each group's row is looked up once
-        for band in self.bands:
-            group = GROUP_OF_BAND[band]
-            if group.name not in values:
-                values[group.name] = tables.take(group.sensor, group, int(rows[group.sensor]))
+        values = {group.name: tables.take(group.sensor, group, int(rows[group.sensor])) for group in _groups_of(self.bands)}
         return stack_groups(values, self.bands, self.img_size, self.resample, out=out)
 
     def decode_batch(self, values: Sequence[Optional[dict]]) -> np.ndarray:
@@ -576,6 +572,17 @@ with warnings.catch_warnings():  # "register_feature is experimental": it is the
     register_feature(PairBands, FEATURE_TYPE)
 # wherever PairBands can be decoded (a DataLoader worker unpickling a dataset too), numpy/torch keep its dtype
 from . import formatting  # noqa: E402,F401  (imports PairBands from this module, defined above)
+
+
+@lru_cache(maxsize=64)  # asked for every row read
+def _sensors_of(bands: Tuple[str, ...]) -> Tuple[str, ...]:
+    return tuple(s for s in ("s1", "s2") if any(GROUP_OF_BAND[b].sensor == s for b in bands))
+
+
+@lru_cache(maxsize=64)
+def _groups_of(bands: Tuple[str, ...]) -> Tuple[BandGroup, ...]:
+    """The band groups holding ``bands``, each once, in order of first use."""
+    return tuple(dict.fromkeys(GROUP_OF_BAND[b] for b in bands))
 
 
 def attach(data, root: str):
