@@ -30,7 +30,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -186,14 +186,9 @@ def distinct_values(
     urlpath: str, columns: Sequence[str], types: Sequence[str], download_config: Optional[DownloadConfig] = None
 ) -> Dict[str, List[str]]:
     """Values present in ``columns`` among rows of ``types`` (for validating user filters)."""
-    f, pf = open_parquet(urlpath, download_config)
-    with f:
-        seen: Dict[str, set] = {c: set() for c in columns}
-        for i in _row_groups(pf, f"Checking filter values in {display_name(urlpath).rsplit('/', 1)[-1]}"):
-            rg = pf.read_row_group(i, columns=sorted(set(columns) | {"type"}))
-            rg = rg.filter(pc.is_in(rg["type"], pa.array(list(types))))
-            for c in columns:
-                seen[c].update(pc.unique(rg[c]).to_pylist())
+    label = f"Checking filter values in {display_name(urlpath).rsplit('/', 1)[-1]}"
+    seen = _distinct(urlpath, columns, ["type"], lambda rg: pc.is_in(rg["type"], pa.array(list(types))),
+                     download_config, label)
     return {c: sorted(v) for c, v in seen.items()}
 
 
@@ -206,15 +201,22 @@ def selected_names(urlpath: str, selection: Selection, columns: Sequence[str],
     everything. Rows it would reject are not left out here; that only makes
     the imagery pass keep a pair nobody uses, never miss one.
     """
+    seen = _distinct(urlpath, columns, selection.columns(), lambda rg: pa.array(selection.mask(rg)), download_config)
+    return {c: sorted(v for v in values if v is not None) for c, values in seen.items()}
+
+
+def _distinct(urlpath: str, columns: Sequence[str], filter_columns: Sequence[str], keep: Callable[[pa.Table], pa.Array],
+              download_config: Optional[DownloadConfig], progress: Optional[str] = None) -> Dict[str, set]:
+    """The distinct values of ``columns`` among the rows ``keep`` marks, row group by row group."""
     f, pf = open_parquet(urlpath, download_config)
     seen: Dict[str, set] = {c: set() for c in columns}
     with f:
-        for i in range(pf.num_row_groups):
-            rg = pf.read_row_group(i, columns=sorted(set(columns) | set(selection.columns())))
-            keep = pa.array(selection.mask(rg))
+        for i in _row_groups(pf, progress) if progress else range(pf.num_row_groups):
+            rg = pf.read_row_group(i, columns=sorted(set(columns) | set(filter_columns)))
+            mask = keep(rg)
             for c in columns:
-                seen[c].update(pc.unique(rg[c].filter(keep)).to_pylist())
-    return {c: sorted(v for v in values if v is not None) for c, values in seen.items()}
+                seen[c].update(pc.unique(rg[c].filter(mask)).to_pylist())
+    return seen
 
 
 def read_selection(

@@ -219,7 +219,6 @@ def export_dataset(
     return root
 
 
-
 def prepared(config: str, *, num_proc: Optional[int] = None, progress: bool = True, **options):
     """The builder ``load_dataset`` would use (same cache folder), prepared: the first step of every export."""
     from .registration import builder_for

@@ -19,7 +19,7 @@ format under an existing name uses ``datasets.formatting._register_formatter``
 from __future__ import annotations
 
 import logging
-from functools import partial
+from functools import cached_property, partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import datasets
@@ -156,20 +156,15 @@ class _KeepBandDtype:
 
     def numpy_arrow_extractor(self):
         """An extractor instance (``datasets`` calls ``self.numpy_arrow_extractor()``)."""
-        if not self._band_columns():  # other datasets: exactly datasets' own path
+        if not self._band_columns:  # other datasets: exactly datasets' own path
             return NumpyArrowExtractor()
         return FastNumpyArrowExtractor()
 
+    @cached_property
     def _band_columns(self) -> List[str]:
         """``PairBands`` columns; and the ``Array3D`` band columns of our streamed or exported rows
         (a dataset with ``patch_id`` and ``s1_name`` columns), which datasets would turn into int64 too.
         Asked several times per row: worked out once per formatter (its features do not change)."""
-        cached = self.__dict__.get("_bands_cache")
-        if cached is None:
-            cached = self.__dict__["_bands_cache"] = self._find_band_columns()
-        return cached
-
-    def _find_band_columns(self) -> List[str]:
         features = self.features or {}
         ours = "patch_id" in features and "s1_name" in features
         return [
@@ -179,16 +174,14 @@ class _KeepBandDtype:
 
     def _split(self, pa_table) -> Tuple[List[str], object]:
         names = pa_table.schema.names  # (Table.column_names builds a Field per column: 6 us instead of 1.5)
-        bands = [c for c in self._band_columns() if c in names]
+        bands = [c for c in self._band_columns if c in names]
         return bands, (pa_table.drop_columns(bands) if bands else pa_table)
 
+    @cached_property
     def _decoding_columns(self) -> frozenset:
         """Columns whose features decode (e.g. an Image column): worked out once per formatter."""
-        cached = self.__dict__.get("_decoding_cache")
-        if cached is None:
-            requires = getattr(self.features, "_column_requires_decoding", None) or {}
-            cached = self.__dict__["_decoding_cache"] = frozenset(k for k, v in requires.items() if v)
-        return cached
+        requires = getattr(self.features, "_column_requires_decoding", None) or {}
+        return frozenset(k for k, v in requires.items() if v)
 
     def _decoded(self, pa_table, name: str) -> np.ndarray:
         feature = self.features[name]
@@ -200,7 +193,7 @@ class _KeepBandDtype:
         """``datasets``' version maps with ``map_nested``, which builds a progress bar per call (~50 us a row);
         for a flat dict (no nested dicts, so the same result) each value is tensorized directly."""
         if isinstance(data_struct, dict) and not any(isinstance(v, dict) for v in data_struct.values()):
-            bands = set(self._band_columns())  # streamed examples arrive here with their band arrays
+            bands = set(self._band_columns)  # streamed examples arrive here with their band arrays
             return {k: self._bands(_stacked(v)) if k in bands and _stacked(v) is not None else self._recursive_tensorize(v)
                     for k, v in data_struct.items()}
         return super().recursive_tensorize(data_struct)
@@ -213,7 +206,7 @@ class _KeepBandDtype:
         if row is None:
             row = super().format_row(rest)
         else:
-            decoding = self._decoding_columns()
+            decoding = self._decoding_columns
             if decoding and not decoding.isdisjoint(row):
                 row = self.python_features_decoder.decode_row(row)
             row = self.recursive_tensorize(row)
@@ -231,7 +224,7 @@ class _KeepBandDtype:
 
     def format_column(self, pa_table):
         name = pa_table.column_names[0]
-        if name not in self._band_columns():
+        if name not in self._band_columns:
             return super().format_column(pa_table)
         return self._bands(self._decoded(pa_table, name))
 

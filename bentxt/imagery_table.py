@@ -575,14 +575,14 @@ from . import formatting  # noqa: E402,F401  (imports PairBands from this module
 
 
 @lru_cache(maxsize=64)  # asked for every row read
-def _sensors_of(bands: Tuple[str, ...]) -> Tuple[str, ...]:
-    return tuple(s for s in ("s1", "s2") if any(GROUP_OF_BAND[b].sensor == s for b in bands))
-
-
-@lru_cache(maxsize=64)
 def _groups_of(bands: Tuple[str, ...]) -> Tuple[BandGroup, ...]:
     """The band groups holding ``bands``, each once, in order of first use."""
     return tuple(dict.fromkeys(GROUP_OF_BAND[b] for b in bands))
+
+
+@lru_cache(maxsize=64)
+def _sensors_of(bands: Tuple[str, ...]) -> Tuple[str, ...]:
+    return tuple(s for s in ("s1", "s2") if any(g.sensor == s for g in _groups_of(bands)))
 
 
 def attach(data, root: str):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +38,7 @@ import pyarrow.compute as pc
 from . import annotations as ann
 from . import readers, text
 from .bands import BandGroup
-from .config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS
+from .config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS, text_features
 from .imagery_table import IMAGERY_DIR, ImageryTables, ImageryWriter, PairBands
 from .layout import NAME_COLUMN, display_name
 from .raster import RasterError, stack_image
@@ -93,12 +94,10 @@ def describe_selection(config: BigEarthNetTxtConfig, split: Optional[str] = None
     return "no row has " + " and ".join(parts)
 
 
-#: what :func:`text_columns` returns, in order
-TEXT_COLUMNS: Tuple[str, ...] = ("ID", "input", "output", "type", "category", "bbox", "point", "options")
-
-
-#: the type of the ``options`` column
-OPTIONS_TYPE = pa.list_(pa.string(), 4)
+#: what :func:`text_columns` returns, in order: the per-text features
+TEXT_COLUMNS: Tuple[str, ...] = tuple(text_features())
+#: the Arrow type of the ``options`` column
+OPTIONS_TYPE = datasets.Features(text_features()).arrow_schema.field("options").type
 _NO_OPTIONS = pa.array([NO_OPTIONS], OPTIONS_TYPE)
 
 
@@ -376,7 +375,6 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
             meanwhile(lambda: False)
         return [run_imagery_job(job) for job in jobs]
     import multiprocessing
-    import threading
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
