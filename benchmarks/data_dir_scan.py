@@ -3,7 +3,7 @@
     python benchmarks/data_dir_scan.py [--files 1000000] [--work DIR]
 
 The release's extracted trees hold 7.7 M GeoTIFFs. ``datasets``' packaged-module
-factory lists every file below ``data_dir`` (hf-datasets-notes 1b), which took
+factory lists every file below ``data_dir`` (docs/datasets-notes.md#data-files-scan), which took
 208 s for 100,000 files before. This makes a folder with the release files
 (the embedded sample) plus ``--files`` empty files in 1,000 sub-folders, then
 times ``load_dataset_builder("bigearthnet_txt", ..., data_dir=folder)`` against

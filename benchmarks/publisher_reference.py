@@ -1,6 +1,6 @@
 """The publisher's reading path (``ben_txt_datamodule.py``), re-implemented for timing.
 
-What the BigEarthNet.txt card ships (facts file, section 14; vendored copy
+What the BigEarthNet.txt card ships (docs/release.md#publishers-loader; vendored copy
 shokrydev/master:src/data_modules/ben_txt_datamodule.py, first revision):
 
 - ``BENImageReader``: the LMDB environment is opened lazily on first access

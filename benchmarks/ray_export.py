@@ -66,14 +66,12 @@ def fastest(run: Callable[[Path], None], out: Path, repeats: int) -> Tuple[float
 
 
 def fingerprint(root: Path, name: str) -> Dict[str, str]:
-    """A digest per config and split of the rows (files concatenated in order): texts and imagery columns."""
+    """A digest per config and split of the rows (files concatenated in order): texts, imagery and browse."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bentxt.export import IMAGERY_SUFFIX
-
     out = {}
-    for config in (name, name + IMAGERY_SUFFIX):
+    for config in sorted(p.name for p in (root / "data").iterdir() if not p.name.startswith(".")):
         for split in ("train", "validation", "test", "bench"):
             files = sorted((root / "data" / config).glob(f"{split}-*.parquet"))
             if not files:
@@ -168,10 +166,9 @@ def main(argv=None) -> int:
         print(f"|---|---|---|---|---|---|")
         for engine, parallel, seconds, out in rows:
             same = "yes" if fingerprint(out, name) == reference else "NO"
-            files = sum(1 for _ in (out / "data" / name).glob("*.parquet")), \
-                sum(1 for _ in (out / "data" / (name + ex.IMAGERY_SUFFIX)).glob("*.parquet"))
+            files = sum(1 for _ in (out / "data").glob("*/*.parquet"))
             print(f"| {engine} | {parallel} | {seconds:.2f} | {pairs / seconds:.0f} | {base / seconds:.2f}x | {same} "
-                  f"({files[0]}+{files[1]} files) |")
+                  f"({files} files) |")
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Row, format_table, log, machine_line, run_child  # noqa: E402
 
-#: the release (facts file sections 3, 4, 8): pairs with texts, pairs in the archives, texts per config
+#: the release (docs/release.md#counts): pairs with texts, pairs in the archives, texts per config
 RELEASE_PAIRS = 464_044
 RELEASE_ARCHIVE_PAIRS = 549_488
 RELEASE_TEXTS = {"s1s2-all": 9_553_962, "s1s2-vqa": 6_884_344, "s1s2-captioning": 463_932, "s1s2-grounding": 2_205_686}

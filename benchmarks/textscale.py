@@ -1,8 +1,8 @@
 """The text side at full scale: a 9,553,962-row stand-in for BigEarthNet.txt.parquet.
 
 ``generate(path)`` writes a parquet with the release's 13-column schema, its
-row count and patch count, and realistic value distributions (facts file,
-sections 3-5): 464,044 image pairs with 14-39 rows each (bench 1-67, mean
+row count and patch count, and realistic value distributions
+(docs/release.md#counts): 464,044 image pairs with 14-39 rows each (bench 1-67, mean
 13.89), one caption per pair except 112 bench pairs, IDs consecutive per pair
 in (type, category) order like the real rows, the type / category /
 split / answer proportions of the release, captions of ~700 characters that
@@ -17,7 +17,10 @@ does (``read_selection`` + ``group_by_patch`` + ``check_patch_pairs`` +
 ``check_pair_names``) and is meant to run in a child process
 (``benchmarks.common.run_child``) so its peak RSS is its own.
 ``measure_pandas`` is the publisher's text side for the same selection:
-``pd.read_parquet`` of the whole file plus ``isin`` filters.
+``pd.read_parquet`` of the whole file plus ``isin`` filters. ``hf_layout``
+rewrites the file as ``datasets`` writes Parquet (~100 MB row groups, page
+index), and ``measure_stream_start`` times what a stream of one split does
+before its first archive read (``benchmarks/textside.py`` runs them all).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ SPLITS: Dict[str, Tuple[int, int, int, int]] = {
     "test": (115_753, 2_409_962, 14, 38),
     "bench": (1_082, 15_029, 1, 67),
 }
-#: (type, category) -> rows, from the facts' per-type and per-category totals
+#: (type, category) -> rows, from the per-type and per-category totals of docs/release.md#value-sets
 COMBOS: Dict[Tuple[str, str], int] = {}
 _FOUR = {"presence": 1_391_053, "area": 1_390_845, "count": 1_390_730, "adjacency": 1_222_128}
 _BINARY = 3_625_160
@@ -272,7 +275,7 @@ def generate(path: str, seed: int = 0, row_group_size: int = 1 << 20) -> dict:
     del labels
     perm = rng.permutation(N_ROWS)  # the file's row order: a pair's rows end up scattered
     # IDs: consecutive per pair, ordered by (type, category) within the pair like the real rows
-    # (facts section 5: binary adjacency, area, ..., bounding box, captioning, mcq ...)
+    # (docs/release.md#text-formats: binary adjacency, area, ..., bounding box, captioning, mcq ...)
     id_order = sorted([("captioning", "None")] + combo_names)
     rank = np.array([id_order.index(("captioning", "None"))] + [id_order.index(c) for c in combo_names], dtype=np.int64)
     by_id = np.argsort(row_patch * len(id_order) + rank[combo + 1], kind="stable")
@@ -423,3 +426,37 @@ def import_only() -> dict:
     import bigearthnet_txt  # noqa: F401
 
     return {}
+
+
+def hf_layout(path: str, out: str) -> dict:
+    """``path`` rewritten as ``datasets`` writes Parquet: ~100 MB row groups, a page index, content-defined pages.
+
+    The release parquet's own row-group size and order are unknown (facts,
+    section 3); this is the layout of a file written by ``Dataset.to_parquet``
+    / ``push_to_hub`` (hf-datasets notes, section 5), rows in the same
+    scattered order as ``path``.
+    """
+    note = Path(str(out) + ".json")
+    if Path(out).exists() and note.exists():
+        return dict(json.loads(note.read_text()), cached=True)
+    table = pq.read_table(path)
+    rows_per_group = max(1, table.num_rows * 100_000_000 // table.nbytes)
+    tmp = str(out) + ".tmp"
+    pq.write_table(table, tmp, row_group_size=rows_per_group, write_page_index=True,
+                   use_content_defined_chunking=True, compression="snappy")
+    Path(tmp).rename(out)
+    info = {"rows": table.num_rows, "bytes": Path(out).stat().st_size, "row_groups": pq.ParquetFile(out).num_row_groups,
+            "rows_per_group": rows_per_group}
+    note.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def measure_stream_start(path: str, config: str, split: str) -> dict:
+    """What streaming one split does before it reads any imagery: ``join.select_annotations`` for that split."""
+    import bigearthnet_txt as bt
+    from bentxt import join
+
+    cfg = bt.BigEarthNetTxt.builder_configs[config]
+    t0 = time.perf_counter()
+    index = join.select_annotations(cfg, path, split, None)
+    return {"seconds": time.perf_counter() - t0, "rows": index.table.num_rows, "patches": len(index)}

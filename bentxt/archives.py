@@ -5,7 +5,7 @@ is front to back: zstd stream reader -> tar headers read in order (torchgeo's
 mirror: gzip over the concatenated ``.tar.gzaa``/``.tar.gzab`` parts).
 That works the same for a local path, ``http(s)://`` and ``hf://`` because the
 raw bytes come from fsspec and nothing ever seeks.
-``datasets``' own ``iter_archive`` cannot read ``.tar.zst`` (notes, section 2).
+``datasets``' own ``iter_archive`` cannot read ``.tar.zst`` (docs/datasets-notes.md#streaming-archives).
 
 Over ``http(s)://`` the raw bytes come from ``ResumableHTTPStream``: one
 archive is tens of GB read through a single GET, and a dropped connection
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -37,8 +38,10 @@ from datasets.utils.file_utils import _prepare_single_hop_path_and_storage_optio
 from fsspec.exceptions import FSTimeoutError
 
 from .bands import SENSOR_BANDS
+from .errors import BigEarthNetTxtError
 from .layout import display_name, parse_member
 from .raster import max_band_file_bytes
+from .readers import BadBand
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -46,9 +49,12 @@ logger = logging.getLogger("bigearthnet_txt")
 HTTP_MAX_RETRIES = 5
 #: seconds to wait before retry n are ``HTTP_RETRY_BACKOFF * n``
 HTTP_RETRY_BACKOFF = float(os.environ.get("BENTXT_HTTP_RETRY_BACKOFF", "0.5"))
+#: seconds without a byte (or a connection) before a stalled HTTP read is reported and resumed; aiohttp's own
+#: default, a 300 s total per request, cost 5 minutes of silence per stall (issue 20)
+HTTP_STALL_TIMEOUT = float(os.environ.get("BENTXT_HTTP_TIMEOUT", "60"))
 
 
-class ArchiveError(ValueError):
+class ArchiveError(BigEarthNetTxtError, ValueError):
     """A damaged or unexpected archive; the message names the archive and the last good member."""
 
 
@@ -56,7 +62,7 @@ class ResumeError(ArchiveError):
     """An HTTP archive stream broke and could not be resumed (the message names the byte offset)."""
 
 
-class _Truncated(ConnectionError):
+class _Truncated(BigEarthNetTxtError, ConnectionError):
     """The body ended before its Content-Length: the connection was closed under us."""
 
 
@@ -86,10 +92,18 @@ class ResumableHTTPStream(io.RawIOBase):
         storage_options: Optional[dict] = None,
         max_retries: Optional[int] = None,
         backoff: Optional[float] = None,
+        timeout: Optional[float] = None,
     ):
         super().__init__()
         self.url = url
         options = dict(storage_options or {})
+        import aiohttp
+
+        # a stall ends after `timeout` s without a byte, not after a total time: one archive is a long GET
+        self.timeout = HTTP_STALL_TIMEOUT if timeout is None else timeout
+        client = dict(options.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout))
+        options["client_kwargs"] = client
         # Our headers are merged in at every open rather than left in the filesystem's
         # options: fsspec would otherwise pass `headers` twice to its HEAD request.
         # Identity encoding keeps byte offsets (and Content-Length) those of the file.
@@ -186,6 +200,12 @@ class ResumableHTTPStream(io.RawIOBase):
                         f"last error: {type(err).__name__}: {err})"
                     ) from err
                 delay = self.backoff * failures
+                if isinstance(err, (asyncio.TimeoutError, FSTimeoutError)):  # said as it happens, not after the retries
+                    logger.warning(
+                        "Archive %s: no data for %.0f s at %s (a stalled server or connection); reconnecting "
+                        "[%d/%d] (BENTXT_HTTP_TIMEOUT sets the wait)",
+                        display_name(self.url), self.timeout, where, failures, self.max_retries,
+                    )
                 logger.info(
                     "Archive %s: connection lost at %s (%s: %s); resuming with Range: bytes=%d- in %.1fs [%d/%d]",
                     display_name(self.url), where, type(err).__name__, err, self.pos, delay, failures, self.max_retries,
@@ -449,12 +469,16 @@ _USUAL_DEVICES = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
 _NONE_YET = "(none: the archive failed before its first member)"
 
 
-class _TarError(Exception):
+class _TarError(BigEarthNetTxtError):
     """A tar header or member that cannot be read as it claims."""
 
 
-class _TooLarge(_TarError):
-    """A wanted member bigger than the caller's bound for it: refused before it is read."""
+class Oversized(str):
+    """What :class:`_TarReader` yields for a wanted member bigger than the caller's bound: why it was not read.
+
+    Yielded instead of raising, so that ``skip_invalid`` treats such a band
+    file in an archive as it treats it in a folder (issue 20, item 4).
+    """
 
 
 def _read_exact(stream, n: int) -> bytes:
@@ -690,8 +714,14 @@ class _TarReader:
                 self._skip(size + padding)
                 continue
             limit = self.max_size(name) if self.max_size is not None else None
-            if limit is not None and size > limit:
-                raise _TooLarge(f"member {name} has {size} bytes, more than a file of its kind can need ({limit} bytes)")
+            if limit is not None and size > limit:  # never read: the caller decides (skip_invalid, or an error)
+                self._skip(size + padding)
+                yield name, Oversized(
+                    f"member {name} has {size} bytes, more than a file of its kind can need ({limit} bytes); "
+                    f"refused unread (tar header at byte {self.offset})"
+                )
+                self.last_good = name
+                continue
             data = self._read(size)
             if padding:
                 self._read(padding)
@@ -711,8 +741,6 @@ def _read_tar(
         yield from reader.members()
     except ResumeError as err:
         raise ResumeError(f"{err}; the last member read completely is {reader.last_good}") from err
-    except _TooLarge as err:
-        raise ArchiveError(f"Archive {name}: {err}; refused unread (tar header at byte {reader.offset})") from err
     except (_TarError, zstandard.ZstdError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise ArchiveError(
             f"Archive {name} is damaged or truncated after member {reader.last_good}: {err} "
@@ -727,6 +755,7 @@ def iter_tar(
     *,
     wanted: Optional[Callable[[str], bool]] = None,
     max_size: Optional[Callable[[str], int]] = None,
+    checksum=None,
 ) -> Iterator[Tuple[str, bytes]]:
     """Yield ``(member name, bytes)`` for every regular file of one archive, in archive order.
 
@@ -738,10 +767,18 @@ def iter_tar(
 
     With ``wanted``, only the files it accepts are read into memory (the rest
     are skipped unread), and ``max_size(name)`` bounds each one's size: a
-    larger member is an ArchiveError before any of it is read.
+    larger member is skipped unread and yielded as an :class:`Oversized` reason.
+
+    ``checksum`` (a ``sources.RecordedChecksum``): the raw bytes are hashed as
+    they stream by (:class:`_Hashing`, all of them, to the end of the file);
+    a size the server announces is checked before the first member
+    (``checksum.check_size``), the digest and size after the last one
+    (``checksum.check``, which raises on a mismatch): a URL is read once,
+    never downloaded first to be hashed.
     """
     name = display_name(paths[0]) + (f" (+{len(paths) - 1} parts)" if len(paths) > 1 else "")
     raw = open_archive(paths[0], download_config) if len(paths) == 1 else _PartsStream(paths, download_config)
+    hashing = raw = _Hashing(raw, checksum) if checksum is not None else raw
     bar = _progress_bar(paths, download_config, name) if progress else None
     with raw:
         try:
@@ -750,6 +787,48 @@ def iter_tar(
             raise ResumeError(f"{err}; the last member read completely is {_NONE_YET}") from err
         with stream:
             yield from _read_tar(stream, name, wanted, max_size)
+            if checksum is not None:  # the decompressor to its end (zstd then has read all its input)
+                while stream.read(1 << 20):
+                    pass
+        if checksum is not None:
+            hashing.finish()
+
+
+class _Hashing(io.RawIOBase):
+    """An archive's raw bytes, hashed as they are read: a checksum without a second pass over tens of GB.
+
+    hashlib releases the GIL on large buffers, so hashing in the thread that
+    feeds zstd costs the decoding process little (~1 s per GB for md5 or sha256 on one core).
+    """
+
+    def __init__(self, raw, checksum):
+        super().__init__()
+        self._raw, self._checksum = raw, checksum
+        self._digest = hashlib.new(checksum.algorithm)
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            if not self.count:  # the first bytes: the server has said how large the file is
+                size = getattr(self._raw, "size", None)
+                self._checksum.check_size(size if isinstance(size, int) else None)
+            self._digest.update(memoryview(buffer)[:n])
+            self.count += n
+        return n or 0
+
+    def finish(self) -> None:
+        """Hash what the decompressor left unread (trailing bytes), then compare digest and size."""
+        for chunk in iter(lambda: self.read(1 << 20), b""):
+            pass
+        self._checksum.check(self._digest.hexdigest(), self.count)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def iter_tar_zst(urlpath: str, download_config: Optional[DownloadConfig] = None) -> Iterator[Tuple[str, bytes]]:
@@ -770,7 +849,8 @@ _MAX_BAND_FILE_BYTES = {band: max_band_file_bytes(band) for bands in SENSOR_BAND
 
 
 def iter_archive_patches(
-    paths: Union[str, Sequence[str]], sensor: str, download_config: Optional[DownloadConfig] = None, progress: bool = True
+    paths: Union[str, Sequence[str]], sensor: str, download_config: Optional[DownloadConfig] = None, progress: bool = True,
+    checksum=None,
 ) -> Iterator[Tuple[str, Dict[str, bytes]]]:
     """Group consecutive band files of one patch: yield ``(patch name, {band: tiff bytes})``.
 
@@ -778,9 +858,12 @@ def iter_archive_patches(
     grouping consecutive members needs memory for one patch only. Members of
     the other sensor, reference maps and stray files are skipped unread, and a
     band file larger than its band could need is refused unread, so memory
-    does not depend on what else the archive holds. A patch whose files are
-    split apart (an unsorted archive) is an error rather than a silently
-    duplicated patch.
+    does not depend on what else the archive holds: its band is a
+    ``readers.BadBand`` (decoding it is a RasterError, skippable with
+    ``skip_invalid`` like a bad file in a folder), and so is a band whose
+    member occurs twice (which copy is meant is ambiguous). A patch whose
+    files are split apart (an unsorted archive) is an error rather than a
+    silently duplicated patch. ``checksum``: see :func:`iter_tar`.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
     current: Optional[str] = None
@@ -792,6 +875,7 @@ def iter_archive_patches(
         progress=progress,
         wanted=lambda member: _sensor_member(member, sensor) is not None,
         max_size=lambda member: _sensor_member(member, sensor)[2],
+        checksum=checksum,
     )
     for name, data in members:
         patch, band, _ = _sensor_member(name, sensor)
@@ -805,6 +889,11 @@ def iter_archive_patches(
                     f"(member {name}); the archive is not sorted like the release"
                 )
             current, bands = patch, {}
+        if band in bands:
+            data = BadBand(f"member {name} occurs more than once in archive {display_name(paths[0])}; "
+                           f"which copy is meant is ambiguous")
+        elif isinstance(data, Oversized):
+            data = BadBand(str(data))
         bands[band] = data
     if current is not None:
         yield current, bands

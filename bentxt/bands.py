@@ -2,14 +2,14 @@
 
 Every feature, reader, fixture and test derives band names, sizes, dtypes and
 file layout from the tables here, so a band is described in exactly one place.
-Values follow the released GeoTIFFs (facts file, section 10) and the
-publisher's loader (section 14).
+Values follow the released GeoTIFFs (docs/release.md#geotiff-properties) and the
+publisher's loader (docs/release.md#publishers-loader).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def groups_for_sensors(sensors: Tuple[str, ...]) -> Tuple[BandGroup, ...]:
     return tuple(g for g in BAND_GROUPS if g.sensor in sensors)
 
 
-def resolve_bands(bands: str | Tuple[str, ...] | list) -> Tuple[str, ...]:
+def resolve_bands(bands: str | Sequence[str]) -> Tuple[str, ...]:
     """A combination name or an explicit band list -> validated band tuple.
 
     Unlike the publisher's loader (which fails later with a KeyError), unknown

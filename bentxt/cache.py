@@ -27,16 +27,18 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Iterator
+from typing import Dict, Iterator, List
 
 from datasets.fingerprint import Hasher
 
 from . import sources
+from .errors import BigEarthNetTxtError
 from .metadata import NAME
 
 logger = logging.getLogger("bigearthnet_txt")
 
 INPUTS_FILE = "inputs.json"
+STORES_FILE = "stores.json"
 SPILL_DIR = ".spill"
 
 
@@ -58,6 +60,73 @@ def write_inputs(output_dir: str, config) -> None:
     selection, inputs = selection_and_inputs(config)
     with open(os.path.join(output_dir, INPUTS_FILE), "w") as f:
         json.dump({"selection": selection, "inputs": inputs}, f, indent=1, default=str)
+
+
+class ReadOnlyCacheError(BigEarthNetTxtError, OSError):
+    """A read-only cache folder does not hold the prepared config asked for."""
+
+
+class DamagedCacheError(BigEarthNetTxtError, OSError):
+    """A prepared cache's files do not hold what was written."""
+
+
+def damaged(folder: str, split: str, what: str) -> str:
+    return (f"the prepared cache {folder} is damaged (split {split}: {what}). Remove that folder and load the config "
+            f"again to prepare it anew (the imagery store is kept: only the texts are written again)")
+
+
+def is_read_only(folder: str) -> bool:
+    """A local folder that exists and cannot be written (a read-only mount, or no permission)."""
+    return "://" not in folder and os.path.isdir(folder) and not os.access(folder, os.W_OK)
+
+
+def write_stores(output_dir: str, references: Dict[str, str], paths: Dict[str, str]) -> None:
+    """Record which imagery stores (and which generation of each) the cache's rows name."""
+    if "://" in output_dir:
+        return
+    with open(os.path.join(output_dir, STORES_FILE), "w") as f:
+        json.dump({s: {"reference": references[s], "path": paths[s]} for s in references}, f, indent=1)
+
+
+def read_stores(output_dir: str) -> Dict[str, dict]:
+    try:
+        with open(os.path.join(output_dir, STORES_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def store_paths(output_dir: str) -> List[str]:
+    """Where the stores of a cache's rows were when it was prepared (a hint for the features)."""
+    return [entry["path"] for entry in read_stores(output_dir).values() if "path" in entry]
+
+
+def drop_if_stores_changed(output_dir: str) -> None:
+    """A prepared cache whose store is gone or was built again is removed, so that it is prepared anew.
+
+    Its rows name the store's generation, so reading them would be an error,
+    never wrong pixels; preparing again is what the user wants. A damaged store
+    (a truncated shard) is an error that names the file.
+    """
+    if "://" in output_dir or not os.path.isdir(output_dir) or is_read_only(output_dir):
+        return  # read-only: nothing to rebuild here; a row of a lost store says so when read
+    from . import store
+
+    for sensor, entry in read_stores(output_dir).items():
+        folder, generation = store.split_reference(entry["reference"])
+        path = entry.get("path") or ""
+        try:
+            current = store.ImageryStore(path)
+            same = os.path.basename(path) == folder and current.generation == generation
+        except store.StoreError:
+            same = False
+        if same:
+            current.check()
+            continue
+        logger.info("config cache %s: its %s imagery store %s is gone or was built again: preparing the config again",
+                    output_dir, sensor, path)
+        shutil.rmtree(output_dir)
+        return
 
 
 def explain_rebuild(output_dir: str, config) -> None:

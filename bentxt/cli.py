@@ -31,7 +31,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import annotations as ann
+from . import cache
 from . import config as cfg
+from .errors import BigEarthNetTxtError
 from .raster import RESAMPLE_MODES
 
 PROG = "bigearthnet-txt"
@@ -46,11 +49,11 @@ def sample_dir() -> str:
 # ----------------------------------------------------------------------------- errors
 
 
-class UsageError(Exception):
+class UsageError(BigEarthNetTxtError):
     """The command line is wrong (exit status 2)."""
 
 
-class DataError(Exception):
+class DataError(BigEarthNetTxtError):
     """What the command line asked for is not in the data (exit status 1)."""
 
 
@@ -63,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _one_line(err: BaseException) -> str:
     message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    if type(err) in (UsageError, DataError, ValueError):
+    if type(err) in (UsageError, DataError, ValueError, ann.FilterValueError):
         return message or type(err).__name__
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
@@ -101,6 +104,9 @@ HELP: Dict[str, str] = {
     "layout": "annotation: one example per text; patch: one per image pair, its texts in a list",
     "skip_missing": "skip (and count) image pairs in the texts but not in the imagery",
     "skip_invalid": "skip (and count) image pairs whose band files do not decode",
+    "keep_archives": "keep a copy of archives read from URLs in the download folder (default: read once as they download)",
+    "store_all_pairs": "store every pair an archive pass reads in the source's imagery store, not only this config's "
+                       "(default: yes from URLs, no from local files)",
     "image_source": "where the imagery is: PATH for both sensors, or s1=PATH,s2=PATH (archives, extracted folders, an LMDB, an export)",
 }
 
@@ -322,7 +328,7 @@ def _bar(iterable=None, **kwargs):
 TEXT_BYTES_PER_ROW = 150
 
 #: Rows of the release per text type where they are known, per split and in total ("total": all four splits).
-#: /work/shared/reference/bigearthnet-facts.md section 4 (third-party counts of the real parquet): type totals, and
+#: docs/release.md#counts (third-party counts of the real parquet): type totals, and
 #: bench rows binary 6,927, mcq 5,550, captions 970, referring (type "bounding box") 1,582 (sum 15,029).
 #: Captions per split are derived (README "Sizes of the release"): 463,932 captions = 464,044 pairs - the 112 bench pairs
 #: without one, so every other pair has exactly one and captions = image pairs per split.
@@ -531,23 +537,34 @@ def show(args) -> int:
     builder = build(args, args.config, default_data_dir=sample_dir())
     config = builder.config
     split = config.split or ("test" if "test" in config.splits else config.splits[0])
+    # an ID is looked for in every split of the config (test first), an --index in the one split
+    splits = [split] + ([s for s in config.splits if s != split] if args.id is not None else [])
     annotation = args.annotation
     if args.streaming:
-        stream = builder.as_streaming_dataset(split=split)
-        for position, candidate in enumerate(_bar(stream, desc=f"Streaming {split}", unit=" examples")):
-            found, k = _matches(candidate, config.layout, position, args.index, args.id)
-            if found:
-                example, i = candidate, position
+        streams = builder.as_streaming_dataset()
+        for split in (s for s in splits if s in streams):
+            stream = _bar(streams[split], desc=f"Streaming {split}", unit=" examples")
+            found = next(((p, c) for p, c in enumerate(stream) if _matches(c, config.layout, p, args.index, args.id)[0]), None)
+            if found is not None:
+                i, example = found
+                k = _matches(example, config.layout, i, args.index, args.id)[1]
                 annotation = k if k is not None else annotation
                 break
         else:
-            raise DataError(f"no such example in split {split} (--index {args.index}, --id {args.id})")
+            raise DataError(f"no such example in split(s) {', '.join(splits)} (--index {args.index}, --id {args.id})")
     else:
         builder.download_and_prepare(num_proc=args.num_proc)
-        dataset = builder.as_dataset(split=split)
-        i, k = _find(dataset, split, config.layout, args.index, args.id)
-        annotation = k if k is not None else annotation
-        example = dataset[i]
+        prepared = builder.as_dataset()
+        for split in (s for s in splits if s in prepared):
+            try:
+                i, k = _find(prepared[split], split, config.layout, args.index, args.id)
+            except DataError:  # not in this split: the next one
+                continue
+            annotation = k if k is not None else annotation
+            example = prepared[split][i]
+            break
+        else:
+            raise DataError(f"--id {args.id}: no such annotation in split(s) {', '.join(splits)}")
     fig = plot(example, annotation=annotation, bands=config.image_bands)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
@@ -580,6 +597,8 @@ def prepare(args) -> int:
     for split, part in builder.as_dataset().items():
         print(f"{split}: {part.num_rows} examples")
     print(f"cache: {builder.cache_dir} ({_gb(disk_usage(builder.cache_dir))} on disk)")
+    for path in cache.store_paths(builder.cache_dir):  # the pixels, shared by every config of the source
+        print(f"imagery store: {path} ({_gb(disk_usage(path))} on disk, shared by every config of its source)")
     print(f"load it with: import bigearthnet_txt, datasets; {_load_call(builder, args)}")
     return 0
 
@@ -590,8 +609,6 @@ def export_command(args) -> int:
 
     if args.ray_address is not None and args.engine != "ray":
         raise UsageError("--ray-address needs --engine ray")
-    if args.engine == "ray" and args.inline_pixels:
-        raise UsageError("--inline-pixels is for small configs and runs on --engine local only")
     name, options = config_request(args, args.config)
     data_files = _data_files(args)
     _resolve(name, data_dir=args.data_dir, data_files=data_files, **options)
@@ -603,7 +620,7 @@ def export_command(args) -> int:
         run_export = export
     root = run_export(
         name, args.output, data_dir=args.data_dir, data_files=data_files, cache_dir=args.cache_dir,
-        num_proc=args.num_proc, name=args.name, min_shards=args.min_shards, inline_pixels=args.inline_pixels,
+        num_proc=args.num_proc, name=args.name, min_shards=args.min_shards,
         progress=not args.quiet, **options,
     )
     print(f"wrote {args.name or name} to {root} (load_dataset({str(root)!r}, {(args.name or name)!r}))")
@@ -612,10 +629,97 @@ def export_command(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- chat-export, score (bentxt/chat.py, bentxt/score.py)
+
+
+def chat_export(args) -> int:
+    """Write a config as a chat dataset (``messages`` + ``images``) for TRL / transformers; complete or not at all."""
+    import shutil
+
+    import datasets
+
+    from .chat import chat_dataset
+
+    if os.path.exists(args.output) and os.listdir(args.output):
+        raise UsageError(f"--output {args.output} exists and is not empty; give a new folder")
+    builder = build(args, args.config, default_data_dir=sample_dir())
+    if args.streaming:
+        splits = {s: builder.as_streaming_dataset(split=s) for s in builder.config.splits}
+    else:
+        builder.download_and_prepare(num_proc=args.num_proc)
+        splits = dict(builder.as_dataset())
+    options = dict(image=args.image, tags=args.tags, format_hints=args.format_hints, system=args.system)
+    chats = {}
+    for split, part in splits.items():
+        chat = chat_dataset(part, builder.config, **options)
+        if args.streaming:  # materialise: the export is a plain Dataset either way
+            chat = datasets.Dataset.from_generator(lambda c=chat: iter(c), features=chat.features, split=split)
+        chats[split] = chat
+    partial = f"{args.output.rstrip('/')}.partial-{os.getpid()}"  # renamed into place once complete
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        if args.format == "arrow":
+            datasets.DatasetDict(chats).save_to_disk(partial)
+        else:
+            os.makedirs(partial)
+            for split, chat in chats.items():
+                chat.to_parquet(os.path.join(partial, f"{split}-00000-of-00001.parquet"))
+        if os.path.isdir(args.output):
+            os.rmdir(args.output)  # empty (checked above)
+        os.replace(partial, args.output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for split, chat in chats.items():
+        print(f"{split}: {chat.num_rows} conversations")
+    how = (f"datasets.load_from_disk({args.output!r})" if args.format == "arrow"
+           else f"datasets.load_dataset('parquet', data_dir={args.output!r})")
+    print(f"wrote {builder.config.name} as chat data (image={args.image}, tags={args.tags}) to {args.output}; load it with {how}")
+    return 0
+
+
+def score_command(args) -> int:
+    """Score a predictions file against a split's references (default: bench) and print the table."""
+    from . import score, sources
+
+    name, options = config_request(args, args.config)
+    config = _resolve(name, data_dir=args.data_dir, data_files=_data_files(args), **options)
+    split = config.split or "bench"
+    parquet = sources.resolve(config, ())["annotations"]
+    predictions = score.read_predictions(args.predictions)
+    references = score.read_references(parquet, config.selection(split))
+    if references.num_rows == 0:
+        raise DataError(f"config {config.name} has no annotations in split {split} of {parquet}")
+    report = score.score(predictions, references)
+    print(f"{args.predictions}: {len(predictions)} predictions scored against {references.num_rows} annotations "
+          f"of split {split} ({config.name}); {report.missing} without a prediction count as wrong")
+    print(report.format(markdown=args.markdown))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            f.write(report.to_json())
+    if args.plot:
+        print(f"plot: {report.plot(args.plot, metric=args.metric)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- the parser
 
 
 CONFIG_HELP = f"<sensor>-<task>[-<split>], e.g. s2-vqa-bench ({PROG} info lists them)"
+#: what ``--help`` says: plain text for a terminal (the module docstring is reST for developers)
+DESCRIPTION = f"""BigEarthNet.txt (Sentinel-1/2 image pairs and their texts) as a Hugging Face dataset.
+
+Every command that reads data takes a config name and any config option as a flag
+(e.g. --countries Austria --bands RGB), plus --data-dir or --data-files. The cache
+is the one load_dataset("bigearthnet_txt", ...) reads. --quiet hides progress bars,
+--debug shows tracebacks.
+
+Exit status: 0 done; 1 the data or the run failed; 2 the command line is wrong
+(including an option value the data does not have); 130 interrupted.
+Run "{PROG} COMMAND --help" for a command's options."""
+#: what ``demo`` prepares from the embedded sample unless told otherwise (the library itself has no default config)
+DEMO_CONFIG = "s1s2-all"
 #: where ``export`` runs: this machine, or a Ray cluster (bentxt/ray_engine.py)
 ENGINES = ("local", "ray")
 SAMPLE_DEFAULT = "default: the embedded synthetic sample, unless --data-files or --image-source is given"
@@ -631,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     everywhere = _Parser(add_help=False)
     global_flags(everywhere, argparse.SUPPRESS)
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     global_flags(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -641,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("demo", demo, "run the whole pipeline on the embedded synthetic sample (no network)")
-    p.add_argument("--config", default=cfg.DEFAULT_CONFIG_NAME, help=CONFIG_HELP)
+    p.add_argument("--config", default=DEMO_CONFIG, help=CONFIG_HELP + f" (default {DEMO_CONFIG}: the sample is small)")
     p.add_argument("--examples", type=int, default=4, help="how many examples (one per text type) to print")
     _add_config_options(p, building=True, data_dir_help=SAMPLE_DEFAULT)
 
@@ -671,8 +775,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="dataset folder (other configs already in it are kept)")
     p.add_argument("--name", default=None, help="config name in the export (default: CONFIG; set it for variants)")
     p.add_argument("--min-shards", type=int, default=4, help="files per split at least (ranks / DataLoader workers)")
-    p.add_argument("--inline-pixels", action="store_true",
-                   help="bands and a preview in every text row (~20 copies per pair: small configs such as bench only)")
     p.add_argument("--engine", choices=ENGINES, default="local",
                    help="local: this machine (--num-proc processes); ray: a Ray cluster, one task per S2 tile run "
                         "(pip install 'bigearthnet-txt[ray]')")
@@ -682,6 +784,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this dataset repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     _add_config_options(p, building=True)
+
+    from .chat import IMAGE_CHOICES, TAG_CHOICES
+
+    p = command("chat-export", chat_export, "write a config as chat data (messages + images) for TRL / transformers")
+    p.add_argument("config", help=CONFIG_HELP)
+    p.add_argument("--output", "-o", required=True, help="new folder for the chat dataset")
+    p.add_argument("--image", choices=IMAGE_CHOICES, default="auto",
+                   help="rgb: S2 true colour; s1: VV/VH false colour; bands: float32 arrays; auto: rgb if S2 is read")
+    p.add_argument("--tags", choices=TAG_CHOICES, default="keep", help="keep or strip the <point>/<ref> tags")
+    p.add_argument("--format-hints", action="store_true", help="state the answer format in each prompt")
+    p.add_argument("--system", default=None, help="a system prompt in every conversation")
+    p.add_argument("--format", choices=("arrow", "parquet"), default="arrow", help="save_to_disk folder or Parquet files")
+    p.add_argument("--streaming", action="store_true", help="read the imagery as a stream instead of preparing the cache")
+    _add_config_options(p, building=True, data_dir_help=SAMPLE_DEFAULT)
+
+    p = command("score", score_command, "score a predictions file (ID, prediction) on a split (default bench)")
+    p.add_argument("predictions", help="JSONL, CSV or Parquet with the columns ID and prediction")
+    p.add_argument("--config", default=DEMO_CONFIG, help=CONFIG_HELP + " (its task and filters select the rows)")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the table as JSON")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also write a bar chart (needs matplotlib)")
+    p.add_argument("--metric", default="accuracy", help="the plotted metric (accuracy, iou, acc@0.5, bleu4, rouge_l, cider_d)")
+    _add_config_options(p, building=False, data_dir_help="default: the release parquet")
     return parser
 
 
@@ -707,6 +832,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _configure_output(args)
         return args.run(args)
     except UsageError as err:
+        return _fail(err, 2, debug)
+    except ann.FilterValueError as err:  # an option value the data does not have: the command line is wrong
         return _fail(err, 2, debug)
     except KeyboardInterrupt as err:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ A config is ``<sensor>-<task>[-<split>]`` plus keyword options (filters, tag
 replacement, ``bands=``, ``layout``, sources). The features come in two
 storages of the same values: *streamed* examples carry their bands as
 ``Array3D``; a *prepared* cache stores each pair's bands once
-(``bentxt.imagery_table``) and its rows carry :class:`PairBands` references
+(``bentxt.store``) and its rows carry :class:`PairBands` references
 that decode to the same arrays.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from . import annotations as ann
 from . import text
 from .bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
-from .imagery_table import PairBands
+from .pair_bands import PairBands
 from .layout import NAME_COLUMN
 from .metadata import VERSION
 from .raster import check_resample_options
@@ -59,6 +59,12 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     from the imagery / with undecodable band files instead of failing.
     ``image_source`` names where the imagery is (a path, or ``{"s1": ..,
     "s2": ..}``): ``.tar.zst`` archives, extracted folders, an LMDB or an export.
+    ``keep_archives``: archives at URLs are read once as they download, with no
+    copy kept; True copies them into the download folder first (``bentxt.sources.download``).
+    ``store_all_pairs``: whether a pass over an archive stores every pair it
+    holds in the source's imagery store (``bentxt.store``), not only the
+    selected ones; None: yes for archives read from URLs (no second download
+    for a later config), no for local files (``bentxt.join.keeps_every_pair``).
     """
 
     sensor: str = "s1s2"
@@ -77,6 +83,8 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     skip_missing: bool = False
     skip_invalid: bool = False
     image_source: Optional[object] = None
+    keep_archives: bool = False
+    store_all_pairs: Optional[bool] = None
 
     @property
     def sensors(self) -> Tuple[str, ...]:
@@ -109,9 +117,8 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
         return {s: tuple(b for b in wanted if GROUP_OF_BAND[b].sensor == s) for s in self.sensors}
 
     def stored_groups(self, sensor: str):
-        """The native groups of a sensor that the cache's imagery table keeps (those holding a wanted band)."""
-        wanted = set(self.wanted_bands()[sensor])
-        return tuple(g for g in groups_for_sensors((sensor,)) if wanted & set(g.bands))
+        """The native groups of a sensor that its imagery store keeps: all of them (the store serves every config)."""
+        return groups_for_sensors((sensor,))
 
     def selection(self, split: Optional[str] = None) -> ann.Selection:
         filters = tuple((ann.FILTER_COLUMNS[o], tuple(v)) for o, v in self.filters.items() if v is not None)
@@ -155,7 +162,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
         """
         base = CONFIGS.get(self.name)
         out = {}
-        ignored = {"name", "version", "data_dir", "data_files", "description", "image_source"}
+        ignored = {"name", "version", "data_dir", "data_files", "description", "image_source", "keep_archives", "store_all_pairs"}
         if self.bands is None:
             ignored |= {"img_size", "resample"}
         for f in fields(BigEarthNetTxtConfig):
@@ -181,7 +188,8 @@ def make_configs() -> List[BigEarthNetTxtConfig]:
 
 
 CONFIGS: Dict[str, BigEarthNetTxtConfig] = {c.name: c for c in make_configs()}
-DEFAULT_CONFIG_NAME = "s1s2-all"
+#: no default: the largest config (s1s2-all, ~135 GB) must never be picked by leaving the name out (issue 20)
+DEFAULT_CONFIG_NAME = None
 #: builder options that are not config fields (the CLI offers them too)
 CONFIG_OPTIONS: Tuple[str, ...] = tuple(
     f.name for f in fields(BigEarthNetTxtConfig) if f.name not in ("name", "version", "data_dir", "data_files", "description")
@@ -196,8 +204,42 @@ def config_name_error(name: str) -> str:
     )
 
 
+def missing_config_error() -> str:
+    """What ``datasets`` says for other multi-config datasets, with the names as a grammar (there are 90)."""
+    return (
+        f"Config name is missing: pick one of the {len(CONFIGS)} configs <sensor>-<task>[-<split>] with sensor in "
+        f"{list(SENSORS)}, task in {list(TASKS)}, split in {list(SPLITS)}, e.g. "
+        f"load_dataset('bigearthnet_txt', 's2-captioning-bench'); `bigearthnet-txt info` lists them with their sizes "
+        f"(s1s2-all, the whole release, takes ~135 GB)"
+    )
+
+
+def unknown_option_error(option: str) -> str:
+    """An unknown keyword option, with the closest ones (``country=`` -> ``countries``)."""
+    close = difflib.get_close_matches(option, list(CONFIG_OPTIONS) + ["data_dir", "data_files"], n=3, cutoff=0.6)
+    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{option!r} is not an option of a bigearthnet_txt config. {hint}Options: {list(CONFIG_OPTIONS)}"
+
+
+def check_builder_request(config_name: Optional[str], config_kwargs: Dict[str, object]) -> None:
+    """The builder's arguments before ``datasets`` makes a config of them: a name, and keywords a config has.
+
+    ``datasets`` would pick a default for a missing name (or build an unnamed
+    config from the keywords), and answer a mistyped keyword with its dump
+    of the whole config.
+    """
+    if config_name is None:
+        raise ValueError(missing_config_error())
+    known = {f.name for f in fields(BigEarthNetTxtConfig)}
+    for option in config_kwargs:
+        if option not in known:
+            raise ValueError(unknown_option_error(option))
+
+
 def resolve_config(config: object, **options) -> BigEarthNetTxtConfig:
     """A config object from a name (or a config) plus keyword options, validated: the one place names resolve."""
+    if config is None:
+        raise ValueError(missing_config_error())
     if isinstance(config, str):
         if config not in CONFIGS:
             raise ValueError(config_name_error(config))
@@ -205,7 +247,7 @@ def resolve_config(config: object, **options) -> BigEarthNetTxtConfig:
     config = copy.deepcopy(config)
     for option, value in options.items():
         if option not in CONFIG_OPTIONS and option not in ("data_dir", "data_files"):
-            raise ValueError(f"{option!r} is not an option of a bigearthnet_txt config; options: {list(CONFIG_OPTIONS)}")
+            raise ValueError(unknown_option_error(option))
         setattr(config, option, value)
     config.validate()
     return config

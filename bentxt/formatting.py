@@ -2,7 +2,7 @@
 
 ``datasets``' formatters turn every integer array into int64 (4x the memory of
 S2's uint16) unless ``dtype=None`` is passed, which few users know. For the
-:class:`~bentxt.imagery_table.PairBands` columns of a prepared cache these
+:class:`~bentxt.pair_bands.PairBands` columns of a prepared cache these
 subclasses return the stored dtype instead, stacked into one (B, C, H, W)
 array per batch:
 
@@ -11,43 +11,34 @@ array per batch:
   ``torch.uint16`` exists but has almost no kernels, arithmetic included).
 
 An explicit ``dtype=`` still wins. Every other column, and every other dataset
-in the process, is formatted exactly as ``datasets`` does it. Registering a
-format under an existing name uses ``datasets.formatting._register_formatter``
-(private; see registration.py for the list).
+in the process, is formatted exactly as ``datasets`` does it
+(``tests/test_formatting_unchanged.py`` runs a sample of ``datasets``' own
+formatting with and without this module imported). Registering a format under
+an existing name, and the two hooks overridden here, are private ``datasets``
+API: they go through ``bentxt/compat.py``.
 """
 
 from __future__ import annotations
 
-import logging
 from functools import cached_property, partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
-from datasets.formatting import _register_formatter as _datasets_register
+from datasets.features.features import require_decoding
 from datasets.formatting.formatting import NumpyArrowExtractor
 from datasets.formatting.np_formatter import NumpyFormatter
 
 from .bands import BAND_GROUPS
-from .imagery_table import PairBands, array3d_values
+from .compat import ColumnToNumpyHook, TensorizeHook, register_formatter
+from .imagery_table import array3d_values
 
 #: the image columns of our examples: the native band groups and the ``bands=`` image
 BAND_COLUMNS = frozenset([g.name for g in BAND_GROUPS] + ["image"])
 
 
-def _register_formatter(cls, name: str, aliases: List[str]) -> None:
-    """Replace a format quietly (``datasets`` warns about every replacement)."""
-    quiet = logging.getLogger("datasets.formatting")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        _datasets_register(cls, name, aliases=aliases)
-    finally:
-        quiet.setLevel(level)
-
-
-class FastNumpyArrowExtractor(NumpyArrowExtractor):
+class FastNumpyArrowExtractor(ColumnToNumpyHook):
     """``datasets``' numpy extraction, with a direct path for the flat column types of our rows.
 
     The generic path costs ~70 us per column per call (it re-parses numpy's
@@ -57,11 +48,11 @@ class FastNumpyArrowExtractor(NumpyArrowExtractor):
     (tests compare both); everything else goes the generic way.
     """
 
-    def _arrow_array_to_numpy(self, pa_array) -> np.ndarray:
+    def column_to_numpy(self, pa_array) -> np.ndarray:
         array = pa_array.combine_chunks() if isinstance(pa_array, pa.ChunkedArray) else pa_array
         kind = array.type
         if array.null_count or not len(array):
-            return super()._arrow_array_to_numpy(pa_array)
+            return super().column_to_numpy(pa_array)
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
             return array.to_numpy(zero_copy_only=False)
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -76,7 +67,7 @@ class FastNumpyArrowExtractor(NumpyArrowExtractor):
                 return values.to_numpy(zero_copy_only=False).reshape(shape)
             if pa.types.is_string(values.type) and kind.list_size:
                 return np.array(values.to_pylist(), dtype=object).reshape(shape)
-        return super()._arrow_array_to_numpy(pa_array)
+        return super().column_to_numpy(pa_array)
 
 
 def _scalar_type(kind) -> Optional[type]:
@@ -142,6 +133,12 @@ def _row_makers(schema: pa.Schema) -> Optional[Dict[str, Callable]]:
     return makers
 
 
+def _decodes_batches(feature) -> bool:
+    """A ``PairBands`` feature: it decodes a whole column of references into one array. Asked by what it can do,
+    not by its class, so that this module does not import the feature's (which imports this one to install it)."""
+    return callable(getattr(feature, "decode_batch", None))
+
+
 def _stacked(value) -> Optional[np.ndarray]:
     """A band value as one array: an example's array, or a batch's list of equal arrays (None: neither)."""
     if isinstance(value, np.ndarray) and value.dtype != object:
@@ -153,6 +150,8 @@ def _stacked(value) -> Optional[np.ndarray]:
 
 class _KeepBandDtype:
     """Mixin: band columns are decoded straight into one batch array in their own dtype; the rest as usual."""
+
+    features: Any  # datasets.Features or None: set by datasets' Formatter
 
     def numpy_arrow_extractor(self):
         """An extractor instance (``datasets`` calls ``self.numpy_arrow_extractor()``)."""
@@ -169,7 +168,8 @@ class _KeepBandDtype:
         ours = "patch_id" in features and "s1_name" in features
         return [
             k for k, f in features.items()
-            if (isinstance(f, PairBands) and f.decode) or (ours and k in BAND_COLUMNS and isinstance(f, datasets.Array3D))
+            if (_decodes_batches(f) and f.decode)
+            or (ours and k in BAND_COLUMNS and isinstance(f, datasets.Array3D))
         ]
 
     def _split(self, pa_table) -> Tuple[List[str], object]:
@@ -180,12 +180,11 @@ class _KeepBandDtype:
     @cached_property
     def _decoding_columns(self) -> frozenset:
         """Columns whose features decode (e.g. an Image column): worked out once per formatter."""
-        requires = getattr(self.features, "_column_requires_decoding", None) or {}
-        return frozenset(k for k, v in requires.items() if v)
+        return frozenset(k for k, feature in (self.features or {}).items() if require_decoding(feature))
 
     def _decoded(self, pa_table, name: str) -> np.ndarray:
         feature = self.features[name]
-        if isinstance(feature, PairBands):
+        if _decodes_batches(feature):
             return feature.decode_batch(pa_table[name].to_pylist())
         return array3d_values(pa_table[name], feature.shape).astype(feature.dtype, copy=False)
 
@@ -194,7 +193,7 @@ class _KeepBandDtype:
         for a flat dict (no nested dicts, so the same result) each value is tensorized directly."""
         if isinstance(data_struct, dict) and not any(isinstance(v, dict) for v in data_struct.values()):
             bands = set(self._band_columns)  # streamed examples arrive here with their band arrays
-            return {k: self._bands(_stacked(v)) if k in bands and _stacked(v) is not None else self._recursive_tensorize(v)
+            return {k: self._bands(_stacked(v)) if k in bands and _stacked(v) is not None else self.tensorize_value(v)
                     for k, v in data_struct.items()}
         return super().recursive_tensorize(data_struct)
 
@@ -229,22 +228,22 @@ class _KeepBandDtype:
         return self._bands(self._decoded(pa_table, name))
 
 
-class BandNumpyFormatter(_KeepBandDtype, NumpyFormatter):
-    def _recursive_tensorize(self, data_struct):
+class BandNumpyFormatter(_KeepBandDtype, TensorizeHook, NumpyFormatter):
+    def tensorize_value(self, data_struct):
         if isinstance(data_struct, (np.number, np.str_, str)):  # what NumpyFormatter._tensorize returns as is
             return data_struct
         if isinstance(data_struct, np.ndarray) and data_struct.dtype == object and data_struct.ndim == 1 \
                 and all(isinstance(v, str) for v in data_struct):
             # e.g. ``options``: datasets rebuilds it element by element (~50 us a row) into an equal object array
             return data_struct
-        return super()._recursive_tensorize(data_struct)
+        return super().tensorize_value(data_struct)
 
     def _bands(self, array: np.ndarray) -> np.ndarray:
         dtype = self.np_array_kwargs.get("dtype")
         return array if dtype is None else array.astype(dtype, copy=False)
 
 
-_register_formatter(BandNumpyFormatter, "numpy", aliases=["np"])
+register_formatter(BandNumpyFormatter, "numpy", aliases=["np"])
 
 try:  # torch is optional
     from datasets.formatting.torch_formatter import TorchFormatter
@@ -252,7 +251,7 @@ try:  # torch is optional
 
     if _config.TORCH_AVAILABLE:
 
-        class BandTorchFormatter(_KeepBandDtype, TorchFormatter):
+        class BandTorchFormatter(_KeepBandDtype, TensorizeHook, TorchFormatter):
             def _bands(self, array: np.ndarray):
                 import torch
 
@@ -262,6 +261,6 @@ try:  # torch is optional
                     array = array.astype(np.int32)
                 return torch.from_numpy(np.ascontiguousarray(array))
 
-        _register_formatter(BandTorchFormatter, "torch", aliases=["pt", "pytorch"])
+        register_formatter(BandTorchFormatter, "torch", aliases=["pt", "pytorch"])
 except ImportError:  # pragma: no cover - datasets without its torch module
     pass

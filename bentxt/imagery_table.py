@@ -1,27 +1,16 @@
-"""Each image pair's pixels, once per cache: the imagery tables and the feature that points into them.
+"""The imagery file format: each image pair's pixels in one Arrow row, written fast and read memory-mapped.
 
-Why: about 20 texts share one image pair. An ``Array3D`` per text stores every
-pair ~20 times (1.9 TB for ``s1s2-vqa``, 2.7 TB for ``s1s2-all``); no user has
-that disk. ``datasets`` keeps large media out of its rows the same way
-(``imagefolder`` caches paths, ``Image`` decodes them on access).
+One file holds rows of one sensor: its native band groups as ``Array3D``
+(``s2_10m``, ``s2_20m``, ``s2_60m``, or ``s1``), the patch ``name`` and the
+pair's ``position`` in its source's own order. Each is a plain ``datasets``
+Arrow stream file (``Dataset.from_file`` reads it on its own).
 
-Inside a prepared cache folder::
-
-    imagery/s2-00000.arrow   rows in the S2 source's own order: s2_10m, s2_20m, s2_60m (Array3D), name
-    imagery/s1-00000.arrow   rows in the S1 source's own order: s1 (Array3D), name
-
-Each is a plain ``datasets`` Arrow file (``Dataset.from_file`` reads it on its
-own). Rows of a sensor are numbered across its files in name order. A text row
-stores, per image column, ``{"s1": row, "s2": row, "bytes": null}``; the
-:class:`PairBands` feature decodes that to the ``(C, H, W)`` array an
-``Array3D`` column of the imagery table gives (or, for ``bands=`` configs, to
-the resampled ``image``, computed on access from the native bands).
-
-Where the tables are is not stored in the rows: the builder attaches the cache
-folder to the features when it returns a dataset (:func:`attach`), so a cache
-that moves with its folder keeps working. ``save_to_disk`` and Parquet writing
-call :meth:`PairBands.embed_storage`, which puts each row's pixels into its
-``bytes`` (like ``Image`` embeds file bytes): a saved folder is self-contained.
+Why one row per pair: about 20 texts share one image pair. An ``Array3D``
+per text stores every pair ~20 times (1.9 TB for ``s1s2-vqa``, 2.7 TB for
+``s1s2-all``); no user has that disk. ``datasets`` keeps large media out of
+its rows the same way (``imagefolder`` caches paths, ``Image`` decodes them
+on access). Which files make a source's store is ``bentxt.store``; the
+feature that points into them is ``bentxt.pair_bands``.
 """
 
 from __future__ import annotations
@@ -29,34 +18,29 @@ from __future__ import annotations
 import io
 import mmap
 import os
-import time
-import warnings
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
-from datasets.features.features import register_feature
 
-from .bands import GROUP_OF_BAND, BandGroup
-from .raster import stack_groups
+from .bands import BandGroup
+from .errors import BigEarthNetTxtError
 
-IMAGERY_DIR = "imagery"
-FEATURE_TYPE = "PairBands"
 
 
 # ----------------------------------------------------------------------------- the imagery table
 
 
 def imagery_features(groups: Sequence[BandGroup]) -> datasets.Features:
-    """One sensor's table: its band groups as ``Array3D``, then the patch name.
+    """One sensor's table: its band groups as ``Array3D``, then the patch name and its place in the source's order.
 
-    The name comes last so that in every full batch the band values sit at the
-    same offsets of the Arrow message (:class:`ImageryWriter` decodes into them).
+    Name and position come last so that in every full batch the band values sit
+    at the same offsets of the Arrow message (:class:`ImageryWriter` decodes into them).
     """
-    return datasets.Features({**{g.name: datasets.Array3D(g.shape, g.dtype) for g in groups}, "name": datasets.Value("string")})
+    return datasets.Features({**{g.name: datasets.Array3D(g.shape, g.dtype) for g in groups},
+                              "name": datasets.Value("string"), "position": datasets.Value("int64")})
 
 
 def array3d(stack: np.ndarray, feature: datasets.Array3D) -> pa.ExtensionArray:
@@ -256,6 +240,8 @@ class ImageryWriter:
         self._buffers: Optional[Dict[str, np.ndarray]] = self._own  # the first batch: own buffers
         self._in_place = False
         self._names: List[str] = []
+        self._positions: List[int] = []
+        self._row_bytes = sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in self.groups)
         self.rows = 0
 
     def slots(self) -> Dict[str, np.ndarray]:
@@ -277,19 +263,25 @@ class ImageryWriter:
         return {g.name: np.frombuffer(region, g.dtype, self.batch_rows * len(g.bands) * g.size * g.size,
                                       self._layout[g.name]).reshape(self.batch_rows, *g.shape) for g in self.groups}
 
-    def commit(self, name: str) -> int:
+    @property
+    def bytes_written(self) -> int:
+        """The file's size so far, counting the rows of the batch being filled (what a shard size limit compares)."""
+        return self._sink.size + len(self._names) * self._row_bytes
+
+    def commit(self, name: str, position: int = -1) -> int:
         """Keep the row just filled through :meth:`slots`; returns the patch's row in this file."""
         self._names.append(name)
+        self._positions.append(position)
         self.rows += 1
         if len(self._names) == self.batch_rows:
             self._flush()
         return self.rows - 1
 
-    def add(self, name: str, arrays: Mapping[str, np.ndarray]) -> int:
+    def add(self, name: str, arrays: Mapping[str, np.ndarray], position: int = -1) -> int:
         """``arrays``: band -> 2-D array (checked by the caller); returns the patch's row in this file."""
         for band, slot in self.slots().items():
             slot[...] = arrays[band]
-        return self.commit(name)
+        return self.commit(name, position)
 
     def _flush(self) -> None:
         n = len(self._names)
@@ -306,8 +298,9 @@ class ImageryWriter:
             buffers = self._own
         columns = [array3d(buffers[g.name][:n], self.features[g.name]) for g in self.groups]
         columns.append(pa.array(self._names, pa.string()))
+        columns.append(pa.array(self._positions, pa.int64()))
         self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
-        self._names = []
+        self._names, self._positions = [], []
         self._buffers, self._in_place = None, False  # the next batch: reserved in the write buffer
 
     def close(self) -> int:
@@ -345,7 +338,8 @@ def _batch_layout(schema: pa.Schema, features: datasets.Features, groups: Sequen
     probe = _LayoutProbe()
     arrays = {g.name: np.zeros((rows, *g.shape), g.dtype) for g in groups}  # never written to: no memory touched
     batch = pa.RecordBatch.from_arrays(
-        [array3d(arrays[g.name], features[g.name]) for g in groups] + [pa.array(["x"] * rows, pa.string())], schema=schema)
+        [array3d(arrays[g.name], features[g.name]) for g in groups]
+        + [pa.array(["x"] * rows, pa.string()), pa.array(np.zeros(rows, np.int64))], schema=schema)
     with pa.ipc.new_stream(probe, schema) as writer:
         writer.write_batch(batch)
         start = probe.size
@@ -359,16 +353,46 @@ def _batch_layout(schema: pa.Schema, features: datasets.Features, groups: Sequen
 
 
 class ImageryTables:
-    """The imagery tables of one cache folder, memory-mapped (the page cache is shared by every process)."""
+    """Imagery files of one or two sensors, memory-mapped (the page cache is shared by every process).
 
-    def __init__(self, root: str):
-        self.root = root
+    Rows of a sensor are numbered across its files in the order given.
+    ``expected_rows`` (per sensor, per file) is checked when a file is first
+    read: a truncated file is an error naming it, not a wrong row.
+    """
+
+    def __init__(self, files: Mapping[str, Sequence[str]], expected_rows: Optional[Mapping[str, Sequence[int]]] = None):
+        self._files = {s: list(f) for s, f in files.items()}
+        self._expected = {s: list(r) for s, r in (expected_rows or {}).items()}
         self._arrays: Dict[Tuple[str, str], Tuple[np.ndarray, List[np.ndarray]]] = {}
+        self._tables: Dict[str, List[pa.Table]] = {}
+
+    @classmethod
+    def in_folder(cls, root: str) -> "ImageryTables":
+        """The ``<sensor>-NNNNN.arrow`` files of a folder (streaming's spill)."""
+        names = sorted(n for n in os.listdir(root) if n.endswith(".arrow"))
+        return cls({s: [os.path.join(root, n) for n in names if n.startswith(f"{s}-")] for s in ("s1", "s2")})
 
     def files(self, sensor: str) -> List[str]:
-        directory = os.path.join(self.root, IMAGERY_DIR)
-        names = sorted(n for n in os.listdir(directory) if n.startswith(f"{sensor}-") and n.endswith(".arrow"))
-        return [os.path.join(directory, n) for n in names]
+        return list(self._files.get(sensor, ()))
+
+    def _read(self, sensor: str) -> List[pa.Table]:
+        if sensor not in self._tables:
+            tables, expected = [], self._expected.get(sensor)
+            for k, path in enumerate(self.files(sensor)):
+                try:
+                    table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
+                except (OSError, pa.ArrowInvalid) as err:
+                    raise ImageryFileError(f"the imagery file {path} cannot be read ({err}): it is damaged or "
+                                           f"truncated") from None
+                if expected is not None and table.num_rows != expected[k]:
+                    raise ImageryFileError(f"the imagery file {path} has {table.num_rows} rows, {expected[k]} were "
+                                           f"written: it is damaged or truncated")
+                tables.append(table)
+            self._tables[sensor] = tables
+        return self._tables[sensor]
+
+    def num_rows(self, sensor: str) -> int:
+        return sum(t.num_rows for t in self._read(sensor))
 
     def group(self, sensor: str, group: BandGroup) -> Tuple[np.ndarray, List[np.ndarray]]:
         """(first global row of each record batch + total, one (n, C, H, W) view per batch, over the memory map).
@@ -379,8 +403,8 @@ class ImageryTables:
         key = (sensor, group.name)
         if key not in self._arrays:
             starts, views = [0], []
-            for path in self.files(sensor):
-                for chunk in pa.ipc.open_stream(pa.memory_map(path)).read_all()[group.name].chunks:
+            for table in self._read(sensor):
+                for chunk in table[group.name].chunks:
                     if len(chunk):
                         views.append(array3d_values(chunk, group.shape))
                         starts.append(starts[-1] + len(chunk))
@@ -390,219 +414,20 @@ class ImageryTables:
     def take(self, sensor: str, group: BandGroup, row: int) -> np.ndarray:
         starts, views = self.group(sensor, group)
         if not 0 <= row < starts[-1]:
-            raise IndexError(f"imagery row {row} of {sensor} is outside {self.root}/{IMAGERY_DIR} ({starts[-1]} rows)")
+            raise IndexError(f"imagery row {row} of {sensor} is outside {self.files(sensor)} ({starts[-1]} rows)")
         k = int(np.searchsorted(starts, row, side="right")) - 1
         return views[k][row - starts[k]]
 
     def names(self, sensor: str) -> List[str]:
         out: List[str] = []
-        for path in self.files(sensor):
-            out += pa.ipc.open_stream(pa.memory_map(path)).read_all()["name"].to_pylist()
+        for table in self._read(sensor):
+            out += table["name"].to_pylist()
         return out
 
-
-_OPEN: Dict[Tuple[int, str], Tuple[int, ImageryTables, float]] = {}
-
-
-#: seconds between checks that an open folder was not rebuilt (a stat per row costs ~10 us of a ~300 us read)
-RECHECK_SECONDS = 1.0
+    def positions(self, sensor: str) -> np.ndarray:
+        parts = [table["position"].to_numpy() for table in self._read(sensor) if table.num_rows]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def open_tables(root: str) -> ImageryTables:
-    """One ``ImageryTables`` per process and folder; reopened when the folder was rebuilt."""
-    key = (os.getpid(), root)
-    entry = _OPEN.get(key)
-    now = time.monotonic()
-    if entry is not None and now - entry[2] < RECHECK_SECONDS:
-        return entry[1]
-    directory = os.path.join(root, IMAGERY_DIR)
-    try:
-        stamp = os.stat(directory).st_mtime_ns
-    except FileNotFoundError:
-        _OPEN.pop(key, None)
-        raise FileNotFoundError(
-            f"the imagery tables of this dataset are missing: no folder {directory}. The cache was moved or deleted; "
-            f"prepare it again, or keep a self-contained copy with save_to_disk()"
-        ) from None
-    tables = entry[1] if entry is not None and entry[0] == stamp else ImageryTables(root)
-    _OPEN[key] = (stamp, tables, now)
-    return tables
-
-
-# ----------------------------------------------------------------------------- the feature
-
-
-@dataclass
-class PairBands:
-    """Band data of an image pair, stored once per pair in the cache and decoded to an ndarray on access.
-
-    Declares the shape and dtype of what it decodes to: a native group
-    (``bands`` = a group's bands, ``img_size`` None) gives exactly the
-    ``Array3D`` value of the imagery table; with ``img_size`` the bands are
-    stacked and resampled like the publisher's loader (``bands=`` configs).
-    """
-
-    shape: Tuple[int, int, int]
-    dtype: str
-    bands: Tuple[str, ...]
-    img_size: Optional[int] = None
-    resample: Optional[str] = None
-    decode: bool = True
-    #: the cache folder holding the tables: set by :func:`attach`, ignored by ``==``. It is serialised only
-    #: where ``datasets`` writes rows of an attached dataset (``map``, ``save_to_disk``), so those can embed.
-    root: Optional[str] = field(default=None, compare=False, repr=False)
-    pa_type: ClassVar[pa.DataType] = pa.struct({"s1": pa.int64(), "s2": pa.int64(), "bytes": pa.binary()})
-    _type: str = field(default=FEATURE_TYPE, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.shape, self.bands = tuple(self.shape), tuple(self.bands)
-
-    def __call__(self) -> pa.DataType:
-        return self.pa_type
-
-    @property
-    def sensors(self) -> Tuple[str, ...]:
-        return _sensors_of(self.bands)
-
-    def encode_example(self, value) -> dict:
-        """A reference ``{"s1": row, "s2": row}`` stays one; an array (e.g. returned by ``map``) is stored inline."""
-        if isinstance(value, dict):
-            return {"s1": value.get("s1"), "s2": value.get("s2"), "bytes": value.get("bytes")}
-        array = np.asarray(value)
-        if array.shape != self.shape:
-            raise ValueError(f"a {self.bands} array must have shape {self.shape}, got {array.shape}")
-        if not np.can_cast(array.dtype, self.dtype, casting="same_kind") and array.dtype != np.dtype(self.dtype):
-            raise ValueError(f"a {self.bands} array must be {self.dtype}, got {array.dtype}")
-        return {"s1": None, "s2": None, "bytes": np.ascontiguousarray(array, dtype=self.dtype).tobytes()}
-
-    def decode_example(self, value: dict, token_per_repo_id=None) -> np.ndarray:
-        if value.get("bytes") is not None:
-            return np.frombuffer(value["bytes"], dtype=self.dtype).reshape(self.shape).copy()
-        return self.read(self._tables(), {s: value.get(s) for s in self.sensors})
-
-    def read(self, tables: ImageryTables, rows: Mapping[str, Optional[int]], out: Optional[np.ndarray] = None) -> np.ndarray:
-        """The decoded array of one pair, into ``out`` (a slot of a batch) when given."""
-        for sensor in self.sensors:
-            if rows.get(sensor) is None:
-                raise ValueError(f"this row has no {sensor} imagery row for bands {list(self.bands)}")
-        if self.img_size is None:  # one native group: the table's value itself
-            group = GROUP_OF_BAND[self.bands[0]]
-            value = tables.take(group.sensor, group, int(rows[group.sensor]))
-            if out is None:
-                return np.array(value)
-            out[...] = value
-            return out
-        values = {group.name: tables.take(group.sensor, group, int(rows[group.sensor])) for group in _groups_of(self.bands)}
-        return stack_groups(values, self.bands, self.img_size, self.resample, out=out)
-
-    def decode_batch(self, values: Sequence[Optional[dict]]) -> np.ndarray:
-        """Many rows at once, straight into one (B, C, H, W) array (no per-row arrays to stack)."""
-        out = np.empty((len(values), *self.shape), dtype=self.dtype)
-        tables = None
-        for i, value in enumerate(values):
-            if value is None:
-                raise ValueError(f"row {i} has no {list(self.bands)} value")
-            if value.get("bytes") is not None:
-                out[i] = np.frombuffer(value["bytes"], dtype=self.dtype).reshape(self.shape)
-                continue
-            tables = tables or self._tables()
-            self.read(tables, {s: value.get(s) for s in self.sensors}, out=out[i])
-        return out
-
-    def _tables(self) -> ImageryTables:
-        if self.root is None:
-            raise ValueError(
-                "these rows point into a prepared bigearthnet_txt cache, but the dataset was not loaded through the "
-                "builder (load_dataset / BigEarthNetTxt.as_dataset), so the cache folder is unknown: use "
-                "bentxt.imagery_table.attach(dataset, cache_folder)"
-            )
-        return open_tables(self.root)
-
-    def cast_storage(self, storage: pa.StructArray) -> pa.StructArray:
-        """Needed by ``save_to_disk`` (it walks storages) and by writers that inferred null-typed fields."""
-        if storage.type == self.pa_type:
-            return storage
-        if isinstance(storage, pa.ExtensionArray) or pa.types.is_list(storage.type) or pa.types.is_large_list(storage.type) \
-                or pa.types.is_fixed_size_list(storage.type):
-            return self._inline(storage)  # arrays that ``map`` decoded and writes back: stored inline, still PairBands
-        if not pa.types.is_struct(storage.type) or not {f.name for f in storage.type} <= set(self.pa_type.names):
-            raise TypeError(f"cannot cast {storage.type} to {FEATURE_TYPE} storage {self.pa_type}")
-        names = {f.name for f in storage.type}
-        fields = [
-            storage.field(f.name).cast(f.type) if f.name in names else pa.nulls(len(storage), f.type) for f in self.pa_type
-        ]
-        return pa.StructArray.from_arrays(fields, fields=list(self.pa_type), mask=storage.is_null())
-
-    def _inline(self, storage: pa.Array) -> pa.StructArray:
-        """(C, H, W) arrays as Arrow lists -> this feature's storage with each row's pixels in ``bytes``."""
-        if isinstance(storage, pa.ExtensionArray):
-            storage = storage.storage
-        valid = storage.is_valid().to_numpy(zero_copy_only=False)
-        kept = storage.filter(pa.array(valid)) if storage.null_count else storage
-        try:
-            values = array3d_values(kept, self.shape) if len(kept) else np.zeros((0, *self.shape), self.dtype)
-        except (ValueError, pa.ArrowInvalid) as err:
-            raise TypeError(f"cannot cast {storage.type} to {FEATURE_TYPE}: the values are not {self.shape} arrays") from err
-        if not np.can_cast(values.dtype, self.dtype, casting="same_kind"):
-            raise TypeError(f"cannot cast {values.dtype} arrays to a {self.dtype} {FEATURE_TYPE}")
-        rows = iter(np.ascontiguousarray(values, dtype=self.dtype))
-        data = [next(rows).tobytes() if v else None for v in valid]
-        n = len(storage)
-        return pa.StructArray.from_arrays(
-            [pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()), pa.array(data, pa.binary())],
-            fields=list(self.pa_type), mask=pa.array(~valid),
-        )
-
-    def embed_storage(self, storage: pa.StructArray, **kwargs) -> pa.StructArray:
-        """Pixels into each row (``save_to_disk``, Parquet): the result no longer needs the cache folder."""
-        rows = storage.to_pylist()
-        data = [None if r is None else (r["bytes"] if r["bytes"] is not None else self.decode_example(r).tobytes()) for r in rows]
-        return pa.StructArray.from_arrays(
-            [pa.nulls(len(rows), pa.int64()), pa.nulls(len(rows), pa.int64()), pa.array(data, pa.binary())],
-            names=["s1", "s2", "bytes"],
-            mask=storage.is_null(),
-        )
-
-    def flatten(self):
-        return self
-
-
-with warnings.catch_warnings():  # "register_feature is experimental": it is the documented way, said once in the README
-    warnings.simplefilter("ignore")
-    register_feature(PairBands, FEATURE_TYPE)
-# wherever PairBands can be decoded (a DataLoader worker unpickling a dataset too), numpy/torch keep its dtype
-from . import formatting  # noqa: E402,F401  (imports PairBands from this module, defined above)
-
-
-@lru_cache(maxsize=64)  # asked for every row read
-def _groups_of(bands: Tuple[str, ...]) -> Tuple[BandGroup, ...]:
-    """The band groups holding ``bands``, each once, in order of first use."""
-    return tuple(dict.fromkeys(GROUP_OF_BAND[b] for b in bands))
-
-
-@lru_cache(maxsize=64)
-def _sensors_of(bands: Tuple[str, ...]) -> Tuple[str, ...]:
-    return tuple(s for s in ("s1", "s2") if any(g.sensor == s for g in _groups_of(bands)))
-
-
-def attach(data, root: str):
-    """Tell the :class:`PairBands` features of a ``Dataset``, ``DatasetDict`` or ``Features`` where their tables are."""
-    if isinstance(data, dict) and not isinstance(data, datasets.Features):  # a DatasetDict
-        for part in data.values():
-            attach(part, root)
-        return data
-    features = data.info.features if hasattr(data, "info") else data  # .features would be a copy
-    for feature in _pair_bands(features):
-        feature.root = root
-    _OPEN.pop((os.getpid(), root), None)  # looked at afresh: it may have been rebuilt or removed
-    return data
-
-
-def _pair_bands(features) -> Iterable[PairBands]:
-    for feature in (features or {}).values():
-        if isinstance(feature, PairBands):
-            yield feature
-        elif isinstance(feature, datasets.List) and isinstance(feature.feature, dict):
-            yield from _pair_bands(feature.feature)
-        elif isinstance(feature, dict):
-            yield from _pair_bands(feature)
+class ImageryFileError(BigEarthNetTxtError, ValueError):
+    """An imagery file is damaged or truncated."""

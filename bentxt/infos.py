@@ -31,7 +31,9 @@ def build() -> Dict[str, dict]:
             "features": features_for(config).to_dict(),
             "splits": splits,
             "download_checksums": {
-                release[k]["url"]: {"num_bytes": release[k]["num_bytes"], "checksum": release[k]["sha256"], "md5": release[k]["md5"]}
+                release[k]["url"]: {
+                    "num_bytes": release[k]["num_bytes"], "checksum": release[k]["sha256"], "md5": release[k]["md5"]
+                }
                 for k in keys
             },
             "license": metadata.LICENSE,

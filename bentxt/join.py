@@ -4,12 +4,12 @@ Texts are grouped by image pair (``annotations.group_by_patch``). Each sensor's
 imagery is read once, in its source's own order, and every text of a pair
 shares the pair's pixels:
 
-- **preparing** writes each sensor's pixels once into the cache's imagery
-  tables (``bentxt.imagery_table``), one pass per archive, archives in
-  parallel (``num_proc``): S1 and S2 are sorted differently, and the tables
-  keep each in its own order, so the join is index bookkeeping (pair -> row),
-  with no join buffer and no staging copy. Text rows then point at their
-  pair's rows.
+- **preparing** makes sure each sensor's imagery store (``bentxt.store``:
+  one per source, shared by every config) holds the selected pairs: one pass
+  per archive over what it lacks, archives in parallel (``num_proc``). S1 and
+  S2 are sorted differently, and each store keeps its source's order, so the
+  join is index bookkeeping (pair -> store row), with no join buffer and no
+  staging copy. Text rows then name their pair's store and row.
 - **streaming** reads the driving sensor (S2, or S1 for ``s1-*``) front to
   back; for ``s1s2`` from archives the S1 side is first written to an imagery
   table in a spill folder beside the cache, then read by row.
@@ -20,13 +20,14 @@ source order, texts of a pair by ``ID``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -36,29 +37,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import annotations as ann
-from . import readers, text
-from .bands import BandGroup
+from . import compat, diskspace, lifetime, readers, text
+from .bands import BandGroup, groups_for_sensors
 from .config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS, text_features
-from .imagery_table import IMAGERY_DIR, ImageryTables, ImageryWriter, PairBands
+from .errors import BigEarthNetTxtError
+from . import store as store_module
+from .imagery_table import ImageryTables, ImageryWriter
+from .pair_bands import PairBands
+from .store import ImageryStore
 from .layout import NAME_COLUMN, display_name
 from .raster import RasterError, stack_image
-from .sources import ImageSource
+from .sources import ImageSource, is_url, spill_notice
 
 logger = logging.getLogger("bigearthnet_txt")
 
 #: texts a text-writing process gets at least (fewer: the pool costs more than it saves)
 TEXTS_PER_PROCESS = 100_000
+#: Arrow bytes of a text row, about (texts ~150-700 B, parsed columns, store references): tables are cut so that
+#: ``datasets`` can start a new shard every ``max_shard_size``
+TEXT_ROW_BYTES = 400
 #: rows of a type from which :func:`text_columns` parses them in bulk: a bulk parse costs ~0.5 ms a call
 #: (Arrow compiles its RE2 patterns on each call), what ``parse_row`` takes for ~100 mcq or ~250 box rows;
 #: a streamed image pair has ~20 texts
 BULK_PARSE_MIN_ROWS = 200
 
 
-class MissingPatchError(ValueError):
+class MissingPatchError(BigEarthNetTxtError, ValueError):
     """A requested image pair is not in the imagery."""
 
 
-class EmptySelectionError(ValueError):
+class EmptySelectionError(BigEarthNetTxtError, ValueError):
     """A config selects no text, or skipping left none: the message says which option did it."""
 
 
@@ -266,16 +274,22 @@ class JoinReport:
 
 @dataclass(frozen=True)
 class ImageryJob:
-    """One pass that writes one imagery file: an archive front to back, or a list of names by random access."""
+    """One pass that writes one sensor's imagery files: an archive front to back, or a list of names by random access.
+
+    Files are ``<prefix>-NNNNN.arrow``, a new one each time ``max_shard_bytes``
+    is passed (``download_and_prepare(max_shard_size=)``).
+    """
 
     sensor: str
     source: ImageSource
     groups: Tuple[BandGroup, ...]
-    path: str
-    wanted: frozenset  # the names to keep (sequential sources)
+    prefix: str
+    wanted: Optional[frozenset]  # the names to keep (sequential sources); None: every patch the archive holds
     names: Tuple[str, ...] = ()  # the names to read, in order (random-access sources)
     skip_invalid: bool = False
     dlc: object = None
+    part: int = 0  # which archive of the source: positions are (part << 32) + the patch's ordinal in it
+    max_shard_bytes: int = 500 << 20
 
 
 @dataclass
@@ -283,6 +297,7 @@ class ImageryResult:
     names: List[str]
     archive_only: int
     invalid: List[Tuple[str, str]]  # (patch name, reason)
+    files: List[Tuple[str, int]] = field(default_factory=list)  # (path, rows) in row order
 
 
 def run_imagery_job(job: ImageryJob) -> ImageryResult:
@@ -309,8 +324,14 @@ def _objects_frozen():
 
 def _run_imagery_job(job: ImageryJob) -> ImageryResult:
     bands = [b for g in job.groups for b in g.bands]
-    writer = ImageryWriter(job.path, job.groups)
     result = ImageryResult([], 0, [])
+
+    def new_writer() -> ImageryWriter:
+        path = f"{job.prefix}-{len(result.files):05d}.arrow"
+        result.files.append((path, 0))
+        return ImageryWriter(path, job.groups)
+
+    writer = new_writer()
     reader = None
     try:
         if job.source.sequential:
@@ -318,8 +339,8 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
         else:
             reader = job.source.open_reader({job.sensor: tuple(bands)})
             patches = ((name, partial(reader.read, job.sensor, name)) for name in job.names)  # read in the try below
-        for name, data in patches:
-            if job.source.sequential and name not in job.wanted:
+        for ordinal, (name, data) in enumerate(patches):
+            if job.source.sequential and job.wanted is not None and name not in job.wanted:
                 result.archive_only += 1
                 continue
             try:
@@ -327,37 +348,39 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
                 if data is None:  # not in a random-access source: reported as missing by the caller
                     continue
                 readers.decode_patch(data, bands, name, job.source.name, out=writer.slots())  # straight into the batch
-                writer.commit(name)
+                writer.commit(name, (job.part << 32) + ordinal if job.source.sequential else -1)
             except RasterError as err:
                 if not job.skip_invalid:
                     raise
                 result.invalid.append((name, str(err)))
                 continue
             result.names.append(name)
+            if writer.bytes_written >= job.max_shard_bytes:
+                result.files[-1] = (result.files[-1][0], writer.close())
+                writer = new_writer()
     finally:
-        writer.close()
+        result.files[-1] = (result.files[-1][0], writer.close())
         if reader is not None:
             reader.close()
     return result
 
 
-def imagery_jobs(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
-                 directory: str, num_proc: int, dlc) -> List[ImageryJob]:
-    """Per sensor: one job per archive, or ``num_proc`` chunks of names for random-access sources."""
-    jobs = []
-    for sensor in config.sensors:
-        source, groups = files[sensor], config.stored_groups(sensor)
-        if source.sequential:
-            parts = [source] if not hasattr(source, "archives") else [type(source)(p) for p in source.archives]
-            chunks = [(part, ()) for part in parts]
-        else:
-            ordered = sorted(names[sensor])
-            chunks = [(source, tuple(c)) for c in np.array_split(np.array(ordered, dtype=object), max(1, num_proc)) if len(c)]
-        wanted = frozenset(names[sensor]) if source.sequential else frozenset()
-        for k, (part, chunk) in enumerate(chunks):
-            path = os.path.join(directory, f"{sensor}-{k:05d}.arrow")
-            jobs.append(ImageryJob(sensor, part, groups, path, wanted, chunk, config.skip_invalid, dlc))
-    return jobs
+def imagery_jobs(sensor: str, source: ImageSource, add: Sequence[str], directory: str, num_proc: int, dlc, *,
+                 keep_all: bool = False, skip_invalid: bool = False, max_shard_bytes: int = 500 << 20) -> List[ImageryJob]:
+    """One sensor's jobs: one per archive, or ``num_proc`` chunks of the names to add for random-access sources.
+
+    Every native band group of the sensor is kept, whatever one config asks
+    for: the store serves every config of the source.
+    """
+    groups = groups_for_sensors((sensor,))
+    if source.sequential:
+        parts = [source] if not hasattr(source, "archives") else [replace(source, paths=p) for p in source.archives]
+        wanted = None if keep_all else frozenset(add)
+        return [ImageryJob(sensor, part, groups, os.path.join(directory, f"{sensor}-{k:03d}"), wanted, (), skip_invalid, dlc, k,
+                           max_shard_bytes) for k, part in enumerate(parts)]
+    chunks = [tuple(c) for c in np.array_split(np.array(sorted(add), dtype=object), max(1, num_proc)) if len(c)]
+    return [ImageryJob(sensor, source, groups, os.path.join(directory, f"{sensor}-{k:03d}"), frozenset(), chunk, skip_invalid, dlc, 0,
+                       max_shard_bytes) for k, chunk in enumerate(chunks)]
 
 
 def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
@@ -368,7 +391,9 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
     preparing: it does not need the imagery); it should return early once
     ``stopped()`` is true, i.e. once a job failed. A failure on either side
     stops the other at once rather than after a pass nobody will use, and a
-    worker that dies (killed, out of memory) is an error, not a hang.
+    worker that dies (killed, out of memory) is an error, not a hang. The
+    workers die with this process whatever kills it (``lifetime.die_with_parent``),
+    and an error or interrupt here kills them before it propagates.
     """
     if num_proc <= 1 or len(jobs) <= 1:  # the texts first: their errors then come before a whole imagery pass
         if meanwhile is not None:
@@ -381,7 +406,8 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     failed = threading.Event()
-    pool = ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=context)
+    pool = ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=context,
+                               initializer=lifetime.die_with_parent, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(run_imagery_job, job) for job in jobs]
         for future in futures:
@@ -393,37 +419,119 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
             if future.done() and future.exception() is not None:
                 if isinstance(future.exception(), BrokenProcessPool):
                     raise RuntimeError(
-                        f"an imagery worker died while writing {job.path} from {job.source.name} (killed, or out of "
+                        f"an imagery worker died while writing {job.prefix}-*.arrow from {job.source.name} (killed, or out of "
                         f"memory?); nothing was kept: prepare again"
                     ) from future.exception()
                 raise future.exception()
         return [future.result() for future in futures]
     except BaseException:
         # the workers' own passes would run to their end: stop them now (their zstd children then see a closed pipe)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):  # (a private map, pid -> Process)
-            process.terminate()
+        _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def write_imagery(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
+def _stop_workers(pool) -> None:
+    """Kill a pool's workers now (an error or an interrupt: their results are not wanted)."""
+    for process in compat.pool_processes(pool):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # ended already, or closed
+            pass
+
+
+def store_of(source: ImageSource, sensor: str, root: str) -> ImageryStore:
+    """The imagery store of one sensor of a source (created empty when new)."""
+    key = store_module.source_key(source.fingerprint(), list(source.paths))
+    return ImageryStore.for_source(root, sensor, key, {"kind": type(source).__name__, "paths": list(source.paths)})
+
+
+def keeps_every_pair(source: ImageSource, option: Optional[bool]) -> bool:
+    """Whether a pass stores every pair its archive holds, not only the selection's.
+
+    From a URL the archive is downloaded anyway (54-63 GB): keeping every pair
+    means no later config of that source downloads it again. From local files a
+    pass keeps what the config selects, and a later config reads the archive
+    again only if it needs pairs the store lacks. ``store_all_pairs`` overrides both.
+    """
+    if option is not None:
+        return bool(option) and source.sequential
+    return source.sequential and any(is_url(str(p)) for p in source.paths)
+
+
+def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
                   root: str, num_proc: int, dlc, report: JoinReport,
-                  meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None) -> Dict[str, Dict[str, int]]:
-    """Write the imagery tables under ``root/imagery``; returns per sensor each written name's row."""
-    directory = os.path.join(root, IMAGERY_DIR)
-    os.makedirs(directory, exist_ok=True)
-    jobs = imagery_jobs(config, files, names, directory, num_proc, dlc)
-    results = run_jobs(jobs, num_proc, meanwhile)
-    rows: Dict[str, Dict[str, int]] = {}
-    for sensor in config.sensors:
-        written = [name for job, result in zip(jobs, results) if job.sensor == sensor for name in result.names]
-        rows[sensor] = {name: row for row, name in enumerate(written)}
-    for job, result in zip(jobs, results):
-        report.archive_only += result.archive_only if job.sensor == config.key_sensor else 0
+                  meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None,
+                  max_shard_bytes: int = 500 << 20) -> Dict[str, ImageryStore]:
+    """Make sure each sensor's store holds the named pairs: one pass over what lacks them, in parallel (``num_proc``).
+
+    A pair the store already has costs nothing; a pair an earlier pass found
+    absent from the source, or invalid, is not looked for again (the source
+    is the same: the store's name fingerprints it). ``meanwhile`` (the text
+    side) runs while the passes run, or at once when nothing is to be added.
+    """
+    sensors = config.sensors
+    stores = {sensor: store_of(files[sensor], sensor, root) for sensor in sensors}
+    with contextlib.ExitStack() as held:
+        passes = {sensor: held.enter_context(stores[sensor].adding()) for sensor in sensors}  # s1 before s2: no deadlock
+        jobs: List[ImageryJob] = []
+        to_add: Dict[str, set] = {}
+        for sensor in sensors:
+            store, source = stores[sensor], files[sensor]
+            have, absent, invalid = store.rows(), store.absent(), store.invalid()
+            for name in names[sensor]:
+                if name in invalid:
+                    if not config.skip_invalid:
+                        raise RasterError(f"{invalid[name]} (found when this pair was first read from {source.name}; "
+                                          f"skip_invalid=True skips it)")
+                    report.add_invalid(name, invalid[name])
+            to_add[sensor] = {n for n in names[sensor] if n not in have and n not in absent and n not in invalid}
+            if to_add[sensor]:
+                keep_all = keeps_every_pair(source, config.store_all_pairs)
+                logger.info(
+                    "imagery store %s: adding %d %s pair(s) from %s%s", store.path, len(to_add[sensor]), sensor,
+                    source.name, " (and every other pair of the archive: it is read from a URL)" if keep_all else "")
+                jobs += imagery_jobs(sensor, source, sorted(to_add[sensor]), passes[sensor].folder,
+                                     num_proc, dlc, keep_all=keep_all, skip_invalid=config.skip_invalid,
+                                     max_shard_bytes=max_shard_bytes)
+        if not jobs:
+            if meanwhile is not None:
+                meanwhile(lambda: False)
+            return stores
+        needed = sum(len(to_add[s]) * store_module.pair_bytes(s) for s in sensors)  # before a pass of minutes or hours
+        what = f"config {config.name}: adding {sum(map(len, to_add.values())):,} image pairs to the imagery store(s)"
+        diskspace.check_free_space(root, needed, what)
+        try:
+            results = run_jobs(jobs, num_proc, meanwhile)
+        except OSError as err:
+            raise diskspace.describe_enospc(err, root, needed, what) from err
+        for sensor in sensors:
+            mine = [(job, result) for job, result in zip(jobs, results) if job.sensor == sensor]
+            if not mine:
+                continue
+            written = {name for _, result in mine for name in result.names}
+            invalid = {name: reason for _, result in mine for name, reason in result.invalid}
+            passes[sensor].commit([f for _, result in mine for f in result.files],
+                                  absent=sorted(to_add[sensor] - written - set(invalid)), invalid=invalid)
+            for job, result in mine:
+                report.archive_only += result.archive_only if sensor == config.key_sensor else 0
+            for name, reason in invalid.items():
+                report.add_invalid(name, reason)
+    return stores
+
+
+def spill_imagery(config: BigEarthNetTxtConfig, sensor: str, source: ImageSource, names: Sequence[str], folder: str,
+                  dlc, report: JoinReport) -> Tuple[ImageryTables, Dict[str, int]]:
+    """Streaming: one sensor's named pairs into a temporary table (no store: nothing of streaming is kept)."""
+    jobs = imagery_jobs(sensor, source, names, folder, 1, dlc, skip_invalid=config.skip_invalid)
+    results = run_jobs(jobs, 1)
+    files = [path for result in results for path, _ in result.files]
+    written = [name for result in results for name in result.names]
+    for result in results:
         for name, reason in result.invalid:
             report.add_invalid(name, reason)
-    return rows
+    return ImageryTables({sensor: files}), {name: row for row, name in enumerate(written)}
 
 
 # ----------------------------------------------------------------------------- preparing
@@ -482,13 +590,15 @@ def _switch_to_jemalloc() -> Optional[pa.MemoryPool]:
 
 @dataclass(frozen=True)
 class CachePlan:
-    """What the text writers need: the selected rows (an Arrow file), pair ranges, each pair's imagery rows."""
+    """What the text writers need: the selected rows (an Arrow file), pair ranges, each pair's store rows."""
 
     texts: str
     starts: np.ndarray
-    rows: Dict[str, np.ndarray]
+    rows: Dict[str, np.ndarray]  # sensor -> each pair's row in that sensor's store
+    stores: Dict[str, str]  # sensor -> the store's reference (what each text row names)
     shards: Dict[str, List[np.ndarray]]  # split -> pair indices per writer shard, in output order
     examples: Dict[str, int]
+    store_paths: Dict[str, str]  # sensor -> the store's folder
 
 
 def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
@@ -503,37 +613,49 @@ def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
     )
 
 
-def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: str, num_proc: int, dlc) -> CachePlan:
-    """Read the texts, write the imagery tables, and order each split's pairs like streaming does.
+def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_root: str, texts: str, num_proc: int,
+               dlc, max_shard_bytes: int = 500 << 20) -> CachePlan:
+    """Read the texts, add the pairs the source's stores lack, and order each split's pairs like streaming does.
 
-    The imagery workers start on the selected pair names (a quick first pass
-    over a few columns); reading, checking and parsing the texts happens while
-    they run (``meanwhile``), and a failure on either side stops the other.
+    For a new source the imagery workers start on the selected pair names (a
+    quick first pass over a few columns); reading, checking and parsing the
+    texts (into ``texts``) happens while they run (``meanwhile``), and a
+    failure on either side stops the other. For a source whose stores already
+    hold pairs (a second config) the name pass is skipped: the texts come
+    first, and a pass runs only for pairs the stores lack.
     """
     urlpath = files["annotations"]
     check_filters(config, urlpath, dlc)
-    wanted = ann.selected_names(urlpath, config.selection(None), [NAME_COLUMN[s] for s in config.sensors], dlc)
-    texts = os.path.join(root, ".texts.arrow")  # removed when preparing ends (bigearthnet_txt.py)
     selected: Dict[str, ann.PatchIndex] = {}
+    wanted: Dict[str, List[str]] = {}
 
     def read_texts(stopped: Callable[[], bool]) -> None:
         index = selected["index"] = select_annotations(config, urlpath, None, dlc, filters_checked=True)
         log_estimate(config, index)
         for sensor in config.sensors:  # never wrong unless a bug: a pair missing here would be reported missing
-            extra = set(index.first(NAME_COLUMN[sensor])) - set(wanted[NAME_COLUMN[sensor]])
-            if extra:
+            extra = set(index.first(NAME_COLUMN[sensor])) - set(wanted.get(NAME_COLUMN[sensor], ()))
+            if wanted and extra:
                 raise RuntimeError(f"internal error: {len(extra)} selected {sensor} pair(s) missed by the name pass")
         write_texts(config, index.table, texts, stopped)
 
-    if not all(wanted.values()):  # nothing selected: read_texts says which filter emptied it, before any imagery
+    # A source seen before (its stores hold pairs): the texts first, then only what the stores lack (usually
+    # nothing). A new source: a quick names-only pass starts the imagery workers, the texts are read meanwhile.
+    seen_before = all(store_of(files[s], s, store_root).num_rows for s in config.sensors)
+    if not seen_before:
+        wanted = ann.selected_names(urlpath, config.selection(None), [NAME_COLUMN[s] for s in config.sensors], dlc)
+    if seen_before or not all(wanted.values()):  # nothing selected: read_texts says which filter emptied it
         read_texts(lambda: False)
+        wanted = {NAME_COLUMN[s]: sorted(set(selected["index"].first(NAME_COLUMN[s]))) for s in config.sensors}
     report = JoinReport(f"config {config.name}")
     names = {sensor: wanted[NAME_COLUMN[sensor]] for sensor in config.sensors}
-    row_of = write_imagery(config, files, names, root, num_proc, dlc, report, meanwhile=read_texts)
+    stores = add_to_stores(config, files, names, store_root, num_proc, dlc, report,
+                           meanwhile=None if "index" in selected else read_texts, max_shard_bytes=max_shard_bytes)
     index = selected["index"]
     pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
-    rows = {sensor: np.array([row_of[sensor].get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
-            for sensor in config.sensors}
+    rows = {}
+    for sensor in config.sensors:
+        row_of = stores[sensor].rows()
+        rows[sensor] = np.array([row_of.get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
     present = np.ones(len(index), dtype=bool)
     for sensor in config.sensors:
         absent = rows[sensor] < 0
@@ -544,6 +666,12 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: 
         present &= ~absent
     report.finish(config, len(index))
 
+    # streaming's order: the driving sensor's source order (archive order; names for random-access sources)
+    key = config.key_sensor
+    if files[key].sequential:
+        order_key = stores[key].positions()[np.maximum(rows[key], 0)]
+    else:
+        order_key = np.argsort(np.argsort(np.array(pair_names[key], dtype=object), kind="stable"), kind="stable")
     pair_split = np.array(index.first("split"), dtype=object)
     per_pair = np.diff(index.starts) if config.layout == "annotation" else np.ones(len(index), dtype=np.int64)
     shards, counts = {}, {}
@@ -552,12 +680,13 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], root: 
         if not len(members):  # datasets cannot load a split with no data: leave it out, and say so
             logger.info("config %s: split %s has no rows in this selection and is left out", config.name, split)
             continue
-        ordered = members[np.argsort(rows[config.key_sensor][members], kind="stable")]
+        ordered = members[np.argsort(order_key[members], kind="stable")]
         # a writer process pays off past ~100,000 texts (~1 s of work): datasets starts a pool per split
         n_shards = max(1, min(num_proc, len(ordered), int(np.diff(index.starts)[ordered].sum()) // TEXTS_PER_PROCESS))
         shards[split] = [part for part in np.array_split(ordered, n_shards) if len(part)]
         counts[split] = int(per_pair[ordered].sum())
-    return CachePlan(texts, index.starts, rows, shards, counts)
+    references = {sensor: stores[sensor].reference for sensor in config.sensors}
+    return CachePlan(texts, index.starts, rows, references, shards, counts, {s: st.path for s, st in stores.items()})
 
 
 def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stopped: Callable[[], bool] = lambda: False,
@@ -585,13 +714,14 @@ def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stoppe
 
 
 def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np.ndarray,
-                  rows: Mapping[str, np.ndarray], pairs: np.ndarray, rows_per_table: int = 1000) -> Iterator[pa.Table]:
+                  rows: Mapping[str, np.ndarray], stores: Mapping[str, str], pairs: np.ndarray,
+                  rows_per_table: int = 1000) -> Iterator[pa.Table]:
     """Tables of one writer shard: texts from the selection file, pixels as references to the imagery rows.
 
     A table holds whole pairs, about ``rows_per_table`` examples (the writer
     batch size): ``datasets`` starts a new shard (``max_shard_size``) between tables.
     """
-    columns = [name for name, feature in features.items() if isinstance(feature, PairBands)]
+    columns = {name: feature.sensors for name, feature in features.items() if isinstance(feature, PairBands)}
     schema = features.arrow_schema
     pairs = np.asarray(pairs)
     per_pair = (starts[pairs + 1] - starts[pairs]) if config.layout == "annotation" else np.ones(len(pairs), np.int64)
@@ -606,9 +736,10 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
             counts = starts[chunk + 1] - starts[chunk]
             local = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             text_rows = np.repeat(starts[chunk] - local[:-1], counts) + np.arange(local[-1])
-            reference = _references({s: r[chunk] for s, r in rows.items()}, len(chunk))
+            pair_rows = {s: r[chunk] for s, r in rows.items()}
+            references = {c: _references(pair_rows, stores, sensors, len(chunk)) for c, sensors in columns.items()}
             yield example_table(config, features, _take_rows(batches, first_rows, text_rows), local,
-                                {c: reference for c in columns}, parsed=True, schema=schema)
+                                references, parsed=True, schema=schema)
 
 
 def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: np.ndarray) -> pa.Table:
@@ -627,10 +758,19 @@ def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: 
     return pa.Table.from_batches(parts, schema=batches[0].schema).take(pa.array(back))
 
 
-def _references(rows: Mapping[str, np.ndarray], n: int) -> pa.StructArray:
-    """``PairBands`` storage: each pair's row in each sensor's imagery table, no inline bytes."""
-    fields = [pa.array(rows[s], pa.int64()) if s in rows else pa.nulls(n, pa.int64()) for s in ("s1", "s2")]
-    return pa.StructArray.from_arrays(fields + [pa.nulls(n, pa.binary())], names=["s1", "s2", "bytes"])
+def _references(rows: Mapping[str, np.ndarray], stores: Mapping[str, str], sensors: Sequence[str], n: int) -> pa.StructArray:
+    """``PairBands`` storage: each pair's row in the store of each sensor the column reads, and that store.
+
+    Only the column's own sensors are filled (an ``s2_10m`` column names no S1
+    store): a reference string costs ~28 B a row.
+    """
+    arrays = {}
+    for sensor in ("s1", "s2"):
+        filled = sensor in sensors and sensor in rows
+        arrays[sensor] = pa.array(rows[sensor], pa.int64()) if filled else pa.nulls(n, pa.int64())
+        arrays[f"{sensor}_store"] = pa.repeat(pa.scalar(stores[sensor], pa.string()), n) if filled else pa.nulls(n, pa.string())
+    arrays["bytes"] = pa.nulls(n, pa.binary())
+    return pa.StructArray.from_arrays([arrays[f.name] for f in PairBands.pa_type], fields=list(PairBands.pa_type))
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -666,10 +806,12 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
             if sensor == key:
                 continue
             if files[sensor].sequential:
+                logger.info("%s", spill_notice(config.name, split, files[sensor], groups_for_sensors((sensor,)),
+                                               len(pair_names[sensor]), spill_dir))
                 spilled = JoinReport(report.scope)  # its archive-only count is not the split's
-                row_of = write_imagery(_only(config, sensor), files, pair_names, spill_dir, 1, dlc, spilled)[sensor]
+                tables, row_of = spill_imagery(config, sensor, files[sensor], pair_names[sensor], spill_dir, dlc, spilled)
                 report.invalid.update(spilled.invalid)
-                sides[sensor] = _TableSide(ImageryTables(spill_dir), config.stored_groups(sensor), row_of)
+                sides[sensor] = _TableSide(tables, groups_for_sensors((sensor,)), row_of)
             else:
                 sides[sensor] = files[sensor].open_reader(wanted)
         driving = files[key]
@@ -712,15 +854,6 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
         for side in sides.values():
             side.close()
         shutil.rmtree(spill_dir, ignore_errors=True)
-
-
-def _only(config: BigEarthNetTxtConfig, sensor: str) -> BigEarthNetTxtConfig:
-    """The same config reading one sensor (for writing that sensor's spill table)."""
-    import copy
-
-    one = copy.copy(config)
-    one.sensor = sensor
-    return one
 
 
 class _TableSide:

@@ -1,7 +1,7 @@
 """Where a band of a patch lives, in the archives and in extracted folders.
 
 The release puts every band in its own GeoTIFF under a tile (S2) or scene (S1)
-directory (facts file, sections 7 and 9). S1 and S2 names differ in date, time
+directory (docs/release.md#patch-names, docs/release.md#tar-layout). S1 and S2 names differ in date, time
 and zero padding, so a patch's S1 partner is only ever found through the
 ``s1_name`` column, never by rewriting the S2 name; the directory rules below
 only derive a name's *own* parent folder.
@@ -20,11 +20,14 @@ NAME_COLUMN = {"s1": "s1_name", "s2": "patch_id"}
 #: top-level folder of the reference-map archive
 MAPS_DIR = "Reference_Maps"
 
-#: patch directory names (rico-hdl discovery regexes, anchored)
-PATCH_NAME_RE = {
-    "s1": re.compile(r"^S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_[0-9A-Z]{5}_\d+_\d+$"),
-    "s2": re.compile(r"^S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T[0-9A-Z]{5}_\d{2}_\d{2}$"),
+#: patch names (rico-hdl's discovery regexes) with the tile and grid cell as groups; a name must match whole:
+#: Python's ``re`` with :func:`re.fullmatch`, Arrow's RE2 between ``^`` and ``$`` (``annotations.check_pair_names``)
+PATCH_NAME_PATTERN = {
+    "s1": r"S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_(?P<tile>[0-9A-Z]{5})_(?P<x>\d+)_(?P<y>\d+)",
+    "s2": r"S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T(?P<tile>[0-9A-Z]{5})_(?P<x>\d{2})_(?P<y>\d{2})",
 }
+#: the same, anchored at both ends (``\Z``: ``$`` would accept a trailing newline)
+PATCH_NAME_RE = {sensor: re.compile(rf"^{pattern}\Z") for sensor, pattern in PATCH_NAME_PATTERN.items()}
 
 
 #: local copies (the datasets download cache names them by a hash) -> the URL they came from
@@ -78,10 +81,14 @@ def parse_member(path: str) -> Optional[Tuple[str, str, str]]:
     return sensor, patch, band
 
 
-def check_patch_name(sensor: str, name: str) -> str:
-    """A patch name must match the release grammar before any path is built from it (no ``../``, no slashes)."""
-    if not isinstance(name, str) or not PATCH_NAME_RE[sensor].match(name):
-        raise ValueError(f"{name!r} is not a BigEarthNet v2.0 {sensor.upper()} patch name (e.g. {EXAMPLE_NAME[sensor]})")
+def check_patch_name(sensor: str, name: str, where: str = "") -> str:
+    """A patch name must match the release grammar before any path is built from it (no ``../``, no slashes).
+
+    ``where`` (e.g. the folder asked) starts the message.
+    """
+    if not isinstance(name, str) or not PATCH_NAME_RE[sensor].fullmatch(name):
+        raise ValueError(f"{where + ': ' if where else ''}{name!r} is not a BigEarthNet v2.0 {sensor.upper()} patch "
+                         f"name (e.g. {EXAMPLE_NAME[sensor]})")
     return name
 
 

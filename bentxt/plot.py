@@ -15,8 +15,9 @@ is not drawn, and neither is a ``category`` of ``"None"`` (captions) shown.
 Works with the native band groups (``s2_10m``, ``s1``), with a resampled
 ``image`` (pass its ``bands``), and with normalised arrays (the stretch is per
 channel). Examples may come in any format: numpy arrays (the default and
-``numpy`` formats), torch tensors, or nested lists (a streamed export). In the patch layout pass ``annotation=`` (an index into
-``example["annotations"]``) to pick the text.
+``numpy`` formats), torch tensors, or nested lists (a streamed export). In
+the patch layout pass ``annotation=`` (an index into ``example["annotations"]``)
+to pick the text.
 
 The figure is a bare ``matplotlib.figure.Figure`` (no pyplot state): save it
 with ``fig.savefig("x.png")``; it displays in Jupyter. ``fig.axes`` are the
@@ -64,7 +65,9 @@ def _text_of(example: Mapping[str, Any], annotation: Optional[int]) -> Mapping[s
             raise IndexError(f"annotation={index}: this patch has {len(annotations)} annotations")
         return annotations[index]
     if annotation not in (None, 0):
-        raise ValueError("annotation= selects a text in the patch layout; this example has one text (annotation layout)")
+        raise ValueError(
+            "annotation= selects a text in the patch layout; this example has one text (annotation layout)"
+        )
     return example
 
 
@@ -127,7 +130,9 @@ def plot(
 
     band_order = None if bands is None else resolve_bands(bands)
     if example.get("image") is not None and band_order is None:
-        raise ValueError("this example has a resampled 'image': pass bands= (the config's bands, e.g. 'RGB') to plot it")
+        raise ValueError(
+            "this example has a resampled 'image': pass bands= (the config's bands, e.g. 'RGB') to plot it"
+        )
     panels: list[Tuple[str, np.ndarray]] = []
     rgb = true_colour(example, band_order)
     if rgb is not None:
@@ -157,7 +162,8 @@ def plot(
         if box is not None:
             x0, y0, x1, y1 = box
             # clip_on=False: an edge on the image border (0 or 1, common) is drawn whole, not halved by the axes
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=box_color, linewidth=2, clip_on=False))
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=box_color, linewidth=2,
+                                   clip_on=False))
         if point is not None:
             ax.plot([point[0]], [point[1]], marker="+", markersize=14, markeredgewidth=2.5, color=point_color)
     fig.suptitle(title, fontsize=9)

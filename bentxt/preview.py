@@ -1,10 +1,10 @@
 """Quicklook pictures of a patch, for the dataset viewer's ``preview`` column.
 
 The viewer renders ``Array3D`` cells as truncated nested number lists, never as
-pictures (hf-datasets-notes section 4), so the export adds one small PNG per
-image pair to its ``-imagery`` config (and, with ``inline_pixels=True``, one
-per text row with the row's box and point drawn). The bands come from
-``bentxt.bands``:
+pictures (docs/datasets-notes.md#numpy-format), so the export adds one small PNG per
+image pair to its ``imagery-*`` config, re-used by every text row of the pair in
+its ``browse`` config (grounding rows of small splits get a copy with the row's
+box and point drawn). The bands come from ``bentxt.bands``:
 
 - S2 (``s2`` and ``s1s2`` configs): true colour, R/G/B = ``BAND_COMBINATIONS["RGB"]``
   (B04/B03/B02).
@@ -18,7 +18,7 @@ nodata 0 and non-finite values are ignored), so a dark or hazy patch still
 shows structure. The 120 px picture is enlarged with nearest neighbour by
 ``SCALE`` so that a 1 px box outline stays thin relative to the pixels.
 
-Coordinates follow the annotation convention (facts section 6): boxes are
+Coordinates follow the annotation convention (docs/release.md#boxes-and-points): boxes are
 ``(x0, y0, x1, y1)`` in 0-1, origin top-left, x = column; points ``(x, y)``.
 """
 
@@ -104,9 +104,13 @@ def _channels(planes: Dict[str, np.ndarray], sensor: str) -> Tuple[np.ndarray, .
 
 
 def base_quicklook(
-    example: Mapping[str, object], sensor: str, image_bands: Optional[Sequence[str]] = None
+    example: Mapping[str, object], sensor: str, image_bands: Optional[Sequence[str]] = None, scale: int = SCALE
 ) -> Image.Image:
-    """The patch's quicklook without annotations (shared by all rows of a patch)."""
+    """The patch's quicklook without annotations (shared by all rows of a patch), enlarged ``scale`` times.
+
+    The export stores it at ``scale=1`` (native 120 px, ~4x smaller PNGs than 240 px) and enlarges a copy only where
+    it draws a box or point (:func:`enlarge`).
+    """
     if sensor not in QUICKLOOK_BANDS:
         raise ValueError(f"sensor={sensor!r}: a quicklook shows one of {sorted(QUICKLOOK_BANDS)}")
     planes = band_planes(example, QUICKLOOK_BANDS[sensor], image_bands)
@@ -119,9 +123,14 @@ def base_quicklook(
             f"{sorted({GROUP_OF_BAND[b].name for b in QUICKLOOK_BANDS[sensor]})} nor an 'image' stack"
         )
     rgb = np.stack(_channels(planes, sensor), axis=-1)
-    if SCALE > 1:
-        rgb = rgb.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
-    return Image.fromarray(rgb)  # (H, W, 3) uint8 -> RGB
+    return enlarge(Image.fromarray(rgb), scale)  # (H, W, 3) uint8 -> RGB
+
+
+def enlarge(image: Image.Image, scale: int = SCALE) -> Image.Image:
+    """Nearest-neighbour enlargement, so that a 1 px outline drawn afterwards stays thin next to the pixels."""
+    if scale <= 1:
+        return image
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
 def mark(value: object) -> Optional[Tuple[float, ...]]:

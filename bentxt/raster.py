@@ -1,7 +1,7 @@
 """Decode BigEarthNet GeoTIFF bands and resample them like the publisher's loader.
 
 Decoding. Every S2 and S1 band of BigEarthNet v2.0 is a tiny, single-band,
-uncompressed, striped, little-endian classic TIFF (facts file, section 10). For
+uncompressed, striped, little-endian classic TIFF (docs/release.md#geotiff-properties). For
 those, ``rasterio`` spends almost all of its ~0.7 ms per file opening a GDAL
 dataset; the pixels themselves are a few contiguous strips that
 ``np.frombuffer`` can view directly. :func:`decode_geotiff` therefore parses the
@@ -14,7 +14,7 @@ bytes are stored verbatim, and declines anything it does not fully understand
 up, a second IFD). A differential fuzz test holds it to rasterio's result.
 
 Resampling. :func:`stack_image` reproduces ``stack_and_interpolate`` of the
-publisher's ``ben_txt_datamodule.py`` (facts file, section 14) without torch:
+publisher's ``ben_txt_datamodule.py`` (docs/release.md#publishers-loader) without torch:
 each band that is not already ``img_size`` square goes through
 ``F.interpolate(x[None, None].float(), (img_size, img_size), mode=...,
 align_corners=True for bilinear/bicubic)``. The index and weight formulas below
@@ -28,11 +28,12 @@ from __future__ import annotations
 import struct
 import warnings
 from functools import lru_cache
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .bands import GROUP_OF_BAND
+from .errors import BigEarthNetTxtError
 
 __all__ = [
     "RasterError",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class RasterError(ValueError):
+class RasterError(BigEarthNetTxtError, ValueError):
     """A band file that cannot be decoded, or decodes to the wrong shape or dtype."""
 
 
@@ -96,7 +97,8 @@ _REQUIRED_VALUES = {
 #: SubIFDs, colour maps, GDAL_METADATA, private tags, ...) sends a file to rasterio.
 _HARMLESS_TAGS = frozenset(
     {
-        269, 270, 271, 272, 280, 281, 282, 283, 285, 296, 305, 306, 315, 316, 340, 341,  # names, dates, resolution, ranges
+        # names, dates, resolution, ranges
+        269, 270, 271, 272, 280, 281, 282, 283, 285, 296, 305, 306, 315, 316, 340, 341,
         33432,  # Copyright
         33550, 33922, 34264, 34735, 34736, 34737,  # GeoTIFF
         42113,  # GDAL_NODATA (read(1) returns the stored values either way)
@@ -390,7 +392,9 @@ def decode_geotiff(data: bytes | bytearray | memoryview, where: str = "") -> np.
         # Checked here rather than left to GDAL, which would happily decode a PNG.
         # The bytes themselves stay out of the message: they may be anything (a
         # linked /etc/passwd, a token), and messages end up in logs and issues.
-        raise RasterError(f"{_source(where)}: not a TIFF file ({len(data)} bytes; they do not start with a TIFF header)")
+        raise RasterError(
+            f"{_source(where)}: not a TIFF file ({len(data)} bytes; they do not start with a TIFF header)"
+        )
     return _decode_rasterio(data, where)
 
 
@@ -408,15 +412,15 @@ def decode_band_into(data: bytes | bytearray | memoryview, band: str, out: np.nd
     ):
         out[...] = view
         return
-    out[...] = check_band(view.astype(view.dtype.newbyteorder("=")) if view is not None else decode_geotiff(data, where),
-                          band, where=where)
+    decoded = view.astype(view.dtype.newbyteorder("=")) if view is not None else decode_geotiff(data, where)
+    out[...] = check_band(decoded, band, where=where)
 
 
 def max_band_file_bytes(band: str) -> int:
     """The largest file that can hold ``band``: twice its raw pixels plus 64 KiB of headers.
 
     A real band file is its raw pixels plus a few hundred bytes of tags
-    (facts file, section 10), so anything larger is not a band of the release;
+    (docs/release.md#geotiff-properties), so anything larger is not a band of the release;
     readers refuse it before reading it, which keeps memory independent of
     what a damaged or hostile source holds.
     """
@@ -698,7 +702,7 @@ def stack_image(
 @lru_cache(maxsize=64)
 def _group_runs(bands: Tuple[str, ...]) -> Tuple[Tuple[str, int, int, int], ...]:
     """(group, first plane, planes, first channel) per run of ``bands`` that are consecutive planes of one group."""
-    runs = []
+    runs: List[list] = []
     for channel, band in enumerate(bands):
         group = GROUP_OF_BAND[band]
         plane = group.bands.index(band)
@@ -706,7 +710,7 @@ def _group_runs(bands: Tuple[str, ...]) -> Tuple[Tuple[str, int, int, int], ...]
             runs[-1][2] += 1
         else:
             runs.append([group.name, plane, 1, channel])
-    return tuple(tuple(run) for run in runs)
+    return tuple((str(name), int(plane), int(planes), int(channel)) for name, plane, planes, channel in runs)
 
 
 def stack_groups(

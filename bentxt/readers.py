@@ -3,7 +3,7 @@
 - archives: ``bentxt.archives.iter_archive_patches`` (front to back, GeoTIFF bytes per band);
 - extracted folders: :class:`FolderReader` (one GeoTIFF per band, by path);
 - a rico-hdl LMDB: :class:`LmdbReader` (key = patch name, value = safetensors dict of arrays);
-- an export of this builder: :func:`iter_export_patches` (Parquet rows, arrays per band group).
+- an export of this builder: :func:`iter_export_patches` (its imagery config's rows, arrays per band group).
 
 Every reader gives ``{band: GeoTIFF bytes or ndarray}``; :func:`band_array`
 turns either into a checked 2-D array, so every source fails the same way: a
@@ -26,8 +26,15 @@ from .layout import NAME_COLUMN, band_path, check_patch_name
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
 
+class BadBand(str):
+    """Band data a reader refused before decoding (e.g. an archive member larger than its band can need, or
+    present twice): the reason. Decoding it raises ``RasterError``, so ``skip_invalid`` skips it like any bad file."""
+
+
 def band_array(value, band: str, where: str) -> np.ndarray:
     """Band data as read (an array, or GeoTIFF bytes) -> the checked native 2-D array."""
+    if isinstance(value, BadBand):
+        raise raster.RasterError(f"{where}: {value}")
     array = value if isinstance(value, np.ndarray) else raster.decode_geotiff(value, where=where)
     return raster.check_band(array, band, where=where)
 
@@ -45,7 +52,7 @@ def decode_patch(data: Optional[BandData], bands, name: str, source: str,
         if not data or band not in data:
             raise raster.RasterError(f"{where}: the band file is missing")
         value = data[band]
-        if out is None:
+        if out is None or isinstance(value, BadBand):
             arrays[band] = band_array(value, band, where)
         elif isinstance(value, np.ndarray):
             out[band][...] = raster.check_band(value, band, where=where)
@@ -70,7 +77,7 @@ class FolderReader:
 
     def read(self, sensor: str, patch: str) -> Optional[BandData]:
         """All wanted band files of a patch; None when the patch folder does not exist."""
-        check_patch_name(sensor, patch)
+        check_patch_name(sensor, patch, f"folder {self.root}")
         out: BandData = {}
         for band in self.bands_of[sensor]:
             path = f"{self.inner}/{band_path(sensor, patch, band)}"
@@ -98,7 +105,7 @@ class FolderReader:
         return data
 
     def has(self, sensor: str, patch: str) -> bool:
-        check_patch_name(sensor, patch)
+        check_patch_name(sensor, patch, f"folder {self.root}")
         return self.fs.isdir(self._patch_dir(sensor, patch))
 
     def _patch_dir(self, sensor: str, patch: str) -> str:
@@ -109,7 +116,7 @@ class FolderReader:
 
 
 class LmdbReader:
-    """A rico-hdl LMDB, opened read-only the way the publisher's loader opens it (facts, section 13).
+    """A rico-hdl LMDB, opened read-only the way the publisher's loader opens it (docs/release.md#lmdb).
 
     One environment per process and path (py-lmdb refuses a second open, and
     S1 and S2 usually share one LMDB); it is reference-counted so the last
@@ -162,44 +169,16 @@ class LmdbReader:
 
 
 def iter_export_patches(root: str, sensor: str, download_config=None) -> Iterator[Tuple[str, BandData]]:
-    """``(patch name, {band: array})`` from an export: any exported config holding the sensor's native groups.
-
-    A patch's rows are consecutive in an export (``bentxt/export.py``), so the
-    first row of each run carries its arrays; the patch layout, one row per
-    pair, is preferred when the export has it.
-    """
-    import pyarrow.parquet as pq
-
-    from .imagery_table import array3d_values
+    """``(patch name, {band: array})`` of every pair of an export's imagery config holding the sensor's native groups
+    (``imagery-s2``, ``imagery-s1``, ``imagery-s1s2``), read by ``bentxt.export_read`` (the export's one reader)."""
+    from .export_read import iter_pairs
 
     groups = groups_for_sensors((sensor,))
-    key = NAME_COLUMN[sensor]
-    fs, inner = fsspec.core.url_to_fs(root, **((download_config.storage_options or {}) if download_config else {}))
-    candidates = []
-    for config_dir in sorted(fs.glob(f"{inner.rstrip('/')}/data/*")):
-        files = sorted(fs.glob(f"{config_dir}/*.parquet"))
-        if files:
-            names = pq.read_schema(fs.open(files[0], "rb")).names
-            if all(g.name in names for g in groups):
-                candidates.append(("annotations" not in names, config_dir, files))
-    if not candidates:
-        raise ValueError(f"export {root} has no config with the native {sensor} band groups {[g.name for g in groups]}")
-    _, config_dir, files = min(candidates)
-    previous = None  # a patch's rows may straddle row groups and files: yield it once
-    for path in files:
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            for i in range(parquet.num_row_groups):
-                table = parquet.read_row_group(i, columns=[key] + [g.name for g in groups])
-                names = table[key].to_pylist()
-                first = [j for j in range(len(names)) if names[j] != (names[j - 1] if j else previous)]
-                try:
-                    arrays = {g.name: array3d_values(table[g.name], g.shape) for g in groups}
-                except Exception as err:
-                    raise raster.RasterError(
-                        f"export {path}, row group {i}: the band columns do not hold {sensor} arrays of the declared "
-                        f"shapes ({type(err).__name__}: {err})"
-                    ) from None
-                for j in first:
-                    yield names[j], {b: arrays[g.name][j, k] for g in groups for k, b in enumerate(g.bands)}
-                previous = names[-1] if names else previous
+    options = (download_config.storage_options or {}) if download_config else {}
+    try:
+        for name, arrays in iter_pairs(root, sensor, [g.name for g in groups], NAME_COLUMN[sensor], options):
+            yield name, {b: arrays[g.name][k] for g in groups for k, b in enumerate(g.bands)}
+    except ValueError as err:
+        if "do not hold" in str(err):
+            raise raster.RasterError(str(err)) from None
+        raise

@@ -2,18 +2,17 @@
 
 ``datasets`` 5.x runs no loading scripts and has no plugin mechanism; the only
 way a bare name reaches packaged code is its table of packaged modules, which
-``load_dataset`` consults before looking at local folders or the Hub (notes,
-section 1a). That factory also resolves data files: with none given it globs
+``load_dataset`` consults before looking at local folders or the Hub
+(docs/datasets-notes.md#registration). That factory also resolves data files: with none given it globs
 the working directory (a stray ``notes.csv`` would reach the builder), and with
 ``data_dir`` it lists every file below it (hours for the 7.7 M extracted band
 files). For our name it returns the module with the caller's ``data_dir`` and
 ``data_files`` untouched instead; the builder reads them as named paths.
 
-Private ``datasets`` API used here (the only such use in the package):
-``packaged_modules._PACKAGED_DATASETS_MODULES``, ``packaged_modules._hash_python_lines``,
-``load.PackagedDatasetModuleFactory`` and ``load.DatasetModule``. They are checked
-at call time: with another ``datasets`` major version, :func:`register` raises
-``ImportError`` and the builder class still works without it.
+The private ``datasets`` API this needs is in ``bentxt/compat.py`` (with the
+package's other private uses). The version is checked at call time: with another
+``datasets`` major version, :func:`register` raises ``ImportError`` and the
+builder class still works without it.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Set
 
+from . import compat
 from .metadata import NAME
 
 SUPPORTED_MAJOR = 5
@@ -33,9 +33,6 @@ SUPPORTED_MAJOR = 5
 def register() -> None:
     """Idempotent; runs on ``import bigearthnet_txt``."""
     import datasets
-    import datasets.load as load
-    from datasets.data_files import DataFilesDict
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     major = int(datasets.__version__.split(".")[0])
     if major != SUPPORTED_MAJOR:
@@ -45,23 +42,7 @@ def register() -> None:
             f"'datasets>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}', or use the builder class directly: "
             f"bigearthnet_txt.BigEarthNetTxt(config_name=...)"
         )
-    _PACKAGED_DATASETS_MODULES[NAME] = (NAME, code_hash())
-    factory = load.PackagedDatasetModuleFactory
-    if getattr(factory.get_module, "_bigearthnet_txt", False):
-        return
-    original = factory.get_module
-
-    def get_module(self):
-        if self.name != NAME:
-            return original(self)
-        module_path, module_hash = _PACKAGED_DATASETS_MODULES[NAME]
-        # an empty file list, not None: datasets 5.2 indexes the module's builder_configs when data_files is None
-        data_files = self.data_files if self.data_files is not None else DataFilesDict()
-        kwargs = {"dataset_name": NAME, "data_files": data_files, "data_dir": self.data_dir}
-        return load.DatasetModule(module_path, module_hash, kwargs)
-
-    get_module._bigearthnet_txt = True
-    factory.get_module = get_module
+    compat.register_packaged_module(NAME, code_hash())
 
 
 @lru_cache(maxsize=None)
@@ -72,7 +53,10 @@ def cache_modules() -> List[str]:
     of the cache key (a hand-kept list once missed one and served stale caches).
     """
     root = Path(__file__).resolve().parent
-    builder = Path(importlib.util.find_spec(NAME).origin)
+    spec = importlib.util.find_spec(NAME)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"the builder module {NAME} is not importable (is the package installed?)")
+    builder = Path(spec.origin)
     seen: Set[str] = set()
     todo = [(NAME, builder)]
     while todo:
@@ -109,12 +93,10 @@ def _bentxt_imports(path: Path, module: str) -> Set[str]:
 
 def code_hash() -> str:
     """Hash of the builder and the modules it uses, so a code change gives a new cache folder."""
-    from datasets.packaged_modules import _hash_python_lines
-
     lines: List[str] = []
     for name in cache_modules():
         lines += inspect.getsource(importlib.import_module(name)).splitlines()
-    return _hash_python_lines(lines)
+    return compat.hash_python_lines(lines)
 
 
 def builder_for(config: str, **kwargs):

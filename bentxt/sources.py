@@ -33,11 +33,13 @@ from importlib import resources
 from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
+import numpy as np
 from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
 
 from . import archives, readers
+from .errors import BigEarthNetTxtError
 from .layout import MAPS_DIR, ROOT_DIR, display_name, remember_origin
 
 logger = logging.getLogger("bigearthnet_txt")
@@ -45,7 +47,7 @@ logger = logging.getLogger("bigearthnet_txt")
 SOURCE_KEYS = ("annotations", "s1", "s2")
 
 
-class SourceError(ValueError):
+class SourceError(BigEarthNetTxtError, ValueError):
     """A source file is missing, ambiguous or not the release's file."""
 
 
@@ -122,7 +124,53 @@ class ImageSource:
 
 
 @dataclass(frozen=True)
+class RecordedChecksum:
+    """A file's recorded size and checksum (dataset_infos/sources.json), compared with its bytes as they are read.
+
+    An archive prepared from its URL is read once, as it downloads
+    (``archives.iter_tar(..., checksum=)``): its bytes are hashed on the way,
+    the size the server announces is compared before the first member, the
+    digest after the last. A mismatch raises :class:`ChecksumError` inside the
+    imagery pass, so preparing fails and ``datasets`` removes the unfinished
+    cache folder: nothing a later run could take for complete is left.
+    """
+
+    path: str
+    algorithm: str
+    digest: Optional[str]
+    size: Optional[int]
+    file_name: str
+
+    @classmethod
+    def of(cls, path: str, info: dict) -> "RecordedChecksum":
+        algorithm = "sha256" if info.get("sha256") else "md5"
+        return cls(path, algorithm, info.get(algorithm), info.get("num_bytes"), info["file_name"])
+
+    def check_size(self, size: Optional[int]) -> None:
+        if size is not None and self.size is not None and size != self.size:
+            raise ChecksumError(
+                f"{display_name(self.path)}: size {size} bytes, expected {self.size} bytes for the release file "
+                f"{self.file_name} (dataset_infos/sources.json)"
+            )
+
+    def check(self, digest: str, size: int) -> None:
+        self.check_size(size)
+        if self.digest and digest != self.digest:
+            raise ChecksumError(
+                f"{display_name(self.path)}: {self.algorithm} {digest}, expected {self.digest} for the release file "
+                f"{self.file_name} (dataset_infos/sources.json)"
+            )
+
+
+@dataclass(frozen=True)
 class ArchiveSource(ImageSource):
+    """``.tar.zst`` archives (or torchgeo's parts), local paths or URLs.
+
+    ``checksums``: archives whose bytes are checked as they are read
+    (:class:`RecordedChecksum`), set by :meth:`download` for URLs read in place.
+    """
+
+    checksums: Tuple[RecordedChecksum, ...] = ()
     kind: ClassVar[str] = "archive"
     sequential: ClassVar[bool] = True
 
@@ -149,13 +197,39 @@ class ArchiveSource(ImageSource):
             groups.setdefault(stem, []).append(path)
         return tuple(tuple(sorted(parts)) for parts in groups.values())
 
-    def download(self, dl_manager) -> ImageSource:
-        local = tuple(dl_manager.download(list(self.paths)))
-        for path, url in zip(local, self.paths):
-            remember_origin(path, url)
-        return ArchiveSource(local)
+    def download(self, dl_manager, key: str = "", keep_archives: bool = False, verification_mode=None) -> ImageSource:
+        """URLs are read in place, once, as they download (no copy); ``keep_archives=True`` copies them first.
+
+        A URL read in place gets its recorded checksum checked on the fly when
+        it is the release's recorded URL (unless ``verification_mode`` is
+        ``no_checks``) or with ``verification_mode="all_checks"``, as a copy would be.
+        """
+        remote = [p for p in self.paths if is_url(p)]
+        if keep_archives or not remote:
+            local = tuple(dl_manager.download(list(self.paths)))
+            for path, url in zip(local, self.paths):
+                remember_origin(path, url)
+            return ArchiveSource(local)
+        mode = getattr(verification_mode, "value", verification_mode)
+        info = release().get(key)
+        checksums = ()
+        if info is not None and len(self.paths) == 1 and mode != "no_checks" and (
+            self.paths[0] == info["url"] or mode == "all_checks"
+        ):
+            checksums = (RecordedChecksum.of(self.paths[0], info),)
+        size = sum(s for s in (_size(p) for p in remote) if s)
+        logger.info(
+            "%s: %s read from its URL as it downloads (%.1f GB), straight into the cache; %s; no copy is kept "
+            "(keep_archives=True keeps one in the download folder)",
+            key or self.name, ", ".join(display_name(p) for p in remote), size / 1e9,
+            f"its {checksums[0].algorithm} is checked on the fly" if checksums else "no recorded checksum is checked",
+        )
+        return ArchiveSource(self.paths, checksums)
 
     def verify(self, key: str, verification_mode) -> None:
+        if self.checksums:
+            logger.info("%s: %s is checked as it is read", key, self.checksums[0].algorithm)
+            return
         if len(self.paths) != 1:
             logger.info("%s comes in %d parts; checksums are recorded for the single release file only", key, len(self.paths))
             return
@@ -165,8 +239,10 @@ class ArchiveSource(ImageSource):
         return [_stat(p) if not is_url(p) else [p, _recorded_checksum(p)] for p in self.paths]
 
     def patches(self, sensor: str, bands: Sequence[str], dlc=None):
+        checked = {c.path: c for c in self.checksums}
         for parts in self.archives:
-            yield from archives.iter_archive_patches(parts, sensor, dlc)
+            checksum = checked.get(parts[0]) if len(parts) == 1 else None
+            yield from archives.iter_archive_patches(parts, sensor, dlc, checksum=checksum)
 
 
 @dataclass(frozen=True)
@@ -243,6 +319,8 @@ def detect(path: str, sensor: str) -> ImageSource:
     if not is_url(path) and not os.path.exists(path):  # never guessed to be a Hub repo: only URLs reach the network
         hint = f"; for the Hub dataset {path!r} write hf://datasets/{path}" if re.fullmatch(r"[\w.-]+/[\w.-]+", path) else ""
         raise SourceError(f"image_source {path!r} does not exist (a local path, or a URL such as hf://datasets/org/name){hint}")
+    if is_archive_url(path):
+        return ArchiveSource.detect(path, sensor)
     fs, inner = _fs(path)
     if fs.isdir(inner):
         for kind in KINDS:
@@ -255,6 +333,21 @@ def detect(path: str, sensor: str) -> ImageSource:
             f"or pass the folder as data_dir"
         )
     return ArchiveSource.detect(path, sensor)
+
+
+_ARCHIVE_NAME = re.compile(r"\.(tar|tar\.zst|tar\.gz|tgz|tar\.gz[a-z]{2})$")
+
+
+def is_archive_url(path: str) -> bool:
+    """An http(s) URL naming an archive file (the query ignored, e.g. Zenodo's ``?download=1``).
+
+    Such a URL is never asked whether it is a folder: fsspec's HTTP ``isdir``
+    GETs the whole body to look for links in it, i.e. 54-63 GB into memory for
+    a release archive, on every cache-key computation.
+    """
+    if not path.startswith(("http://", "https://")):
+        return False
+    return bool(_ARCHIVE_NAME.search(path.split("?", 1)[0].split("#", 1)[0]))
 
 
 def _join(root: str, name: str) -> str:
@@ -371,15 +464,54 @@ def fingerprint(files: Dict[str, object]) -> Dict[str, object]:
     return out
 
 
-def download(files: Dict[str, object], dl_manager) -> Dict[str, object]:
-    """Remote files go to the datasets download cache where a kind needs it; local paths are used in place."""
+def download(files: Dict[str, object], dl_manager, keep_archives: bool = False,
+             verification_mode=None) -> Dict[str, object]:
+    """The parquet goes to the datasets download cache; archives at URLs are read in place as they download.
+
+    At release scale a copy of the archives would be 118 GB beside a cache of
+    ~135 GB, and preparing could only start after the last byte arrived. So
+    an archive URL is read once, front to back, by the imagery pass
+    (``archives.open_archive``: Range-resume after a dropped connection),
+    its checksum checked on the fly (:class:`RecordedChecksum`).
+    ``keep_archives=True`` copies the archives into the download folder first,
+    for users who prepare many selections offline. Local paths are used in place.
+    """
     out = dict(files)
     out["annotations"] = dl_manager.download(files["annotations"])
     remember_origin(out["annotations"], files["annotations"])
     for key, source in files.items():
-        if isinstance(source, ImageSource):
+        if isinstance(source, ArchiveSource):
+            out[key] = source.download(dl_manager, key, keep_archives, verification_mode)
+        elif isinstance(source, ImageSource):
             out[key] = source.download(dl_manager)
     return out
+
+
+def spill_notice(config_name: str, split: str, source: ImageSource, groups, pairs: int, spill_dir: str) -> str:
+    """What streaming an ``s1s2`` split from archives reads before its first example, and the faster routes.
+
+    The two archives are sorted differently, so the other sensor's archive is
+    read whole (its wanted pairs spilled to disk) before the driving one can
+    yield anything: at release scale the 54 GB S1 archive, minutes on a fast
+    disk and far longer over a network (README, Performance).
+    """
+    size = sum(s for s in (_size(p) for p in source.paths) if s)
+    per_pair = sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in groups)
+    return (
+        f"streaming {config_name} split {split}: before the first example, all of {source.name} "
+        f"({size / 1e9:.1f} GB) is read and the bands of its {pairs} pair(s) of the split are spilled to {spill_dir} "
+        f"(~{pairs * per_pair / 1e9:.2f} GB, removed at the end); the two archives are sorted differently. Faster "
+        f"routes: a prepared cache (load_dataset without streaming: each archive read once), an export "
+        f"(bentxt.export), or the extracted folders or an LMDB as image_source (read by patch, no spill)"
+    )
+
+
+def _size(path: str) -> Optional[int]:
+    try:
+        fs, inner = _fs(path)
+        return fs.size(inner)
+    except Exception:  # a server that does not tell: the log line says 0.0 GB
+        return None
 
 
 def verify(files: Dict[str, object], verification_mode) -> None:
@@ -398,27 +530,17 @@ def verify(files: Dict[str, object], verification_mode) -> None:
 
 
 def verify_file(path: str, info: dict) -> None:
-    name = display_name(path)
     fs, inner = _fs(path)
     size = fs.size(inner)
-    if info.get("num_bytes") is not None and size != info["num_bytes"]:
-        raise ChecksumError(
-            f"{name}: size {size} bytes, expected {info['num_bytes']} bytes for the release file "
-            f"{info['file_name']} (dataset_infos/sources.json)"
-        )
-    algorithm = "sha256" if info.get("sha256") else "md5"
-    expected = info.get(algorithm)
-    if not expected:
+    recorded = RecordedChecksum.of(path, info)
+    recorded.check_size(size)
+    if not recorded.digest:
         return
-    digest = hashlib.new(algorithm)
+    digest = hashlib.new(recorded.algorithm)
     with xopen(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 23), b""):
             digest.update(chunk)
-    if digest.hexdigest() != expected:
-        raise ChecksumError(
-            f"{name}: {algorithm} {digest.hexdigest()}, expected {expected} for the release file "
-            f"{info['file_name']} (dataset_infos/sources.json)"
-        )
+    recorded.check(digest.hexdigest(), size)
 
 
 def is_release_file(path: str, key: str) -> bool:
@@ -451,7 +573,8 @@ def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict
 
 
 __all__ = [
-    "ImageSource", "ArchiveSource", "FolderSource", "LmdbSource", "ExportSource", "KINDS", "DATA_DIR_KINDS",
+    "ImageSource", "ArchiveSource", "RecordedChecksum", "FolderSource", "LmdbSource", "ExportSource", "KINDS",
+    "DATA_DIR_KINDS",
     "SourceError", "ChecksumError", "detect", "resolve", "download", "verify", "verify_file", "fingerprint",
     "release", "recorded_infos", "expected_split_sizes", "is_release_file", "MAPS_DIR", "display_name",
 ]

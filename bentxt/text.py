@@ -2,9 +2,9 @@
 
 The release stores structure inside free text: boxes are strings in the
 ``output`` column, point prompts and MCQ options are embedded in ``input``
-(facts file, sections 5 and 6). This module is the single place that knows
-those grammars, so the builder, the augmentation code and the tests agree on
-them. Parsing is strict by design: a row that does not match the documented
+(docs/release.md#text-formats, docs/release.md#boxes-and-points). This module
+is the single place that knows those grammars, so the builder, the
+augmentation code and the tests agree on them. Parsing is strict by design: a row that does not match the documented
 grammar raises :class:`AnnotationError` instead of being guessed at, so format
 drift in a new release surfaces at build time rather than as silently wrong
 training targets.
@@ -24,6 +24,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .errors import BigEarthNetTxtError
 
 __all__ = [
     "AnnotationError",
@@ -49,7 +51,7 @@ BINARY_ANSWERS: frozenset = frozenset({"yes", "no"})
 OPTION_LETTERS: Tuple[str, ...] = ("a", "b", "c", "d")
 _OPTION_LETTER_SET: frozenset = frozenset(OPTION_LETTERS)
 
-# The permissive number grammar that accepts every real row (facts, section 6).
+# The permissive number grammar that accepts every real row (docs/release.md#boxes-and-points).
 # re.ASCII keeps ``\d`` to 0-9: ``float()`` would happily accept other Unicode
 # digits, which never occur in the release and would only hide corruption.
 _NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
@@ -74,7 +76,7 @@ _MARKER_RE = re.compile(r"(?<!\S)([a-d])\)")
 _MAX_SHOWN = 120
 
 
-class AnnotationError(ValueError):
+class AnnotationError(BigEarthNetTxtError, ValueError):
     """A row of the annotation parquet does not follow the released grammar.
 
     Carries the row's ``ID`` and the column so that a failure in a 9.5-million
@@ -104,7 +106,7 @@ def parse_bbox(text: str, id: int) -> BBox:
 
     Coordinates are fractions of the image, origin top-left, x = column; the
     check ``x1 >= x0 and y1 >= y0`` holds for every real row and guards the
-    xyxy reading (facts, section 6).
+    xyxy reading (docs/release.md#boxes-and-points).
     """
     m = _BBOX_RE.fullmatch(text)
     if m is None:
@@ -245,8 +247,8 @@ def replace_tokens(
 ) -> str:
     """Replace the ``<ref>``/``<point>`` tags the way the publisher's loader does.
 
-    The order matters and is copied from ``ben_txt_datamodule.py`` (facts,
-    section 14): ``<ref>``, ``</ref>``, then ``<point>``, ``</point>``, each a
+    The order matters and is copied from ``ben_txt_datamodule.py``
+    (docs/release.md#publishers-loader): ``<ref>``, ``</ref>``, then ``<point>``, ``</point>``, each a
     plain ``str.replace`` of the result so far. The publisher's default
     ``("", "")`` strips the tags; ``None`` (this builder's default) keeps them.
     """
@@ -341,7 +343,7 @@ def _floats(found: pa.StructArray) -> np.ndarray:
 
 
 def _in_unit_interval(values: np.ndarray) -> np.ndarray:
-    return ((values >= 0.0) & (values <= 1.0)).all(axis=1)  # NaN fails
+    return np.asarray(((values >= 0.0) & (values <= 1.0)).all(axis=1))  # NaN fails
 
 
 def fast_boxes(inputs: pa.Array, outputs: pa.Array) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -96,6 +96,7 @@ import numpy as np
 
 from . import text
 from .bands import BAND_GROUPS, MEAN, STD, resolve_bands
+from .errors import BigEarthNetTxtError
 
 __all__ = [
     "BAND_MEAN",
@@ -125,7 +126,9 @@ BAND_MEAN: Dict[str, float] = dict(MEAN)
 BAND_STD: Dict[str, float] = dict(STD)
 
 #: per native band group, float32 arrays in the group's channel order
-GROUP_MEAN: Dict[str, np.ndarray] = {g.name: np.array([MEAN[b] for b in g.bands], dtype=np.float32) for g in BAND_GROUPS}
+GROUP_MEAN: Dict[str, np.ndarray] = {
+    g.name: np.array([MEAN[b] for b in g.bands], dtype=np.float32) for g in BAND_GROUPS
+}
 GROUP_STD: Dict[str, np.ndarray] = {g.name: np.array([STD[b] for b in g.bands], dtype=np.float32) for g in BAND_GROUPS}
 for _a in (*GROUP_MEAN.values(), *GROUP_STD.values()):
     _a.flags.writeable = False
@@ -220,7 +223,9 @@ class Normalize:
             else:
                 array = _as_array(value, key).astype(np.float32, copy=False)
             if array.ndim not in (3, 4) or array.shape[-3] != len(mean):
-                raise ValueError(f"{key}: expected (C, H, W) or (B, C, H, W) with C={len(mean)}, got shape {array.shape}")
+                raise ValueError(
+                    f"{key}: expected (C, H, W) or (B, C, H, W) with C={len(mean)}, got shape {array.shape}"
+                )
             normalised = (array - mean[:, None, None]) / std[:, None, None]
             first = value[0] if isinstance(value, (list, tuple)) else value
             out[key] = _like(normalised, first)
@@ -338,7 +343,7 @@ DIRECTION_RE = re.compile(rf"\b(?:{_CARDINAL}|{_RELATIVE})\b", re.IGNORECASE)
 _POINT_TAG_RE = re.compile(r"<point>.*?</point>", re.DOTALL)
 
 
-class OrientationTextError(ValueError):
+class OrientationTextError(BigEarthNetTxtError, ValueError):
     """An augmentation was asked to flip or rotate a row whose text it cannot rewrite."""
 
 
@@ -474,7 +479,9 @@ def _column_like(values: List[Any], original: Any) -> Any:
         if _is_tensor(values[0]) if values else False:
             values = [v.detach().cpu().numpy() for v in values]
         try:
-            return np.stack([np.asarray(v) for v in values]).astype(original.dtype, copy=False) if values else original[:0]
+            if not values:
+                return original[:0]
+            return np.stack([np.asarray(v) for v in values]).astype(original.dtype, copy=False)
         except ValueError:  # ragged (e.g. the patch layout's lists): keep a list
             return values
     if _is_tensor(original):
@@ -483,7 +490,9 @@ def _column_like(values: List[Any], original: Any) -> Any:
         if values and all(_is_tensor(v) for v in values):
             return torch.stack(values).to(original.dtype)
         try:
-            return torch.as_tensor(np.stack([np.asarray(v) for v in values])).to(original.dtype) if values else original[:0]
+            if not values:
+                return original[:0]
+            return torch.as_tensor(np.stack([np.asarray(v) for v in values])).to(original.dtype)
         except (ValueError, TypeError):
             return values
     return values

@@ -32,7 +32,8 @@ import pytest
 
 # Everything a test run writes stays in the checkout (.pytest-tmp/): the datasets cache too, set before datasets is
 # imported (it reads HF_DATASETS_CACHE once).
-_RUN_DIR = Path(__file__).resolve().parents[1] / ".pytest-tmp"
+# BENTXT_TEST_DIR names another folder, so that two runs in one checkout never remove each other's files.
+_RUN_DIR = Path(os.environ.get("BENTXT_TEST_DIR") or Path(__file__).resolve().parents[1] / ".pytest-tmp").resolve()
 os.environ["HF_DATASETS_CACHE"] = str(_RUN_DIR / "hf-datasets-cache")
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ from make_fixtures import Fixture, make_fixture, write_lmdb  # noqa: E402
 
 # Everything a test run writes stays in the checkout: tempfile users (ours, datasets', subprocesses) get
 # .pytest-tmp/tmp instead of /tmp, removed at the end of the session.
-_TMP = TESTS_DIR.parent / ".pytest-tmp" / "tmp"
+_TMP = _RUN_DIR / "tmp"
 
 
 def pytest_configure(config) -> None:

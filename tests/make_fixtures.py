@@ -1,11 +1,11 @@
 """Tiny BigEarthNet.txt + BigEarthNet v2.0 data in the exact released format.
 
 The builder must never meet the real 120 GB archives in tests, so this module
-writes stand-ins that are byte-for-byte faithful where it matters (facts file
-sections 3-13): per-band GeoTIFFs with the released creation options, GNU tar
+writes stand-ins that are byte-for-byte faithful where it matters (docs/release.md,
+all sections): per-band GeoTIFFs with the released creation options, GNU tar
 members in sorted order inside one monolithic zstd stream, and an annotation
 parquet with the 13-column schema whose rows are scattered across row groups.
-Everything is synthetic except the one real patch whose 18 rows the facts quote;
+Everything is synthetic except the one real patch whose 18 rows docs/release.md#text-formats quotes;
 its reference map is drawn so that those real boxes, counts and areas hold.
 
 Public API (kept stable, other tests depend on it)::
@@ -21,7 +21,7 @@ Public API (kept stable, other tests depend on it)::
         .bands -> {band: ndarray}  (all 14 bands, native dtype/shape, the exact values written)
         .reference_map -> ndarray  (uint16 CLC codes, 120x120)
         .transform(resolution_m) -> Affine      .member_paths() -> {band|"reference_map": path}
-    REAL_PATCH_ID, REAL_S1_NAME, REAL_ROWS, REAL_CAPTION: the real rows of facts section 5.
+    REAL_PATCH_ID, REAL_S1_NAME, REAL_ROWS, REAL_CAPTION: the real rows of docs/release.md#text-formats.
 
 ``archive_only`` / ``text_only`` take either an int (that many *additional*
 generated patches in that role) or a sequence of patch ids already in the
@@ -72,7 +72,7 @@ _RELEASE = json.loads((REPO_ROOT / "dataset_infos" / "sources.json").read_text()
 PARQUET_NAME: str = _RELEASE["annotations"]["file_name"]
 ARCHIVE_NAME: Dict[str, str] = {sensor: _RELEASE[sensor]["file_name"] for sensor in ("s1", "s2")}
 
-#: GNU tar --mtime="2024-01-01 00:00:00" of the release pipeline (facts section 9), as UTC
+#: GNU tar --mtime="2024-01-01 00:00:00" of the release pipeline (docs/release.md#tar-layout), as UTC
 TAR_MTIME = 1_704_067_200
 ZSTD_LEVEL = 6
 MAPS_ARCHIVE_NAME = "Reference_Maps.tar.zst"
@@ -81,13 +81,13 @@ MAP_NODATA = 0
 SYNTHETIC_METADATA = {b"synthetic": b"true", b"generator": b"tests/make_fixtures.py"}
 SYNTHETIC_MD = "SYNTHETIC.md"
 
-#: the annotation parquet's 13 columns, in file order (facts section 3), as the reader declares them
+#: the annotation parquet's 13 columns, in file order (docs/release.md#annotation-parquet), as the reader declares them
 PARQUET_SCHEMA = pa.schema(list(COLUMNS.items()))
 
 
 # --------------------------------------------------------------------------- vocabulary
 
-#: 19-class nomenclature -> CLC level-3 codes (facts section 11), in the original class order
+#: 19-class nomenclature -> CLC level-3 codes (docs/release.md#clc-classes), in the original class order
 CLC_CLASSES: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ("Urban fabric", (111, 112)),
     ("Industrial or commercial units", (121,)),
@@ -113,7 +113,8 @@ CLASS_NAMES: Tuple[str, ...] = tuple(name for name, _ in CLC_CLASSES)
 CLASS_OF_CODE: Dict[int, str] = {code: name for name, codes in CLC_CLASSES for code in codes}
 
 COUNTRIES = ("Austria", "Belgium", "Finland", "Ireland", "Kosovo", "Lithuania", "Luxembourg", "Portugal", "Serbia", "Switzerland")
-#: the ``season`` column follows the publisher's docstring (Fall); the MCQ options say Autumn (facts section 4)
+#: the ``season`` column follows the publisher's docstring (Fall); the MCQ options say Autumn
+#: (docs/release.md#value-sets)
 SEASON_OF_MONTH = {m: s for s, ms in (("Winter", (12, 1, 2)), ("Spring", (3, 4, 5)), ("Summer", (6, 7, 8)), ("Fall", (9, 10, 11))) for m in ms}
 SEASON_OPTION = {"Winter": "Winter", "Spring": "Spring", "Summer": "Summer", "Fall": "Autumn"}
 CLIMATE_ZONES = (
@@ -227,7 +228,7 @@ class _Spec:
         return self.tile.ul[0] + 1200 * self.x, self.tile.ul[1] - 1200 * self.y
 
 
-# The real patch (facts section 5). Its map is drawn so that the real answers hold:
+# The real patch (docs/release.md#text-formats). Its map is drawn so that the real answers hold:
 # broad-leaved forest 5,860 px = 586,000 m2 (40.7 %), one arable region with box
 # [0.0 0.0, 0.93 0.45], one inland-water region [0.0 0.37, 1.0 1.0] touching the
 # forest, forest extent [0.0 0.0, 1.0 0.94], and both real points inside their region.
@@ -246,7 +247,8 @@ REAL_CAPTION = (
     "of the image. Inland waters, covering roughly 274,400 square meters, run along the right side and the bottom of "
     "the image and border the forest directly, giving the scene a calm, well-watered character."
 )
-#: (ID, type, category, input, output) exactly as in facts section 5 (4 of the patch's 22 IDs were never published)
+#: (ID, type, category, input, output) exactly as in docs/release.md#text-formats
+#: (4 of the patch's 22 IDs were never published)
 REAL_ROWS: Tuple[Tuple[int, str, str, str, str], ...] = (
     (27519, "binary", "adjacency", "Would you identify any broad-leaved forest as lying right beside inland waters?", "yes"),
     (27521, "binary", "area", "Does the image contain classes other than inland waters?", "yes"),
@@ -564,7 +566,7 @@ def rows_per_strip(width: int, dtype: Union[str, np.dtype]) -> int:
 
 
 def encode_geotiff(array: np.ndarray, epsg: int, transform: Affine, nodata: Optional[float], compress: Optional[str] = None) -> bytes:
-    """One single-band striped GeoTIFF as the release wrote it (facts section 10)."""
+    """One single-band striped GeoTIFF as the release wrote it (docs/release.md#geotiff-properties)."""
     height, width = array.shape
     options: Dict[str, object] = dict(tiled=False, blockysize=min(height, rows_per_strip(width, array.dtype)), compress="none")
     if compress == "deflate":

@@ -1,6 +1,6 @@
 """An independent re-statement of the publisher's reading path, for comparisons.
 
-``ben_txt_datamodule.py`` (facts file, section 14) stacks the requested bands
+``ben_txt_datamodule.py`` (docs/release.md#publishers-loader) stacks the requested bands
 in the requested order and resizes each band that is not ``img_size`` square
 with ``torch.nn.functional.interpolate``: legacy ``nearest`` (source index
 ``floor(dst * in / out)``) or ``bilinear`` with ``align_corners=True``

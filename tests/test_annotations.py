@@ -290,10 +290,11 @@ def test_rules_read_no_extra_columns_from_a_good_file(fixture_data, monkeypatch)
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
     ann.read_selection(str(fixture_data.parquet), ann.Selection(), sort_by="patch_id")
     groups = pq.ParquetFile(fixture_data.parquet).num_row_groups
-    light = sorted(set(ann.COLUMNS) - {"input", "output"})
+    ruled = ("ID", "category", "split", "type")  # every row: the rules' columns; then the others, each once
+    rest = tuple(sorted(set(ann.COLUMNS) - set(ruled) - {"input", "output"}))
     for g in range(groups):
         reads = sorted(columns for i, columns in calls if i == g)
-        assert reads == sorted([tuple(light), ("input",), ("output",)]), reads
+        assert reads == sorted([ruled, rest, ("input",), ("output",)]), reads
 
 
 def test_duplicate_id_check_on_one_column_only_names_repeated_ids():
@@ -322,3 +323,46 @@ def test_duplicate_id_check_is_cheap_at_full_scale(order):
     chunks[40] = chunks[40].copy()
     chunks[40][7] = chunks[3][100]
     assert ann.duplicate_ids(chunks).tolist() == [int(chunks[3][100])]
+
+
+# ----------------------------------------------------------------------------- issue 20: coordinates, whole names, empty splits
+
+REAL_PATCH = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_61_39"
+
+
+def pair_rows(table: pa.Table, patch_id: str) -> pa.Array:
+    return pc.equal(table["patch_id"], patch_id)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 91.0])
+def test_non_finite_or_out_of_range_coordinates_are_one_clear_error(fixture_data, value):
+    """All rows of a pair at NaN used to read "row ID 27519 gives latitude=nan ..., but row ID 27519 gives nan"."""
+    t = fixture_data.table
+    i = t.schema.get_field_index("latitude")
+    bad = t.set_column(i, t.field(i), pc.if_else(pair_rows(t, REAL_PATCH), pa.scalar(value, pa.float64()), t["latitude"]))
+    index = ann.group_by_patch(bad, "patch_id")
+    with pytest.raises(ann.AnnotationFileError) as excinfo:
+        ann.check_patch_pairs(index, "BigEarthNet.txt.parquet")
+    message = str(excinfo.value)
+    assert re.fullmatch(rf"BigEarthNet\.txt\.parquet: row ID 275\d\d has latitude={value}; coordinates must be finite "
+                        r"numbers, latitude from -90 to 90 \(18 row\(s\) break this\)", message), message
+    assert "but row ID" not in message
+
+
+@pytest.mark.parametrize("column,value", [
+    ("patch_id", "junk" + REAL_PATCH),
+    ("patch_id", "../" + REAL_PATCH),
+    ("patch_id", REAL_PATCH + "\n"),
+    ("s1_name", "x/S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39"),
+])
+def test_names_must_be_whole_release_names(fixture_data, tmp_path, column, value):
+    """Junk before a valid name passed the parquet check, then failed (folders) or went "missing" (archives, LMDB)."""
+    t = fixture_data.table
+    old = REAL_PATCH if column == "patch_id" else "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_61_39"
+    i = t.schema.get_field_index(column)
+    bad = t.set_column(i, t.field(i), pc.if_else(pc.equal(t[column], old), pa.scalar(value), t[column]))
+    index = ann.group_by_patch(bad, "patch_id")
+    firsts = index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1]))
+    with pytest.raises(ann.AnnotationFileError, match=rf"^f\.parquet: row ID 275\d\d: {column} {re.escape(repr(value))} "
+                                                      r"is not a Sentinel-[12] patch name \(the whole value must be one"):
+        ann.check_pair_names(firsts, "f.parquet")

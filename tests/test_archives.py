@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from bentxt import archives
 from bentxt.archives import ArchiveError, iter_archive_patches, iter_tar
 from bentxt.layout import band_path, reference_map_path
-from bentxt.raster import max_band_file_bytes
+from bentxt.raster import RasterError, max_band_file_bytes
+from bentxt.readers import BadBand, decode_patch
 from tar_fuzz_helpers import (
     BLOCK,
     end_of_archive,
@@ -271,17 +272,30 @@ def test_unwanted_members_are_skipped_in_chunks_not_read_whole(tmp_path: Path) -
 
 
 def test_a_band_file_larger_than_its_band_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    """The header claims 1 MiB and the archive ends 10 bytes later: refusing unread means no 'truncated' error."""
+    """A 1 MiB B02 member is skipped in pieces, never held in memory; the patch carries the reason instead."""
     name = band_path("s2", PATCH, "B02")
-    raw = member(band_path("s2", PATCH, "B01"), b"b01") + header(name, 1 << 20) + b"0123456789"
+    raw = member(band_path("s2", PATCH, "B01"), b"b01") + member(name, bytes(1 << 20)) + end_of_archive()
     path = tmp_path / "BigEarthNet-S2.tar.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(raw))
-    with pytest.raises(ArchiveError) as info:
-        list(iter_archive_patches(str(path), "s2", progress=False))
-    message = str(info.value)
-    assert message.startswith(f"Archive {path}: member {name} has 1048576 bytes, ")
-    assert f"more than a file of its kind can need ({max_band_file_bytes('B02')} bytes); refused unread" in message
-    assert "truncated" not in message
+    [(patch, bands)] = list(iter_archive_patches(str(path), "s2", progress=False))
+    assert patch == PATCH and bands["B01"] == b"b01" and isinstance(bands["B02"], BadBand)
+    assert bands["B02"] == (f"member {name} has 1048576 bytes, more than a file of its kind can need "
+                            f"({max_band_file_bytes('B02')} bytes); refused unread (tar header at byte 3072)")
+    # decoding it is a RasterError naming patch, band and archive: skip_invalid skips it like a bad file in a folder
+    with pytest.raises(RasterError, match=rf"^patch {PATCH} band B02 \(in a.tar.zst\): member {name} has 1048576"):
+        decode_patch(bands, ("B02",), PATCH, "a.tar.zst")
+
+
+def test_a_band_member_twice_in_an_archive_is_ambiguous(tmp_path: Path) -> None:
+    """The last copy used to win silently; the README calls ambiguous members errors."""
+    name = band_path("s2", PATCH, "B02")
+    path = tmp_path / "dup.tar"
+    path.write_bytes(member(name, b"one") + member(name, b"two") + end_of_archive())
+    [(patch, bands)] = list(iter_archive_patches(str(path), "s2", progress=False))
+    assert isinstance(bands["B02"], BadBand)
+    with pytest.raises(RasterError, match=rf"band B02 \(in dup.tar\): member {name} occurs more than once in archive "
+                                          rf"{path}; which copy is meant is ambiguous"):
+        decode_patch(bands, ("B02",), PATCH, "dup.tar")
 
 
 def test_archive_patches_hold_only_band_files_of_their_sensor(tmp_path: Path) -> None:

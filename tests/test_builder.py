@@ -21,7 +21,7 @@ import pytest
 import bigearthnet_txt as bt
 from bentxt import bands as B
 from bentxt import sources, text
-from bentxt.imagery_table import PairBands
+from bentxt.pair_bands import PairBands
 from make_fixtures import REAL_PATCH_ID
 from publisher_loader import stack_and_interpolate
 

@@ -73,7 +73,9 @@ def test_one_cache_for_one_selection_whatever_the_route(fixture_data, tmp_path, 
     folders.append(folder_of(builder.as_dataset(split="bench")))
     folders.append(builder.cache_dir)
     assert len(set(folders)) == 1, folders
-    assert len(os.listdir(caches / "bigearthnet_txt")) == 1  # nothing else was prepared
+    # nothing else was prepared: one text cache, and one imagery store for the one source
+    assert sorted(os.listdir(caches / "bigearthnet_txt")) == sorted([Path(folders[0]).parents[1].name, "imagery"])
+    assert len(os.listdir(caches / "bigearthnet_txt" / "imagery")) == 1
     inputs = json.loads((Path(folders[0]) / cache.INPUTS_FILE).read_text())
     assert inputs["selection"]["files"]["annotations"] == os.path.realpath(fixture_data.parquet)
     assert set(inputs["inputs"]) == {"annotations", "s2"}

@@ -26,7 +26,7 @@ from bentxt import cli
 from bentxt.config import CONFIG_OPTIONS, config_name_error
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILDING = ("demo", "show", "prepare", "export")
+BUILDING = ("demo", "show", "prepare", "export", "chat-export")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def subparsers(parser):
 
 def test_every_config_option_has_a_flag_on_every_subcommand_that_reads_data():
     commands = subparsers(cli.build_parser())
-    assert set(commands) == {"demo", "info", "show", "prepare", "export"}
+    assert set(commands) == {"demo", "info", "show", "prepare", "export", "chat-export", "score"}
     for name, sub in commands.items():
         flags = {s for a in sub._actions for s in a.option_strings}
         missing = [o for o in CONFIG_OPTIONS if "--" + o.replace("_", "-") not in flags]
@@ -213,13 +213,18 @@ def test_prepare_prints_the_cache_and_load_dataset_reuses_it(fixture_data, tmp_p
     assert os.path.isdir(folder) and folder.startswith(str(cache_dir / "bigearthnet_txt"))
     assert float(m[2]) == round(cli.disk_usage(folder) / 1e6, 2) > 0
     before = arrow_mtimes(folder)
-    assert any("/imagery/" in p for p in before) and len(before) >= 2
+    assert before and not any("/imagery/" in p for p in before)  # the texts; the pixels are in the source's store
+    stores = re.findall(r"^imagery store: (.+) \(([\d.,]+) MB on disk, shared by every config of its source\)$", out, re.M)
+    assert len(stores) == 1 and stores[0][0].startswith(str(cache_dir / "bigearthnet_txt" / "imagery" / "s2-"))
+    store_files = arrow_mtimes(stores[0][0])
+    assert store_files
 
     ds = datasets.load_dataset("bigearthnet_txt", "s2-captioning", data_dir=str(fixture_data.root), cache_dir=str(cache_dir),
                                layout="patch", countries=[country])
     assert {os.path.dirname(f["filename"]) for part in ds.values() for f in part.cache_files} == {folder}
-    assert arrow_mtimes(folder) == before  # read, not prepared again
-    assert os.listdir(cache_dir / "bigearthnet_txt") == [os.path.basename(os.path.dirname(os.path.dirname(folder)))]
+    assert arrow_mtimes(folder) == before and arrow_mtimes(stores[0][0]) == store_files  # read, not prepared again
+    assert sorted(os.listdir(cache_dir / "bigearthnet_txt")) == sorted(
+        [os.path.basename(os.path.dirname(os.path.dirname(folder))), "imagery"])
     printed = {split: int(n) for split, n in re.findall(r"^(\w+): (\d+) examples$", out, re.M)}
     assert printed == {split: part.num_rows for split, part in ds.items()}
 
@@ -282,7 +287,7 @@ def test_info_release_sizes_and_cache_estimates(capsys):
     out = capsys.readouterr().out
     assert "s2_20m: PairBands(shape=(6, 60, 60), dtype='uint16'" in out
     rows = table(out)
-    # rows and image pairs of the release (facts file section 4); the cache keeps pixels once per pair whatever the
+    # rows and image pairs of the release (docs/release.md#counts); the cache keeps pixels once per pair whatever the
     # layout: 4*120*120*2 + 6*60*60*2 + 2*20*20*2 + 2*120*120*4 = 275,200 B per pair, +2%, + (150 + 170) B per row
     assert rows["train"] == ["4,674,281", "229,114", "65.81 GB"]
     assert rows["bench"] == ["15,029", "1,082", "0.31 GB"]
@@ -291,7 +296,7 @@ def test_info_release_sizes_and_cache_estimates(capsys):
 
 
 def test_info_gives_the_known_bench_counts(capsys):
-    # facts file section 4: bench rows binary 6,927, mcq 5,550, captions 970, referring 1,582 (15,029 in all)
+    # docs/release.md#counts: bench rows binary 6,927, mcq 5,550, captions 970, referring 1,582 (15,029 in all)
     expected = {"s2-vqa-bench": "12,477", "s2-binary-bench": "6,927", "s1-mcq-bench": "5,550",
                 "s1s2-captioning-bench": "970", "s1-grounding-bench": "1,582", "s2-all-bench": "15,029"}
     for name, rows in expected.items():
@@ -373,7 +378,7 @@ def test_show_patch_layout_options_and_errors(tmp_path, capsys):
                      "--id", "27527", "-o", str(tmp_path / "rgb.png"), "--quiet"]) == 0
     assert "ID 27527" in capsys.readouterr().out
     assert cli.main(["--quiet", "show", "s1s2-grounding-test", "--id", "99999999", "-o", str(png)]) == 1
-    assert error_line(capsys.readouterr().err) == "--id 99999999: no such annotation in split test"
+    assert error_line(capsys.readouterr().err) == "--id 99999999: no such annotation in split(s) test"
 
 
 def test_show_logs_and_bars_unless_quiet(tmp_path, capfd):
@@ -454,7 +459,7 @@ def test_export_engine_flags_are_export_only_and_checked_before_any_work(tmp_pat
     for argv, message in (
         ([*base, "--engine", "spark"], "argument --engine: invalid choice: 'spark'"),
         ([*base, "--ray-address", "10.0.0.1:6379"], "--ray-address needs --engine ray"),
-        ([*base, "--engine", "ray", "--inline-pixels"], "--inline-pixels is for small configs and runs on --engine local only"),
+        ([*base, "--inline-pixels"], "unrecognized arguments: --inline-pixels"),  # gone: the 'browse' config shows it
     ):
         assert cli.main(argv) == 2
         assert error_line(capsys.readouterr().err).startswith(message)
@@ -466,3 +471,39 @@ def test_export_engine_flags_are_export_only_and_checked_before_any_work(tmp_pat
     line = error_line(capsys.readouterr().err)
     assert line.startswith("ConnectionError: no Ray cluster answers at 127.0.0.1:1") and "--ray-address" in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+# ----------------------------------------------------------------------------- issue 20: exit codes, plain help, --id in any split
+
+
+def test_a_filter_value_the_data_lacks_is_a_usage_error(tmp_path, capsys):
+    """A wrong option value exited 1 ("the data failed"); 2 is the documented "wrong command line"."""
+    argv = ["show", "s2-vqa", "--countries", "Atlantis", "-o", str(tmp_path / "x.png"), "--cache-dir", str(tmp_path / "c")]
+    assert cli.main(["--quiet", *argv]) == 2
+    assert error_line(capsys.readouterr().err).startswith("countries=['Atlantis']: ['Atlantis'] not found in column 'country'")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_help_is_plain_text_without_module_names(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["--help"])
+    assert excinfo.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and "bentxt." not in text and "registration" not in text
+    assert "Exit status: 0 done; 1 the data or the run failed; 2 the command line is wrong" in text
+
+
+def test_show_id_finds_the_annotation_in_any_split(tmp_path, capsys):
+    """``show --id`` looked only in test unless --split was given; 1037 is a train row of the sample."""
+    png = tmp_path / "train.png"
+    assert cli.main(["--quiet", "show", "s2-vqa", "--id", "1037", "-o", str(png)]) == 0
+    assert "split train" in capsys.readouterr().out and png.stat().st_size > 0
+    assert cli.main(["--quiet", "show", "s2-vqa", "--id", "1037", "--streaming", "-o", str(tmp_path / "s.png")]) == 0
+    assert "split train" in capsys.readouterr().out
+    assert cli.main(["--quiet", "show", "s2-vqa", "--id", "99999999", "-o", str(png)]) == 1
+    assert error_line(capsys.readouterr().err) == "--id 99999999: no such annotation in split(s) test, train, validation, bench"
+
+
+def test_demo_and_score_keep_a_stated_default_while_the_library_has_none():
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo"]).config == cli.DEMO_CONFIG == "s1s2-all"

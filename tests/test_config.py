@@ -13,7 +13,7 @@ from bentxt import annotations as ann
 from bentxt import bands as B
 from bentxt import config as cfg
 from bentxt.config import CONFIGS, NO_BOX, NO_OPTIONS, NO_POINT, estimate_cache_bytes, features_for, resolve_config
-from bentxt.imagery_table import PairBands
+from bentxt.pair_bands import PairBands
 
 SENSOR_GROUPS = {s: [g for g in B.BAND_GROUPS if g.sensor in cfg.SENSORS[s]] for s in cfg.SENSORS}
 
@@ -28,7 +28,7 @@ def test_configs_are_generated_from_the_declared_lists():
     assert {"s1s2-vqa", "s2-captioning", "s1-grounding-bench", "s1s2-all-train"} <= set(names)
     config = bt.BigEarthNetTxt.builder_configs["s1-mcq-validation"]
     assert (config.sensors, config.task, config.splits) == (("s1",), "mcq", ("validation",))
-    assert bt.BigEarthNetTxt.DEFAULT_CONFIG_NAME == cfg.DEFAULT_CONFIG_NAME == "s1s2-all"
+    assert bt.BigEarthNetTxt.DEFAULT_CONFIG_NAME is cfg.DEFAULT_CONFIG_NAME is None  # no silent s1s2-all (issue 20)
     # the builder module re-exports the declared lists
     assert (bt.SENSORS, bt.TASKS, bt.SPLITS, bt.LAYOUTS) == (cfg.SENSORS, cfg.TASKS, cfg.SPLITS, cfg.LAYOUTS)
     assert bt.estimate_cache_bytes is cfg.estimate_cache_bytes
@@ -59,7 +59,7 @@ def test_resolve_config_copies_and_validates():
     assert resolve_config(config) is not config and resolve_config(config).countries == ("Austria",)
     assert config.options() == {"countries": ["Austria"], "point_token": ["", ""]}
     assert resolve_config("s2-mcq").options() == {}
-    with pytest.raises(ValueError, match=r"'colour' is not an option of a bigearthnet_txt config; options: \[.*'countries'"):
+    with pytest.raises(ValueError, match=r"'colour' is not an option of a bigearthnet_txt config. Options: \[.*'countries'"):
         resolve_config("s2-mcq", colour="red")
 
 
@@ -92,10 +92,11 @@ def test_wanted_bands_and_stored_groups():
     assert [g.name for g in native.stored_groups("s2")] == ["s2_10m", "s2_20m", "s2_60m"]
     rgb = resolve_config("s2-all", bands="RGB")
     assert rgb.image_bands == ("B04", "B03", "B02") and rgb.wanted_bands() == {"s2": ("B04", "B03", "B02")}
-    assert [g.name for g in rgb.stored_groups("s2")] == ["s2_10m"]  # only the groups holding a wanted band
+    assert [g.name for g in rgb.stored_groups("s2")] == ["s2_10m", "s2_20m", "s2_60m"]  # the store serves every config
     mixed = resolve_config("s1s2-all", bands=["B01", "VH", "B8A"])
     assert mixed.wanted_bands() == {"s1": ("VH",), "s2": ("B01", "B8A")}
-    assert [g.name for g in mixed.stored_groups("s2")] == ["s2_20m", "s2_60m"] and [g.name for g in mixed.stored_groups("s1")] == ["s1"]
+    assert [g.name for g in mixed.stored_groups("s2")] == ["s2_10m", "s2_20m", "s2_60m"]
+    assert [g.name for g in mixed.stored_groups("s1")] == ["s1"]
 
 
 # ----------------------------------------------------------------------------- features
@@ -166,8 +167,8 @@ def test_image_bytes_per_pair_are_the_native_groups():
     assert cfg.image_bytes_per_pair(CONFIGS["s1-all"]) == 115_200
     assert cfg.image_bytes_per_pair(CONFIGS["s2-all"]) == 160_000
     assert cfg.image_bytes_per_pair(CONFIGS["s1s2-all"]) == 275_200
-    # bands= keeps the native groups holding a wanted band (the image is computed on access)
-    assert cfg.image_bytes_per_pair(resolve_config("s2-all", bands="RGB")) == 4 * 120 * 120 * 2
+    # bands= reads the source's store, which keeps every native group (the image is computed on access)
+    assert cfg.image_bytes_per_pair(resolve_config("s2-all", bands="RGB")) == 160_000
 
 
 def test_estimate_counts_pixels_once_per_pair():
@@ -201,3 +202,32 @@ def test_img_size_and_resample_are_checked_even_without_bands_and_do_not_key_the
         resolve_config("s2-vqa", resample="cubic-ish")
     assert resolve_config("s2-vqa", img_size=64).options() == {}  # unused without bands=
     assert resolve_config("s2-vqa", bands="RGB", img_size=64).options() == {"bands": "RGB", "img_size": 64}
+
+
+# ----------------------------------------------------------------------------- issue 20: no silent default, did you mean
+
+
+def test_a_missing_config_name_is_an_error_listing_the_configs(fixture_data, tmp_path):
+    """Leaving the name out used to pick s1s2-all, the largest config (~135 GB at release scale)."""
+    expected = (r"^Config name is missing: pick one of the 90 configs <sensor>-<task>\[-<split>\] with sensor in "
+                r"\['s1', 's2', 's1s2'\], task in \[.*\], split in \[.*\], e.g\. load_dataset\('bigearthnet_txt', "
+                r"'s2-captioning-bench'\).*~135 GB")
+    with pytest.raises(ValueError, match=expected):
+        bt.BigEarthNetTxt(cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=expected):  # keywords alone do not make a config either
+        bt.BigEarthNetTxt(data_dir=str(fixture_data.root), cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=expected):
+        resolve_config(None)
+
+
+@pytest.mark.parametrize("typo,suggestion", [("country", "'countries'"), ("skip_invalids", "'skip_invalid'"),
+                                             ("datadir", "'data_dir'"), ("img_sizes", "'img_size'")])
+def test_a_mistyped_keyword_gets_a_did_you_mean(tmp_path, typo, suggestion):
+    """datasets answered ``country=`` with "BuilderConfig ... doesn't have a 'country' key" and the whole config."""
+    with pytest.raises(ValueError) as excinfo:
+        bt.BigEarthNetTxt(config_name="s2-vqa", cache_dir=str(tmp_path), **{typo: ["Austria"]})
+    message = str(excinfo.value)
+    assert message.startswith(f"{typo!r} is not an option of a bigearthnet_txt config. Did you mean {suggestion}")
+    assert "BuilderConfig" not in message and len(message) < 600
+    with pytest.raises(ValueError, match=rf"Did you mean {suggestion}"):
+        resolve_config("s2-vqa", **{typo: 1})

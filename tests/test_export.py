@@ -1,10 +1,13 @@
-"""The Parquet export: a texts config + an ``-imagery`` config per exported config (pixels once per pair), the card,
-round trips through load_dataset (map-style and streaming) and iter_examples, previews, sharding, viewer limits."""
+"""The Parquet export (bentxt/export.py, bentxt/export_read.py): texts configs, one imagery config per sensor set
+shared by every task (pixels once per pair), the browse config (every text beside its picture, the default), the card,
+round trips through plain ``datasets`` (map-style, streaming, a fresh process), iter_examples, the builder's export
+image source, sharding, and the dataset viewer's limits."""
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import math
 import os
 import re
@@ -29,11 +32,13 @@ from bentxt import annotations as ann
 from bentxt import preview, readers
 from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS
 from bentxt.config import features_for
-from bentxt.imagery_table import PairBands, array3d
+from bentxt.imagery_table import array3d
+from bentxt.pair_bands import PairBands
 from make_fixtures import REAL_PATCH_ID, make_fixture
 
 CONFIGS = ("s1s2-vqa", "s2-grounding", "s1-captioning")
-IMAGERY = ex.IMAGERY_SUFFIX
+IMAGERY = {"s1s2-vqa": "imagery-s1s2", "s2-grounding": "imagery-s2", "s1-captioning": "imagery-s1"}
+NAMES = ["browse", *CONFIGS, "imagery-s1s2", "imagery-s2", "imagery-s1"]  # the card's order: browse, texts, imagery
 SHARD = re.compile(r"^(train|validation|test|bench)-(\d{5})-of-(\d{5})\.parquet$")
 
 
@@ -48,21 +53,16 @@ def exported(fixture_data, tmp_path_factory):
     return root, {c: ds for c, (_, ds) in built.items()}, {c: b for c, (b, _) in built.items()}
 
 
-@pytest.fixture(scope="module")
-def inline(exported, tmp_path_factory):
-    """s2-grounding exported the old way: pixels and a marked preview in every text row."""
-    _, prepared, _ = exported
-    root = tmp_path_factory.mktemp("export-inline")
-    ex.export_dataset(prepared["s2-grounding"], root, "s2-grounding", inline_pixels=True, progress=False)
-    return root
-
-
 def load(root: Path, config: str, tmp_path: Path, **kwargs):
     return datasets.load_dataset(str(root), config, cache_dir=str(tmp_path / "hf"), **kwargs)
 
 
 def files_of(root: Path, config: str):
-    return sorted((root / "data" / config).iterdir())
+    return sorted(p for p in (root / "data" / config).iterdir())
+
+
+def folder_bytes(root: Path, config: str) -> int:
+    return sum(f.stat().st_size for f in files_of(root, config))
 
 
 def card(root: Path) -> dict:
@@ -110,34 +110,38 @@ def assert_same_rows(got: list, want: list) -> None:
 # ----------------------------------------------------------------------------- files and card
 
 
-def test_card_lists_texts_and_imagery_configs_with_one_default(exported):
+def test_card_lists_browse_texts_and_one_imagery_per_sensor_set(exported):
     root, prepared, _ = exported
     meta = card(root)
-    names = [n for c in CONFIGS for n in (c, c + IMAGERY)]
-    assert [c["config_name"] for c in meta["configs"]] == names
-    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["s1s2-vqa"]
+    assert [c["config_name"] for c in meta["configs"]] == NAMES
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["browse"]
+    assert len(NAMES) <= ex.VIEWER_MAX_CONFIGS and "more than the" not in (root / "README.md").read_text()
     assert meta["license"] == "cdla-permissive-1.0"
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
-    assert list(infos) == names
+    assert list(infos) == NAMES
     for config in CONFIGS:
         texts = {s["name"]: s["num_examples"] for s in infos[config]["splits"]}
         assert texts == {split: part.num_rows for split, part in prepared[config].items()}
-        pairs = {s["name"]: s["num_examples"] for s in infos[config + IMAGERY]["splits"]}
+        pairs = {s["name"]: s["num_examples"] for s in infos[IMAGERY[config]]["splits"]}
         assert pairs == {split: len(set(part["patch_id"])) for split, part in prepared[config].items()}
-        for name in (config, config + IMAGERY):
-            assert infos[name]["download_size"] == sum(f.stat().st_size for f in files_of(root, name))
-            entry = next(c for c in meta["configs"] if c["config_name"] == name)
-            assert entry["data_files"] == [{"split": s, "path": f"data/{name}/{s}-*"} for s in prepared[config]]
+    for name in NAMES:
+        assert infos[name]["download_size"] == folder_bytes(root, name)
+        entry = next(c for c in meta["configs"] if c["config_name"] == name)
+        assert entry["data_files"] == [{"split": s, "path": f"data/{name}/{s}-*"} for s in ann.SPLITS]
+    browse = {s["name"]: s["num_examples"] for s in infos["browse"]["splits"]}  # every text once (by ID)
+    assert browse == {s: len({i for c in CONFIGS for i in prepared[c][s]["ID"]}) for s in ann.SPLITS}
     text = (root / "README.md").read_text()
     assert "BigEarthNet.txt" in text and "reBEN" in text and "CDLA-Permissive-1.0" in text and "## Usage" in text
-    assert '"s1s2-vqa-imagery"' in text and "iter_examples" in text  # the usage joins the default with its pairs
-    assert datasets.get_dataset_config_names(str(root)) == names
-    assert datasets.load_dataset_builder(str(root)).config.name == "s1s2-vqa"
+    assert '"imagery-s1s2"' in text and "iter_examples" in text and "row_of[example[\"patch_id\"]]" in text
+    assert datasets.get_dataset_config_names(str(root)) == NAMES
+    assert datasets.load_dataset_builder(str(root)).config.name == "browse"
+    for config in CONFIGS:  # each texts file names its imagery config
+        assert json.loads(pq.read_schema(files_of(root, config)[0]).metadata[b"bentxt"])["imagery"] == IMAGERY[config]
 
 
-def viewer_checks(root: Path, config: str, prepared: datasets.Dataset):
+def viewer_checks(root: Path, config: str) -> dict:
     """Per file: name, one split, whole pairs, row groups within the limits, codecs, page index; returns pair order."""
-    has_preview = "preview" in pq.read_schema(files_of(root, config)[0]).names
+    kind = ex.kind_of(config)
     seen, order, by_split = set(), {}, {}
     for path in files_of(root, config):
         match = SHARD.match(path.name)
@@ -154,61 +158,133 @@ def viewer_checks(root: Path, config: str, prepared: datasets.Dataset):
         meta = pf.metadata
         assert b"huggingface" in meta.metadata and b"ARROW:schema" in meta.metadata
         for i in range(meta.num_row_groups):
+            # the /rows scan reads whole pages of a row group: a row group must stay far below 300 MB
             assert meta.row_group(i).total_byte_size <= ex.VIEWER_MAX_ROW_GROUP_BYTES
             assert pf.read_row_group(i).nbytes <= ex.MAX_ROW_GROUP_BYTES
             codecs = {meta.row_group(i).column(j).path_in_schema: meta.row_group(i).column(j).compression
                       for j in range(meta.num_columns)}
             previews = {k: v for k, v in codecs.items() if k.startswith("preview.")}
-            assert previews == ({"preview.bytes": "UNCOMPRESSED", "preview.path": "UNCOMPRESSED"} if has_preview else {})
+            want = {"imagery": "UNCOMPRESSED", "browse": "ZSTD"}.get(kind)  # browse: zstd stores the repeats once
+            assert previews == ({"preview.bytes": want, "preview.path": want} if want else {})
             assert {v for k, v in codecs.items() if not k.startswith("preview.")} == {"ZSTD"}
             for j in range(meta.num_columns):
                 chunk = meta.row_group(i).column(j)
-                # the offset index (page locations) is what page-pruned reads need; a min/max column index exists
-                # wherever there are min/max values (not for PNG bytes, nor for an all-NaN bbox/point chunk)
-                assert chunk.has_offset_index, chunk.path_in_schema
-                stats = chunk.statistics
-                assert chunk.has_column_index or chunk.path_in_schema == "preview.bytes" or \
-                    (chunk.path_in_schema.split(".")[0] in ("bbox", "point") and not (stats and stats.has_min_max)), \
-                    chunk.path_in_schema
+                assert chunk.has_offset_index, chunk.path_in_schema  # page locations: page-pruned /rows scans
     for split, names in by_split.items():
         n = names[0][1]
         assert sorted(k for k, _ in names) == list(range(n)) and {m for _, m in names} == {n}
-        assert n == min(len(set(prepared[split]["patch_id"])), 4)  # fixture splits have 1-2 pairs: one file each
+        assert n == min(len(order[split]), 4)  # fixture splits have 1-2 pairs: one file per pair
     return order
 
 
-def test_both_configs_are_cut_at_pairs_in_the_same_order_within_the_viewer_limits(exported, inline):
+def test_configs_are_cut_at_pairs_within_the_viewer_limits_and_texts_follow_their_imagery(exported):
     root, prepared, _ = exported
+    orders = {name: viewer_checks(root, name) for name in NAMES}
     for config in CONFIGS:
-        texts = viewer_checks(root, config, prepared[config])
-        pairs = viewer_checks(root, config + IMAGERY, prepared[config])
-        assert texts == pairs  # the same pairs in the same order, split by split
         for split, part in prepared[config].items():
-            assert pairs[split] == [part["patch_id"][i] for i in pair_rows(part)]
-    viewer_checks(inline, "s2-grounding", prepared["s2-grounding"])
+            assert orders[config][split] == [part["patch_id"][i] for i in pair_rows(part)]
+            imagery = orders[IMAGERY[config]][split]
+            positions = [imagery.index(p) for p in orders[config][split]]
+            assert positions == sorted(positions)  # a subsequence, in the same order: one forward pass joins them
+    for split in ann.SPLITS:
+        assert orders["browse"][split] == sorted({p for c in CONFIGS for p in prepared[c][split]["patch_id"]})
 
 
-def test_the_export_stores_each_pairs_pixels_once(exported, inline, tmp_path):
-    """Texts + imagery of s1s2-vqa are within 15 % of pixels-once + texts-alone Parquet (no copy per text)."""
-    root, prepared, _ = exported
-    config = "s1s2-vqa"
-    stream = features_for(bt.BigEarthNetTxt.builder_configs[config], storage="stream")
-    texts_only = imagery_only = 0
-    for split, part in prepared[config].items():
-        images = image_columns(part)
-        pq.write_table(texts_of(part).data.table, tmp_path / "texts.parquet", compression="zstd")
-        arrays = part.select(pair_rows(part)).with_format("numpy", columns=images)[:]
-        pq.write_table(pa.table({k: array3d(arrays[k], stream[k]) for k in images}), tmp_path / "pairs.parquet",
+def test_the_first_rows_response_fits_the_viewer(exported, tmp_path):
+    """first-rows sends up to 100 rows within 200 kB; images go as asset URLs, the other cells as JSON."""
+    root, _, _ = exported
+    rows = load(root, "browse", tmp_path, split="train").cast_column("preview", datasets.Image(decode=False))
+    cells = [{k: ({"src": "https://datasets-server.huggingface.co/assets/x/--/y/train/0/preview/image.png",
+                   "height": 120, "width": 120} if k == "preview" else v) for k, v in row.items()}
+             for row in rows.select(range(min(100, rows.num_rows)))]
+    assert len(json.dumps({"rows": cells}).encode()) <= ex.VIEWER_FIRST_ROWS_BYTES
+    for row in rows:
+        assert row["input"] and row["output"] and row["preview"]["bytes"].startswith(b"\x89PNG")
+
+
+# ----------------------------------------------------------------------------- one pixel copy for every task
+
+
+@pytest.fixture(scope="module")
+def two_tasks(fixture_data, tmp_path_factory):
+    """s2-vqa then s2-captioning exported into one folder (min_shards=1: see the size test), and the first's files."""
+    root, cache = tmp_path_factory.mktemp("two-tasks"), tmp_path_factory.mktemp("two-tasks-cache")
+    common = dict(data_dir=str(fixture_data.root), cache_dir=str(cache), min_shards=1, progress=False)
+    ex.export("s2-vqa", root, **common)
+    first = {p.name: p.stat().st_ino for p in files_of(root, "imagery-s2")}
+    ex.export("s2-captioning", root, **common)
+    builders = {c: prepare(c, fixture_data, cache)[0] for c in ("s2-vqa", "s2-captioning")}
+    return root, first, builders
+
+
+def test_two_tasks_in_one_folder_store_the_pixels_once(two_tasks, fixture_data, tmp_path):
+    """<= 1.35 x (one zstd copy of the pixels + the source parquet); the old layout (an -imagery per task) was ~2.2 x.
+
+    min_shards=1 because the fixture's splits have 1-2 pairs: each file's footer (~6 kB of schema metadata and page
+    index) weighs as much as a pair's texts, which at release scale (~500 MB files) it does not."""
+    root, first, builders = two_tasks
+    assert {p.name: p.stat().st_ino for p in files_of(root, "imagery-s2")} == first  # reused as it is, not rewritten
+    part = builders["s2-vqa"].as_dataset()
+    stream = features_for(builders["s2-vqa"].config, storage="stream")
+    pixels = 0
+    for split, rows in part.items():
+        images = image_columns(rows)
+        arrays = rows.select(pair_rows(rows)).with_format("numpy", columns=images)[:]
+        pq.write_table(pa.table({k: array3d(arrays[k], stream[k]) for k in images}), tmp_path / "p.parquet",
                        compression="zstd")
-        texts_only += (tmp_path / "texts.parquet").stat().st_size
-        imagery_only += (tmp_path / "pairs.parquet").stat().st_size
-        pairs = load(root, config + IMAGERY, tmp_path, split=split)
-        assert pairs.num_rows == len(set(part["patch_id"])) == len(set(pairs["patch_id"]))  # one row per pair
-    written = sum(f.stat().st_size for name in (config, config + IMAGERY) for f in files_of(root, name))
-    assert written <= 1.15 * (imagery_only + texts_only)
-    # the bound tells the layouts apart: with pixels in every text row (zstd finds some of the repeats) it fails
-    grounding = sum(f.stat().st_size for name in ("s2-grounding", "s2-grounding" + IMAGERY) for f in files_of(root, name))
-    assert sum(f.stat().st_size for f in files_of(inline, "s2-grounding")) > 1.15 * grounding
+        pixels += (tmp_path / "p.parquet").stat().st_size
+    reference = pixels + fixture_data.parquet.stat().st_size
+    written = sum(folder_bytes(root, n) for n in ("browse", "s2-vqa", "s2-captioning", "imagery-s2"))
+    assert written <= 1.35 * reference, written / reference
+    assert 2 * folder_bytes(root, "imagery-s2") > 1.35 * reference  # the bound fails with a pixel copy per task
+    assert [c["config_name"] for c in card(root)["configs"]] == ["browse", "s2-vqa", "s2-captioning", "imagery-s2"]
+
+
+def test_a_fresh_process_with_only_datasets_reads_pictures_and_pixels_equal_to_rasterio(two_tasks, extracted, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    root, _, _ = two_tasks
+    script = f"""
+import json, sys, numpy as np, datasets
+root = {str(root)!r}
+browse = datasets.load_dataset(root, split="test", cache_dir={str(tmp_path / "hf")!r})   # the default config
+image = browse[0]["preview"]
+pairs = datasets.load_dataset(root, "imagery-s2", split="test", cache_dir={str(tmp_path / "hf")!r})
+pairs = pairs.with_format("numpy", dtype=None)
+row = {{p: i for i, p in enumerate(pairs["patch_id"])}}[browse[0]["patch_id"]]
+np.save({str(tmp_path / "s2_10m.npy")!r}, pairs[row]["s2_10m"])
+print(json.dumps({{"size": list(image.size), "mode": image.mode, "patch_id": browse[0]["patch_id"],
+                  "input": browse[0]["input"], "output": browse[0]["output"],
+                  "ours": sorted(m for m in sys.modules if m.split(".")[0] in ("bentxt", "bigearthnet_txt"))}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["ours"] == [] and out["size"] == [120, 120] and out["input"] and out["output"]
+    got = np.load(tmp_path / "s2_10m.npy")
+    patch = out["patch_id"]
+    tile = "_".join(patch.split("_")[:-2])
+    for k, band in enumerate(("B02", "B03", "B04", "B08")):
+        with rasterio.open(extracted / "BigEarthNet-S2" / tile / patch / f"{patch}_{band}.tif") as tif:
+            want = tif.read(1)
+        assert got.dtype == want.dtype == np.uint16 and np.array_equal(got[k], want), band
+
+
+def test_imagery_is_rewritten_for_more_pairs_and_refused_for_other_pairs(exported, fixture_data, tmp_path):
+    _, prepared, _ = exported
+    bench = datasets.DatasetDict({"bench": prepared["s2-grounding"]["bench"]})
+    ex.export_dataset(bench, tmp_path, "s2-grounding", name="bench-only", progress=False)
+    assert {p.name.split("-")[0] for p in files_of(tmp_path, "imagery-s2")} == {"bench"}
+    ex.export_dataset(prepared["s2-grounding"], tmp_path, "s2-grounding", progress=False)  # more pairs: rewritten
+    assert {p.name.split("-")[0] for p in files_of(tmp_path, "imagery-s2")} == set(ann.SPLITS)
+    ex.export_dataset(bench, tmp_path, "s2-grounding", name="bench-again", progress=False)  # fewer: reused
+    assert {p.name.split("-")[0] for p in files_of(tmp_path, "imagery-s2")} == set(ann.SPLITS)
+    for path in files_of(tmp_path, "imagery-s2"):  # other pairs in test: neither holds the other's
+        if path.name.startswith("test-"):
+            shutil.copy(files_of(tmp_path, "imagery-s2")[0], path)
+    with pytest.raises(ValueError, match=r"imagery-s2 \(test\) .* holds pairs this config lacks"):
+        ex.export_dataset(prepared["s2-grounding"], tmp_path, "s2-grounding", progress=False)
+    assert not any(p.name.startswith(".") for p in (tmp_path / "data").iterdir())  # no staging folder left
 
 
 def test_row_groups_follow_the_byte_budget(exported, tmp_path):
@@ -221,13 +297,11 @@ def test_row_groups_follow_the_byte_budget(exported, tmp_path):
     plan = ex.plan_shards(starts, texts_bytes, min_shards=1, max_row_group_bytes=budget)
     assert plan.bounds == ((0, part["test"].num_rows),) and plan.rows_per_group == int(budget // texts_bytes) >= 1
     for name, rows, per_group in (("s2-grounding", part["test"].num_rows, plan.rows_per_group),
-                                  ("s2-grounding" + IMAGERY, len(starts) - 1, 1)):
+                                  ("imagery-s2", len(starts) - 1, 1)):
         path = tmp_path / "data" / name / "test-00000-of-00001.parquet"  # min_shards=1: one file per split
         pf = pq.ParquetFile(path)
         groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         assert sum(groups) == rows and len(groups) > 1 and set(groups[:-1]) == {per_group}, (name, groups)
-    texts = pq.ParquetFile(tmp_path / "data" / "s2-grounding" / "test-00000-of-00001.parquet")
-    assert all(texts.read_row_group(i).nbytes <= 2 * budget for i in range(texts.metadata.num_row_groups))
 
 
 def test_plan_shards_cuts_whole_pairs_into_a_multiple_of_min_shards():
@@ -239,8 +313,8 @@ def test_plan_shards_cuts_whole_pairs_into_a_multiple_of_min_shards():
     big = ex.plan_shards(starts, 100.0, min_shards=2, max_shard_bytes=500)  # 2,500 bytes: 5 files -> 6
     assert len(big.bounds) == 6
     assert len(ex.plan_shards(starts[:3], 1.0, min_shards=4).bounds) == 2  # never more files than pairs
-    pairs = ex.plan_shards(np.arange(9), 1000.0, min_shards=4, row_starts=starts)
-    assert pairs.bounds == ((0, 2), (2, 4), (4, 6), (6, 8)) and pairs.patch_starts is starts
+    pairs = ex.plan_shards(np.arange(9), 1000.0, min_shards=4)
+    assert pairs.bounds == ((0, 2), (2, 4), (4, 6), (6, 8))
 
 
 def test_reexport_replaces_shards_and_keeps_the_default(exported, tmp_path):
@@ -248,30 +322,41 @@ def test_reexport_replaces_shards_and_keeps_the_default(exported, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", min_shards=1, progress=False)
-    for name in ("s2-grounding", "s2-grounding" + IMAGERY):
-        assert [p.name for p in files_of(copy, name)] == [
-            f"{s}-00000-of-00001.parquet" for s in ("bench", "test", "train", "validation")
-        ]
+    assert [p.name for p in files_of(copy, "s2-grounding")] == [
+        f"{s}-00000-of-00001.parquet" for s in ("bench", "test", "train", "validation")]
     meta = card(copy)
-    assert [c["config_name"] for c in meta["configs"]] == [n for c in CONFIGS for n in (c, c + IMAGERY)]
-    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["s1s2-vqa"]
+    assert [c["config_name"] for c in meta["configs"]] == NAMES
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["browse"]
     assert not any(p.name.startswith(".") for p in (copy / "data").iterdir())  # no staging folder left
 
 
-def test_a_card_without_default_gets_its_first_texts_config(tmp_path):
-    """A card written by push_to_hub for a lone config has no `default` key (the KeyError of notes section 5)."""
+def test_a_card_without_default_gets_one(tmp_path):
+    """A card written by push_to_hub for a lone config has no `default` key
+    (the KeyError of docs/datasets-notes.md#hub-layout)."""
     (tmp_path / "README.md").write_text(
-        "---\nconfigs:\n- config_name: other-imagery\n  data_files:\n  - split: train\n    path: other/train-*\n---\n"
+        "---\nconfigs:\n- config_name: imagery-s2\n  data_files:\n  - split: train\n    path: other/train-*\n---\n"
     )
     info = datasets.DatasetInfo(features=datasets.Features({"a": datasets.Value("int64")}),
                                 splits=datasets.SplitDict({"train": datasets.SplitInfo("train", 8, 1)}))
     ex.update_card(tmp_path, "s2-vqa", info)
     meta = card(tmp_path)
-    assert [(c["config_name"], c.get("default", False)) for c in meta["configs"]] == [("other-imagery", False), ("s2-vqa", True)]
+    assert [(c["config_name"], c.get("default", False)) for c in meta["configs"]] == [("s2-vqa", True), ("imagery-s2", False)]
     ex.remove_config(tmp_path, "s2-vqa")
-    assert [(c["config_name"], c.get("default", False)) for c in card(tmp_path)["configs"]] == [("other-imagery", True)]
-    ex.remove_config(tmp_path, "other-imagery")
+    assert [(c["config_name"], c.get("default", False)) for c in card(tmp_path)["configs"]] == [("imagery-s2", True)]
+    ex.remove_config(tmp_path, "imagery-s2")
     assert card(tmp_path)["configs"] == []
+
+
+def test_a_card_past_the_viewers_config_count_names_the_configs_to_open(tmp_path):
+    info = datasets.DatasetInfo(features=datasets.Features({"a": datasets.Value("int64")}),
+                                splits=datasets.SplitDict({"train": datasets.SplitInfo("train", 8, 1)}))
+    for name in ["browse", "imagery-s2", *(f"s2-task{k}" for k in range(ex.VIEWER_MAX_CONFIGS - 2))]:
+        ex.update_card(tmp_path, name, info)
+    assert "more than the" not in (tmp_path / "README.md").read_text()  # 10 configs: the viewer starts fast
+    ex.update_card(tmp_path, "s2-task-extra", info)
+    text = (tmp_path / "README.md").read_text()
+    assert f"has {ex.VIEWER_MAX_CONFIGS + 1} configs, more than the {ex.VIEWER_MAX_CONFIGS}" in text
+    assert "open `browse` (pictures with texts)" in text
 
 
 def test_export_prepares_in_the_cache_of_load_dataset(exported, fixture_data):
@@ -281,12 +366,15 @@ def test_export_prepares_in_the_cache_of_load_dataset(exported, fixture_data):
     assert named.cache_dir == builders["s1s2-vqa"].cache_dir and os.path.isdir(named.cache_dir)
 
 
-def test_features_and_names_must_match_the_config(exported, tmp_path):
+def test_features_names_and_options_are_checked(exported, tmp_path):
     _, prepared, _ = exported
     with pytest.raises(ValueError, match="does not have the features of config 's2-vqa'"):
         ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s2-vqa", progress=False)
-    with pytest.raises(ValueError, match="-imagery"):
-        ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s1s2-vqa", name="mine-imagery", progress=False)
+    for name in ("imagery-mine", "browse"):
+        with pytest.raises(ValueError, match="the export's own configs"):
+            ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s1s2-vqa", name=name, progress=False)
+    with pytest.raises(ValueError, match="inline_pixels=True is gone: every export now has a 'browse' config"):
+        ex.export_dataset(prepared["s1s2-vqa"], tmp_path, "s1s2-vqa", inline_pixels=True, progress=False)
 
 
 # ----------------------------------------------------------------------------- round trip
@@ -310,14 +398,14 @@ def test_load_dataset_gives_the_builder_text_columns(config, exported, tmp_path)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_imagery_config_has_one_row_per_pair_with_exact_arrays(config, exported, tmp_path):
     root, prepared, builders = exported
-    pairs = load(root, config + IMAGERY, tmp_path)
+    pairs = load(root, IMAGERY[config], tmp_path)
     stream = features_for(builders[config].config, storage="stream")
     for split, part in prepared[config].items():
         images = image_columns(part)
         assert pairs[split].features == ex.imagery_features(stream, images)
         assert list(pairs[split].features) == ["preview", *ann.PATCH_COLUMNS, *images]
         first = part.select(pair_rows(part))
-        assert pairs[split].num_rows == first.num_rows
+        assert pairs[split].num_rows == first.num_rows  # each config is the only one of its sensor set here
         assert pairs[split].select_columns(list(ann.PATCH_COLUMNS)).to_list() == \
             first.select_columns(list(ann.PATCH_COLUMNS)).to_list()
         got = pairs[split].with_format("numpy", columns=images, dtype=None)[:]
@@ -337,16 +425,17 @@ def test_iter_examples_equal_the_builders_streamed_examples(config, exported, tm
         assert_same_rows(got, want)
 
 
-def test_iter_examples_reads_an_inline_export_and_rejects_a_mismatch(exported, inline, tmp_path):
-    root, _, builders = exported
-    want = list(builders["s2-grounding"].as_streaming_dataset(split="test"))
-    assert_same_rows(list(ex.iter_examples(inline, "s2-grounding", "test")), want)
+def test_iter_examples_skips_pairs_of_other_tasks_and_rejects_a_mismatch(two_tasks, exported, tmp_path):
+    root, _, builders = two_tasks
+    for split in ("bench", "test"):  # captioning lacks a bench pair that s2-vqa (the imagery's pairs) has
+        want = list(builders["s2-captioning"].as_streaming_dataset(split=split))
+        assert_same_rows(list(ex.iter_examples(root, "s2-captioning", split, cache_dir=str(tmp_path / "hf"))), want)
     copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
-    for path in files_of(copy, "s2-grounding" + IMAGERY):  # the pairs of another split: nothing matches
+    shutil.copytree(exported[0], copy)
+    for path in files_of(copy, "imagery-s2"):  # the pairs of another split: nothing matches
         if path.name.startswith("test-"):
-            shutil.copy(files_of(copy, "s2-grounding" + IMAGERY)[0], path)  # bench pairs
-    with pytest.raises(ValueError, match="is not in s2-grounding-imagery"):
+            shutil.copy(files_of(copy, "imagery-s2")[0], path)  # bench pairs
+    with pytest.raises(ValueError, match="is not in imagery-s2"):
         list(ex.iter_examples(copy, "s2-grounding", "test", cache_dir=str(tmp_path / "hf")))
 
 
@@ -354,7 +443,7 @@ def test_streaming_bench_reads_only_the_bench_files(exported, tmp_path):
     root, prepared, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    for name in ("s1s2-vqa", "s1s2-vqa" + IMAGERY):
+    for name in ("s1s2-vqa", "imagery-s1s2"):
         for path in files_of(copy, name):
             if not path.name.startswith("bench-"):
                 path.write_bytes(b"not parquet")  # any read of another split's file would fail
@@ -369,40 +458,60 @@ def test_streaming_bench_reads_only_the_bench_files(exported, tmp_path):
 
 
 def test_the_imagery_config_is_an_image_source(exported, fixture_data):
-    """readers.iter_export_patches picks an -imagery config (texts configs have no bands): every pair once, exact."""
+    """readers.iter_export_patches reads an imagery config with the sensor's groups: every pair once, exact."""
     root, prepared, _ = exported
     names = []
     for name, bands in readers.iter_export_patches(str(root), "s2"):
         names.append(name)
         patch = fixture_data.patch(name)
         assert "B04" in bands and all(np.array_equal(bands[b], patch.bands[b]) for b in bands), name
-    # the first qualifying config by name: s1s2-vqa-imagery (s2-grounding-imagery has S2 too, s1-captioning's has not)
-    want = [p for part in prepared["s1s2-vqa"].values() for p in [part["patch_id"][i] for i in pair_rows(part)]]
+    # imagery-s2 (fewest arrays with the S2 groups): the pairs of s2-grounding
+    want = [p for part in prepared["s2-grounding"].values() for p in [part["patch_id"][i] for i in pair_rows(part)]]
     assert sorted(names) == sorted(want) and len(names) == len(set(names))
+    s1 = dict(readers.iter_export_patches(str(root), "s1"))  # imagery-s1 (one group), keyed by s1_name
+    assert set(s1) == set(p for part in prepared["s1-captioning"].values() for p in part["s1_name"])
 
 
-# ----------------------------------------------------------------------------- previews
+# ----------------------------------------------------------------------------- the browse config
 
 
-def test_inline_pixels_writes_one_config_with_marked_previews(exported, inline, tmp_path):
-    _, prepared, builders = exported
-    meta = card(inline)
-    assert [c["config_name"] for c in meta["configs"]] == ["s2-grounding"] and not (inline / "data" / "s2-grounding-imagery").exists()
-    test = load(inline, "s2-grounding", tmp_path, split="test")
-    stream = features_for(builders["s2-grounding"].config, storage="stream")
-    assert test.features == ex.export_features(stream)
-    part = prepared["s2-grounding"]["test"]
-    images = image_columns(part)
-    got = test.remove_columns("preview").with_format("numpy", columns=images, dtype=None, output_all_columns=True)
-    want = part.with_format("numpy", columns=images, output_all_columns=True)
-    assert_same_rows([got[i] for i in range(got.num_rows)], [want[i] for i in range(want.num_rows)])
-    row = test.filter(lambda r: r["ID"] == 27527)[0]  # real row: box [0.0 0.0, 0.93 0.45], point (0.35, 0.16)
+def test_browse_shows_every_text_with_its_pairs_preview_and_marks_small_grounding_splits(exported, tmp_path):
+    root, prepared, _ = exported
+    for split in ann.SPLITS:
+        rows = load(root, "browse", tmp_path, split=split).cast_column("preview", datasets.Image(decode=False))
+        assert list(rows.features) == ["preview", *ex.BROWSE_COLUMNS]
+        texts = {}
+        for config in CONFIGS:
+            for row in prepared[config][split].select_columns(list(ex.BROWSE_COLUMNS) + ["bbox", "point"]):
+                texts.setdefault(row["ID"], row)
+        assert sorted(rows["ID"]) == sorted(texts)  # every text once, whichever configs have it
+        keys = [(r["patch_id"], r["ID"]) for r in rows]
+        assert keys == sorted(keys)  # sorted by pair: a pair's repeated preview is stored about once
+        imagery = {}  # the picture of a pair: imagery-s2's bytes, else imagery-s1s2's, else imagery-s1's
+        for name in ("imagery-s1", "imagery-s1s2", "imagery-s2"):
+            part = load(root, name, tmp_path, split=split).cast_column("preview", datasets.Image(decode=False))
+            imagery.update({r["patch_id"]: r["preview"]["bytes"] for r in part})
+        for row in rows:
+            want = texts[row["ID"]]
+            assert {k: row[k] for k in ex.BROWSE_COLUMNS} == {k: want[k] for k in ex.BROWSE_COLUMNS}
+            marked = preview.mark(want["bbox"]) is not None or preview.mark(want["point"]) is not None
+            if not marked:
+                assert row["preview"]["bytes"] == imagery[row["patch_id"]]  # re-used, not encoded again
+                continue
+            picture = np.asarray(Image.open(io.BytesIO(row["preview"]["bytes"])).convert("RGB"))
+            assert picture.shape == (120 * preview.SCALE, 120 * preview.SCALE, 3)
+            colour = preview.BOX_COLOUR if preview.mark(want["bbox"]) is not None else preview.POINT_COLOUR
+            assert (picture == colour).all(axis=-1).any()
+
+
+def test_browse_draws_the_real_box_and_point(exported, tmp_path):
+    root, _, _ = exported
+    rows = load(root, "browse", tmp_path, split="test")
+    row = rows.filter(lambda r: r["ID"] == 27527)[0]  # real row: box [0.0 0.0, 0.93 0.45], point (0.35, 0.16)
     image = np.asarray(row["preview"].convert("RGB"))
     size = 120 * preview.SCALE
-    assert image.shape == (size, size, 3) and image.std() > 10  # not blank
-    left, top = math.floor(0.0 * size), math.floor(0.0 * size)
-    right, bottom = math.ceil(0.93 * size) - 1, math.ceil(0.45 * size) - 1
-    assert (left, top, right, bottom) == (0, 0, 223, 107) == preview.box_pixels(row["bbox"], size, size)
+    left, top, right, bottom = 0, 0, math.ceil(0.93 * size) - 1, math.ceil(0.45 * size) - 1
+    assert (left, top, right, bottom) == (0, 0, 223, 107) == preview.box_pixels([0.0, 0.0, 0.93, 0.45], size, size)
     box = np.asarray(preview.BOX_COLOUR, dtype=np.uint8)
     outline = np.concatenate([image[top, left:right + 1], image[bottom, left:right + 1],
                               image[top:bottom + 1, left], image[top:bottom + 1, right]])
@@ -412,37 +521,23 @@ def test_inline_pixels_writes_one_config_with_marked_previews(exported, inline, 
     col, row_ = math.floor(0.35 * size), math.floor(0.16 * size)
     assert (image[row_, col] == preview.POINT_COLOUR).all()
     assert (image[row_, col - preview.POINT_ARM] == preview.POINT_COLOUR).all()
-    assert (image[row_ + preview.POINT_ARM, col] == preview.POINT_COLOUR).all()
-    # a grounding row without a point (NaN-filled): its box only, no cross
-    plain = test.filter(lambda r: r["patch_id"] == REAL_PATCH_ID and math.isnan(r["point"][0]))
-    for r in plain:
-        pixels = np.asarray(r["preview"].convert("RGB"))
-        assert (pixels == box).all(axis=-1).any() and not (pixels == preview.POINT_COLOUR).all(axis=-1).any()
-    # re-exported the default way, the single config gets its -imagery beside it; inline again removes it
-    copy = tmp_path / "copy"
-    shutil.copytree(inline, copy)
-    ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", progress=False)
-    assert [c["config_name"] for c in card(copy)["configs"]] == ["s2-grounding", "s2-grounding" + IMAGERY]
-    ex.export_dataset(prepared["s2-grounding"], copy, "s2-grounding", inline_pixels=True, progress=False)
-    assert [c["config_name"] for c in card(copy)["configs"]] == ["s2-grounding"]
-    assert not (copy / "data" / ("s2-grounding" + IMAGERY)).exists()
 
 
 @pytest.mark.parametrize("config", ["s1s2-vqa", "s1-captioning"])
 def test_imagery_previews_are_small_pngs_of_the_right_sensor(config, exported, fixture_data, tmp_path):
     root, _, _ = exported
-    part = load(root, config + IMAGERY, tmp_path, split="test").cast_column("preview", datasets.Image(decode=False))
+    part = load(root, IMAGERY[config], tmp_path, split="test").cast_column("preview", datasets.Image(decode=False))
     sensor = preview.preview_sensor(bt.SENSORS[config.split("-")[0]])
     box, point = np.asarray(preview.BOX_COLOUR, np.uint8), np.asarray(preview.POINT_COLOUR, np.uint8)
     for row in part:
         png = row["preview"]["bytes"]
-        assert png.startswith(b"\x89PNG") and len(png) < 40_000
+        assert png.startswith(b"\x89PNG") and len(png) < 16_000  # native 120 px: noise stores ~14 kB
         patch = fixture_data.patch(row["patch_id"])
         expected = preview.base_quicklook(
-            {g.name: np.stack([patch.bands[b] for b in g.bands]) for g in BAND_GROUPS}, sensor
+            {g.name: np.stack([patch.bands[b] for b in g.bands]) for g in BAND_GROUPS}, sensor, scale=1
         )
         got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        assert got.shape == (120 * preview.SCALE, 120 * preview.SCALE, 3)
+        assert got.shape == (120, 120, 3)
         assert np.abs(got.astype(int) - np.asarray(expected)).mean() < 8  # 254-colour palette of the same picture
         assert not (got == box).all(axis=-1).any() and not (got == point).all(axis=-1).any()  # a pair has no one mark
 
@@ -490,7 +585,7 @@ def test_stretch_ignores_nodata_and_flat_bands():
 def test_split_dataset_by_node_gives_disjoint_complete_parts(exported, tmp_path):
     root, prepared, _ = exported
     for name, column, want in (("s1s2-vqa", "ID", prepared["s1s2-vqa"]["train"]["ID"]),
-                               ("s1s2-vqa" + IMAGERY, "patch_id", sorted(set(prepared["s1s2-vqa"]["train"]["patch_id"])))):
+                               ("imagery-s1s2", "patch_id", sorted(set(prepared["s1s2-vqa"]["train"]["patch_id"])))):
         stream = load(root, name, tmp_path, split="train", streaming=True).select_columns([column])
         parts = [[r[column] for r in split_dataset_by_node(stream, rank=rank, world_size=2)] for rank in range(2)]
         assert all(parts) and not set(parts[0]) & set(parts[1])
@@ -499,12 +594,13 @@ def test_split_dataset_by_node_gives_disjoint_complete_parts(exported, tmp_path)
 
 
 def test_ranks_get_whole_files_when_the_count_allows(tmp_path):
-    """With enough pairs a split has a multiple of 4 files in both configs, and each of 4 ranks reads its own files."""
+    """With enough pairs a split has a multiple of 4 files in every config, and each of 4 ranks reads its own files."""
     fx = make_fixture(tmp_path / "fx", seed=0, n_extra_patches=24)
     _, ds = prepare("s2-binary-train", fx, tmp_path / "cache")
     ex.export_dataset(ds, tmp_path / "out", "s2-binary-train", progress=False)
     for name, column, rows in (("s2-binary-train", "ID", ds["train"].num_rows),
-                               ("s2-binary-train" + IMAGERY, "patch_id", len(set(ds["train"]["patch_id"])))):
+                               ("imagery-s2", "patch_id", len(set(ds["train"]["patch_id"]))),
+                               ("browse", "ID", ds["train"].num_rows)):
         stream = load(tmp_path / "out", name, tmp_path, split="train", streaming=True)
         assert stream.num_shards % 4 == 0 and stream.num_shards >= 4
         parts = [split_dataset_by_node(stream, rank=rank, world_size=4) for rank in range(4)]
@@ -523,7 +619,7 @@ def test_dataloader_workers_read_every_example_once(exported, tmp_path):
     ids = [int(i) for b in batches for i in b["ID"]]
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(prepared["s1s2-vqa"]["train"]["ID"])
     assert all(b["bbox"].shape[1:] == (4,) and b["bbox"].isnan().all() for b in batches)  # VQA rows have no box
-    pairs = load(root, "s1s2-vqa" + IMAGERY, tmp_path, split="train", streaming=True).select_columns(["patch_id", "s2_10m", "s1"])
+    pairs = load(root, "imagery-s1s2", tmp_path, split="train", streaming=True).select_columns(["patch_id", "s2_10m", "s1"])
     loader = torch.utils.data.DataLoader(pairs.with_format("torch"), batch_size=None, num_workers=2)
     got = {r["patch_id"]: r for r in loader}
     assert sorted(got) == sorted(set(prepared["s1s2-vqa"]["train"]["patch_id"]))
@@ -564,8 +660,8 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(exported, monkeypat
     local = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     sent = {f for f in local if any(fnmatch.fnmatch(f, pat) for pat in upload["allow_patterns"])}
     assert sent == local and "README.md" in sent  # the folder as it is
-    assert any(f.startswith("data/s1s2-vqa-imagery/") for f in sent)
-    assert sorted(upload["delete_patterns"]) == sorted(f"data/{n}/*.parquet" for c in CONFIGS for n in (c, c + IMAGERY))
+    assert any(f.startswith("data/imagery-s1s2/") for f in sent) and any(f.startswith("data/browse/") for f in sent)
+    assert sorted(upload["delete_patterns"]) == sorted(f"data/{n}/*.parquet" for n in NAMES)
 
 
 def test_cli_export_writes_a_loadable_folder(fixture_data, tmp_path):
@@ -579,15 +675,16 @@ def test_cli_export_writes_a_loadable_folder(fixture_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "s2-vqa" in result.stdout and "%|" not in result.stderr  # --quiet: no progress bars
     meta = card(out)
-    assert [(c["config_name"], c.get("default")) for c in meta["configs"]] == [("s2-vqa", True), ("s2-vqa-imagery", None)]
-    for name in ("s2-vqa", "s2-vqa-imagery"):
+    assert [(c["config_name"], c.get("default")) for c in meta["configs"]] == \
+        [("browse", True), ("s2-vqa", None), ("imagery-s2", None)]
+    for name in ("browse", "s2-vqa", "imagery-s2"):
         assert {p.name.split("-")[0] for p in files_of(out, name)} == {"train", "validation", "test", "bench"}
 
 
 def test_numpy_batches_stream_exact_arrays(exported, tmp_path):
     root, prepared, _ = exported
     part = prepared["s1s2-vqa"]["test"]
-    stream = load(root, "s1s2-vqa" + IMAGERY, tmp_path, split="test", streaming=True)
+    stream = load(root, "imagery-s1s2", tmp_path, split="test", streaming=True)
     batches = list(ex.numpy_batches(stream, batch_size=1, columns=["patch_id", "s2_20m", "s1"]))
     want = part.select(pair_rows(part)).with_format("numpy", columns=["s2_20m", "s1"])[:]
     assert [list(b) for b in batches[:1]] == [["patch_id", "s2_20m", "s1"]]
@@ -597,21 +694,19 @@ def test_numpy_batches_stream_exact_arrays(exported, tmp_path):
     assert [i for b in batches for i in b["patch_id"]] == [part["patch_id"][i] for i in pair_rows(part)]
 
 
-def test_patch_layout_exports_one_row_per_pair_in_both_configs(fixture_data, tmp_path):
+def test_patch_layout_exports_texts_and_imagery_and_no_browse_rows(fixture_data, tmp_path):
     builder, ds = prepare("s2-grounding-test", fixture_data, tmp_path / "cache", layout="patch")
     with pytest.raises(ValueError, match="layout='annotation'"):
         ex.export_dataset(ds, tmp_path / "out", "s2-grounding-test", progress=False)
     ex.export_dataset(ds, tmp_path / "out", "s2-grounding-test", name="patches", layout="patch", progress=False)
+    assert [c["config_name"] for c in card(tmp_path / "out")["configs"]] == ["patches", "imagery-s2"]
     texts = load(tmp_path / "out", "patches", tmp_path, split="test")
     assert list(texts.features) == list(texts_of(ds["test"]).features) and "annotations" in texts.features
     assert_same_rows(texts.to_list(), texts_of(ds["test"]).to_list())
-    pairs = load(tmp_path / "out", "patches" + IMAGERY, tmp_path, split="test")
+    pairs = load(tmp_path / "out", "imagery-s2", tmp_path, split="test")
     assert pairs["patch_id"] == ds["test"]["patch_id"]
     got = pairs.with_format("numpy", columns=["s2_10m"], dtype=None)[:]["s2_10m"]
     assert np.array_equal(got, ds["test"].with_format("numpy", columns=["s2_10m"])[:]["s2_10m"])
-    box = np.asarray(preview.BOX_COLOUR, dtype=np.uint8)
-    for row in pairs:  # one picture per pair, no marks (a pair has several boxes)
-        assert not (np.asarray(row["preview"].convert("RGB")) == box).all(axis=-1).any()
     assert_same_rows(list(ex.iter_examples(tmp_path / "out", "patches", "test", cache_dir=str(tmp_path / "hf"))),
                      list(builder.as_streaming_dataset(split="test")))
 
@@ -619,7 +714,7 @@ def test_patch_layout_exports_one_row_per_pair_in_both_configs(fixture_data, tmp
 def test_num_proc_writes_the_same_files(exported, tmp_path):
     root, prepared, _ = exported
     ex.export_dataset(prepared["s2-grounding"], tmp_path, "s2-grounding", num_proc=2, progress=False)
-    for name in ("s2-grounding", "s2-grounding" + IMAGERY):
+    for name in ("s2-grounding", "imagery-s2"):
         ours, theirs = files_of(root, name), files_of(tmp_path, name)
         assert [p.name for p in ours] == [p.name for p in theirs]
         for a, b in zip(ours, theirs):

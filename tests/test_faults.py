@@ -23,7 +23,7 @@ import zstandard
 import bigearthnet_txt as bt
 from bentxt import sources
 from bentxt.archives import ArchiveError, iter_tar_zst
-from bentxt.imagery_table import ImageryTables
+from bentxt.store import ImageryStore
 from make_fixtures import PARQUET_SCHEMA, encode_geotiff, make_fixture, write_tar_zst
 
 RELEASE_FILES = {"annotations": "BigEarthNet.txt.parquet", "s1": "BigEarthNet-S1.tar.zst", "s2": "BigEarthNet-S2.tar.zst"}
@@ -56,9 +56,23 @@ def rewrite_archive(path: Path, edit) -> None:
     members = []
     for name, data in iter_tar_zst(str(path)):
         out = edit(name, data)
-        if out is not None:
+        if isinstance(out, list):  # several members for one: a duplicate, which write_tar_zst refuses
+            members.extend(out)
+        elif out is not None:
             members.append(out)
-    write_tar_zst(path, sorted(members))
+    members.sort(key=lambda m: m[0])
+    if len({name for name, _ in members}) == len(members):
+        write_tar_zst(path, members)
+        return
+    import io
+    import tarfile
+
+    with open(path, "wb") as fh, zstandard.ZstdCompressor().stream_writer(fh) as zfh:
+        with tarfile.open(fileobj=zfh, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 # ----------------------------------------------------------------------------- 1. truncated archives
@@ -120,6 +134,11 @@ def _patch_to_break(fixture):
         ("wrong_size", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*(shape|120)"),
         ("two_bands", r"band B03 \(in archive BigEarthNet-S2.tar.zst\).*(band|sample)"),
         ("missing", r"band B03 \(in archive BigEarthNet-S2.tar.zst\): the band file is missing"),
+        # issue 20: skip_invalid skipped these in a folder but not in an archive; a second copy used to win silently
+        ("oversized", r"band B03 \(in archive BigEarthNet-S2.tar.zst\): member \S+_B03.tif has \d+ bytes, more than "
+                      r"a file of its kind can need \(\d+ bytes\); refused unread"),
+        ("duplicate", r"band B03 \(in archive BigEarthNet-S2.tar.zst\): member \S+_B03.tif occurs more than once in "
+                      r"archive \S*BigEarthNet-S2.tar.zst; which copy is meant is ambiguous"),
     ],
 )
 def test_bad_band_file_names_patch_and_band_or_is_skipped_and_counted(damage, expected, fixture_data, tmp_path, caplog):
@@ -134,6 +153,12 @@ def test_bad_band_file_names_patch_and_band_or_is_skipped_and_counted(damage, ex
             return name, content
         if damage == "missing":
             return None
+        if damage == "oversized":
+            from bentxt.raster import max_band_file_bytes
+
+            return name, content + bytes(max_band_file_bytes("B03"))
+        if damage == "duplicate":
+            return [(name, content), (name, content)]
         if damage == "not_tiff":
             return name, b"<html>Not Found</html>"
         if damage == "wrong_dtype":
@@ -282,9 +307,9 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
         return glob.glob(str(cache / "**" / "bigearthnet_txt-*.arrow"), recursive=True)
 
     def imagery_rows():
-        """Rows already written to the imagery tables of the unfinished cache (their Arrow stream, batch by batch)."""
+        """Rows already written by the unfinished pass into its store folder (their Arrow stream, batch by batch)."""
         rows = 0
-        for path in glob.glob(str(cache / "**" / "*.incomplete" / "imagery" / "*.arrow"), recursive=True):
+        for path in glob.glob(str(cache / "**" / ".adding-*" / "*.arrow"), recursive=True):
             try:
                 with pa.ipc.open_stream(pa.memory_map(path)) as reader:
                     rows += sum(batch.num_rows for batch in reader)
@@ -314,11 +339,12 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
     ds = builder.as_dataset()
     assert {s: ds[s].num_rows for s in ds} == expected
     assert {s: builder.info.splits[s].num_examples for s in ds} == expected
-    # the killed run's partial imagery tables did not ride along: one row per pair and sensor, values exact
-    tables = ImageryTables(builder.cache_dir)
+    # the killed pass's files did not ride along: one row per pair and sensor in each store, values exact
     pairs = [p for p in larger_fixture.patches if p.in_archives]
     for sensor, column in (("s2", "patch_id"), ("s1", "s1_name")):
-        names = tables.names(sensor)
+        (folder,) = glob.glob(str(cache / "bigearthnet_txt" / "imagery" / f"{sensor}-*"))
+        assert sorted(os.listdir(folder)) == sorted([".lock", "store.json"] + ImageryStore(folder).manifest_files())
+        names = ImageryStore(folder).tables.names(sensor)
         assert sorted(names) == sorted(getattr(p, column) for p in pairs)
     last = ds["train"][-1]
     patch = larger_fixture.patch(last["patch_id"])
@@ -388,3 +414,22 @@ def test_messages_name_the_url_of_a_downloaded_file_not_its_cache_hash(tmp_path)
     layout.remember_origin(local, "https://example.org/BigEarthNet-S2.tar.zst")
     assert layout.display_name(local) == "https://example.org/BigEarthNet-S2.tar.zst"
     assert sources.ArchiveSource((local,)).name == "archive BigEarthNet-S2.tar.zst"
+
+
+# ----------------------------------------------------------------------------- issue 20: a parquet without some splits
+
+
+def test_streaming_leaves_out_splits_without_rows_like_preparing(fixture_data, tmp_path, caplog):
+    """A subset holding only the test split: streaming listed four splits and iterating 'train' raised EmptySelectionError."""
+    data = copy_data(fixture_data, tmp_path / "d")
+    t = fixture_data.table
+    pq.write_table(t.filter(pc.equal(t["split"], "test")), data / RELEASE_FILES["annotations"], row_group_size=40)
+    builder = bt.BigEarthNetTxt(config_name="s2-all", data_dir=str(data), cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+        streamed = builder.as_streaming_dataset()
+    assert list(streamed) == ["test"]
+    for split in ("train", "validation", "bench"):
+        assert f"config s2-all: split {split} has no rows in this selection and is left out" in caplog.text
+    rows = sum(1 for s in t["split"].to_pylist() if s == "test")
+    assert sum(1 for _ in streamed["test"]) == rows
+    assert list(prepare(data, tmp_path / "c2")) == ["test"]  # the prepared route, alike

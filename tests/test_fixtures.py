@@ -1,6 +1,6 @@
 """The fixtures must be faithful to the release format, or builder tests prove nothing.
 
-Expected values come from the facts file (sections 3-13); band names, sizes and
+Expected values come from docs/release.md; band names, sizes and
 dtypes come from bentxt.bands, paths from bentxt.layout.
 """
 
@@ -40,7 +40,7 @@ from make_fixtures import (
     write_lmdb,
 )
 
-#: facts section 10: group -> (file bytes, rows per strip, strips)
+#: docs/release.md#geotiff-properties: group -> (file bytes, rows per strip, strips)
 FACTS_TIFF = {"s2_10m": (29_196, 34, 4), "s2_20m": (7_572, 60, 1), "s2_60m": (1_172, 20, 1), "s1": (58_024, 17, 8)}
 #: GDAL 3.10's libtiff writes StripByteCounts as SHORT when a strip is < 64 KiB; the released
 #: S1 files are 16 bytes larger, i.e. 8 LONG counts (an older libtiff). Nothing in GDAL's

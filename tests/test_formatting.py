@@ -1,4 +1,5 @@
-"""bentxt/formatting.py: formats keep the bands' dtypes; iteration, distribution and DataLoaders over the default columns."""
+"""bentxt/formatting.py: formats keep the bands' dtypes; iteration, distribution and DataLoaders over the default
+columns."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datasets.distributed import split_dataset_by_node
 
 import bigearthnet_txt as bt
 from bentxt import bands as B
-from bentxt.imagery_table import PairBands
+from bentxt.pair_bands import PairBands
 
 GROUPS = {g.name: g for g in B.BAND_GROUPS}
 
@@ -21,7 +22,8 @@ GROUPS = {g.name: g for g in B.BAND_GROUPS}
 @pytest.fixture(scope="module")
 def prepared(fixture_data, tmp_path_factory):
     """s1s2-all prepared: its test split mixes grounding rows with every other type."""
-    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), cache_dir=str(tmp_path_factory.mktemp("fmt")))
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root),
+                                cache_dir=str(tmp_path_factory.mktemp("fmt")))
     builder.download_and_prepare()
     return builder.as_dataset()
 
@@ -35,7 +37,8 @@ def test_the_default_format_gives_numpy_arrays(prepared, fixture_data):
     test = prepared["test"]
     ex = test[0]
     for column, group in GROUPS.items():
-        assert type(ex[column]) is np.ndarray and ex[column].dtype == np.dtype(group.dtype) and ex[column].shape == group.shape
+        assert type(ex[column]) is np.ndarray
+        assert ex[column].dtype == np.dtype(group.dtype) and ex[column].shape == group.shape
         assert np.array_equal(ex[column], native(fixture_data, ex["patch_id"], column))
     assert isinstance(ex["ID"], int) and isinstance(ex["input"], str) and isinstance(ex["bbox"], list)
 
@@ -87,7 +90,11 @@ def test_arrow_format_gives_the_stored_references(prepared):
     table = prepared["test"].with_format("arrow")[:3]
     assert isinstance(table, pa.Table) and table.num_rows == 3
     assert table.schema.field("s2_10m").type == PairBands.pa_type
-    assert all(r["bytes"] is None and r["s1"] is not None and r["s2"] is not None for r in table["s2_10m"].to_pylist())
+    # a band column refers to its own sensor's row in that sensor's store, and carries no pixels
+    for column, sensor, other in (("s2_10m", "s2", "s1"), ("s1", "s1", "s2")):
+        for ref in table[column].to_pylist():
+            assert ref["bytes"] is None and ref[other] is None and ref[f"{other}_store"] is None
+            assert ref[sensor] >= 0 and ref[f"{sensor}_store"].startswith(f"{sensor}-")
 
 
 def test_other_datasets_are_formatted_as_datasets_does(prepared):
@@ -105,7 +112,8 @@ def test_to_iterable_dataset_and_split_by_node(prepared, fixture_data):
     iterable = test.to_iterable_dataset(num_shards=2)
     rows = list(iterable)
     assert [r["ID"] for r in rows] == list(test["ID"])
-    assert rows[0]["s2_10m"].dtype == np.uint16 and np.array_equal(rows[0]["s2_10m"], native(fixture_data, rows[0]["patch_id"], "s2_10m"))
+    assert rows[0]["s2_10m"].dtype == np.uint16
+    assert np.array_equal(rows[0]["s2_10m"], native(fixture_data, rows[0]["patch_id"], "s2_10m"))
     parts = [split_dataset_by_node(test, rank=r, world_size=2) for r in range(2)]
     ids = [list(p["ID"]) for p in parts]
     assert not set(ids[0]) & set(ids[1]) and sorted(ids[0] + ids[1]) == sorted(test["ID"])

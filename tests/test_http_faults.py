@@ -148,3 +148,60 @@ def test_a_server_that_ignores_range_cannot_be_resumed(fixture_data, tmp_path):
     assert "BigEarthNet-S2.tar.zst" in str(err) and "does not support resuming" in str(err)
     assert "byte 300000" in str(err) and "HTTP 200 without Content-Range" in str(err)
     assert resume_offsets(log, "/BigEarthNet-S2.tar.zst") == [300_000]  # no retry: it could only fail again
+
+
+# ----------------------------------------------------------------------------- issue 20: a stalled server
+
+
+def test_a_stalled_server_is_reported_and_resumed_after_the_timeout(fixture_data, caplog):
+    """aiohttp's default gave 300 s of silence per stalled attempt; now BENTXT_HTTP_TIMEOUT (here 0.5 s) and a warning."""
+    import http.server
+    import threading
+
+    data = fixture_data.s2_archive.read_bytes()
+    released = threading.Event()
+    gets = []
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
+        def do_GET(self):
+            start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-")).group(1))
+            gets.append(start)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            if len(gets) == 1:  # the first answer sends 50 kB, then nothing, without closing
+                self.wfile.write(data[:50_000])
+                self.wfile.flush()
+                released.wait(60)
+                return
+            self.wfile.write(data[start:])
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/BigEarthNet-S2.tar.zst"
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+            with archives.ResumableHTTPStream(url, timeout=0.5) as raw:
+                assert b"".join(iter(lambda: raw.read(1 << 16), b"")) == data
+        assert time.monotonic() - started < 50  # well before the stalled answer would have ended (60 s)
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert gets[0] == 0 and gets[1] > 0  # resumed where the stall began
+    assert re.search(r"Archive http://127\.0\.0\.1:\d+/BigEarthNet-S2\.tar\.zst: no data for 0 s at byte \d+ of "
+                     rf"{len(data)} \(a stalled server or connection\); reconnecting \[1/5\] \(BENTXT_HTTP_TIMEOUT", caplog.text), caplog.text
+    assert archives.HTTP_STALL_TIMEOUT == 60.0  # the default, unless BENTXT_HTTP_TIMEOUT says otherwise

@@ -11,7 +11,7 @@ from datasets.utils.info_utils import NonMatchingSplitsSizesError
 import bigearthnet_txt as bt
 from bentxt import infos, sources
 from bentxt.config import CONFIGS, features_for
-from bentxt.imagery_table import PairBands
+from bentxt.pair_bands import PairBands
 
 
 def test_dataset_infos_json_is_up_to_date_with_the_code():

@@ -14,6 +14,7 @@ from bentxt import join, sources
 from bentxt.archives import iter_archive_patches
 from bentxt.config import resolve_config
 from bentxt.imagery_table import ImageryTables
+from bentxt.store import ImageryStore
 from bentxt.join import EmptySelectionError, JoinReport, MissingPatchError
 
 
@@ -125,14 +126,16 @@ def planned(fixture_data, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(join, "TEXTS_PER_PROCESS", 1)  # the fixture's splits are tiny: cut them anyway
     try:
-        yield config, join.plan_cache(config, files_for(config), str(root), 2, None), root
+        yield config, join.plan_cache(config, files_for(config), str(root / "stores"), str(root / "texts.arrow"), 2, None), root
     finally:
         patch.undo()
 
 
 def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixture_data):
     config, plan, root = planned
-    tables = ImageryTables(str(root))
+    s2_store, s1_store = ImageryStore(plan.store_paths["s2"]), ImageryStore(plan.store_paths["s1"])
+    assert plan.stores == {"s2": s2_store.reference, "s1": s1_store.reference}
+    tables = ImageryTables({"s2": s2_store.tables.files("s2"), "s1": s1_store.tables.files("s1")})
     index_keys = sorted(p.patch_id for p in fixture_data.patches if p.in_archives)
     s2_names, s1_names = tables.names("s2"), tables.names("s1")
     assert sorted(s2_names) == index_keys and len(s1_names) == len(index_keys)
@@ -186,8 +189,8 @@ def test_a_bad_text_row_stops_the_imagery_workers_at_once(fixture_data, tmp_path
     def bad_texts(stopped):
         raise ValueError("ID 7: output is not a box")
 
-    jobs = join.imagery_jobs(config, files_for(config),
-                             {"s1": [], "s2": []}, str(tmp_path), 2, None)
+    files = files_for(config)
+    jobs = [job for s in ("s2", "s1") for job in join.imagery_jobs(s, files[s], [], str(tmp_path), 2, None)]
     with pytest.raises(ValueError, match="ID 7: output is not a box"):
         join.run_jobs(jobs, 2, meanwhile=bad_texts)
     assert time.monotonic() - started < 20  # the workers (each sleeping 60 s) were stopped, not awaited
@@ -203,7 +206,7 @@ def _first_job_fails(job):
     import time
 
     if job.sensor == "s2":
-        raise RuntimeError(f"archive {job.path} is damaged")
+        raise RuntimeError(f"archive {job.prefix} is damaged")
     time.sleep(60)
 
 
@@ -232,7 +235,8 @@ def test_a_failed_or_killed_worker_stops_the_texts_and_the_other_worker(fixture_
             chunks.append(1)
             time.sleep(0.1)
 
-    jobs = join.imagery_jobs(config, files_for(config), {"s1": [], "s2": []}, str(tmp_path), 2, None)
+    files = files_for(config)
+    jobs = [job for s in ("s2", "s1") for job in join.imagery_jobs(s, files[s], [], str(tmp_path), 2, None)]
     started = time.monotonic()
     with pytest.raises(Exception, match=error):
         join.run_jobs(jobs, 2, meanwhile=texts)
@@ -273,7 +277,7 @@ def test_small_splits_are_written_by_one_process(fixture_data, tmp_path, monkeyp
     """A writer process pays off only past TEXTS_PER_PROCESS texts: datasets starts a pool per split."""
     monkeypatch.setattr(join, "TEXTS_PER_PROCESS", 100_000)
     config = resolve_config("s2-all", data_dir=str(fixture_data.root))
-    plan = join.plan_cache(config, files_for(config), str(tmp_path), 2, None)
+    plan = join.plan_cache(config, files_for(config), str(tmp_path), str(tmp_path / "texts.arrow"), 2, None)
     assert all(len(shards) == 1 for shards in plan.shards.values())
 
 
@@ -284,9 +288,9 @@ def test_plan_cache_reports_missing_pairs(tmp_path):
     missing = next(p for p in fx.patches if not p.in_archives)
     config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root))
     with pytest.raises(MissingPatchError, match=rf"config s2-all-{missing.split}: 1 image pair\(s\).*{missing.patch_id} \(not in archive BigEarthNet-S2.tar.zst\)"):
-        join.plan_cache(config, files_for(config), str(tmp_path / "a"), 1, None)
+        join.plan_cache(config, files_for(config), str(tmp_path / "a"), str(tmp_path / "a.arrow"), 1, None)
     config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root), skip_missing=True)
-    plan = join.plan_cache(config, files_for(config), str(tmp_path / "b"), 1, None)
+    plan = join.plan_cache(config, files_for(config), str(tmp_path / "b"), str(tmp_path / "b.arrow"), 1, None)
     assert plan.examples[missing.split] == len(fixture_rows(fx, split=missing.split)) - missing.rows
 
 

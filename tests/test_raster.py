@@ -1,7 +1,7 @@
 """Tests for bentxt.raster: GeoTIFF decoding and torch-compatible resampling.
 
-Fixtures are written with rasterio in the layouts of the real release (facts
-file, section 10); a small hand-made TIFF writer covers layouts GDAL does not
+Fixtures are written with rasterio in the layouts of the real release
+(docs/release.md#geotiff-properties); a small hand-made TIFF writer covers layouts GDAL does not
 produce by default (big-endian, strips out of order, unpadded last strip,
 corrupt byte counts). Resampling is checked against plain-Python loops that
 follow PyTorch's documented formulas, and against torch itself when installed.
@@ -32,7 +32,7 @@ from bentxt.raster import RESAMPLE_MODES, RasterError, check_band, decode_geotif
 # Fixtures: GeoTIFFs in the real layouts
 # --------------------------------------------------------------------------- #
 
-#: rows per strip of the released files (facts file, section 10)
+#: rows per strip of the released files (docs/release.md#geotiff-properties)
 ROWS_PER_STRIP = {"s2_10m": 34, "s2_20m": 60, "s2_60m": 20, "s1": 17}
 #: byte sizes of the released S2 files; GDAL reproduces them exactly
 S2_FILE_BYTES = {"s2_10m": 29_196, "s2_20m": 7_572, "s2_60m": 1_172}
@@ -879,7 +879,7 @@ def test_stack_image_matches_publisher_stack_and_interpolate(img_size: int, mode
     arrays = band_arrays()
     bands = BAND_COMBINATIONS["all"]
     tensors = []
-    for band in bands:  # stack_and_interpolate of ben_txt_datamodule.py (facts file, section 14)
+    for band in bands:  # stack_and_interpolate of ben_txt_datamodule.py (docs/release.md#publishers-loader)
         x = torch.from_numpy(arrays[band].astype(np.float32))
         if x.shape != (img_size, img_size):
             align = True if mode in ("bilinear", "bicubic") else None

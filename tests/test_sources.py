@@ -9,7 +9,7 @@ import pytest
 
 import bigearthnet_txt as bt
 from bentxt import sources
-from bentxt.imagery_table import PairBands
+from bentxt.pair_bands import PairBands
 from bentxt.readers import iter_export_patches
 from bentxt.sources import ArchiveSource, ExportSource, FolderSource, LmdbSource, detect
 from test_builder import assert_same_examples, prepare, same_value

@@ -1,4 +1,4 @@
-"""Tests for bentxt.text against the real rows quoted in the facts file (sections 5, 6, 14)."""
+"""Tests for bentxt.text against the real rows quoted in docs/release.md (its text formats and publisher's loader)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ CAPTION = (
     "broad-leaved forest, covering approximately 586,000 square meters, …"
 )
 
-# (ID, type, input, output, expected {"bbox", "point", "options"}) — the 18 rows of facts section 5.
+# (ID, type, input, output, expected {"bbox", "point", "options"}) — the 18 rows of docs/release.md#text-formats.
 REAL_ROWS = [
     (27519, "binary", "Would you identify any broad-leaved forest as lying right beside inland waters?", "yes", {}),
     (27521, "binary", "Does the image contain classes other than inland waters?", "yes", {}),
@@ -159,7 +159,7 @@ REAL_ROWS = [
         "c",
         {"options": ["Winter", "Spring", "Summer", "Autumn"]},
     ),
-    # further real / transcribed examples of facts sections 5 and 6 (IDs unknown; 0 used)
+    # further real / transcribed examples of docs/release.md#text-formats (IDs unknown; 0 used)
     (
         0,
         "bounding box",
@@ -369,7 +369,7 @@ def test_replace_point():
         replace_point("<point>(0.1,0.1)</point>", (0.1, 0.1))
 
 
-# --- token replacement (facts section 14) -----------------------------------------------------
+# --- token replacement (docs/release.md#publishers-loader) --------------------------------------
 
 
 def _publisher(text: str, point_token=("", ""), ref_token=("", "")) -> str:

@@ -75,7 +75,7 @@ def extent(mask: np.ndarray):
 
 
 def test_statistics_are_the_publishers_numbers_as_arrays():
-    # facts file section 14 (ConfigILM BENv2_utils "120_nearest"), typed in here independently of bands.py
+    # docs/release.md#publishers-loader (ConfigILM BENv2_utils "120_nearest"), typed in here independently of bands.py
     assert T.GROUP_MEAN["s2_10m"].tolist() == [438.3720703125, 614.0556640625, 588.4096069335938, 2193.2919921875]
     assert T.GROUP_STD["s2_10m"].tolist() == [607.02685546875, 603.2968139648438, 684.56884765625, 1369.3717041015625]
     assert T.GROUP_MEAN["s2_60m"].tolist() == [361.0767822265625, 2241.455322265625]

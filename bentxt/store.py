@@ -1,0 +1,389 @@
+"""One imagery store per source: each image pair's pixels once, shared by every config, split, task and filter.
+
+Why: ~20 texts share an image pair, and users prepare several configs of one
+download (``vqa`` + ``captioning`` + ``grounding``, ``-train`` and
+``-validation``, filters). Pixels kept per config would be one copy per config
+(3 x 76 GB for the everyday S2 recipe) and one archive pass each; kept per
+source they are stored once and a later config only adds the pairs it lacks.
+
+A store holds one sensor of one source (an archive set, an extracted tree, an
+LMDB, an export), every native band group of that sensor::
+
+    <cache>/bigearthnet_txt/imagery/<sensor>-<source key>/
+        store.json                             the manifest: generation, source, groups, shards (file, rows, bytes)
+        not-stored.json                        pairs known to be absent from, or invalid in, the source
+        <sensor>-p0001-00000-of-00002.arrow    shards (``bentxt.imagery_table`` format), appended pass by pass
+        .lock                                  held (flock) by the one process adding pairs
+        .adding-<pid>-<nonce>/                 a pass's files until they are committed
+
+Rows are numbered across the shards in manifest order; a committed shard never
+changes, so a row number stays valid for the life of the store. A text row
+names its store by *reference* ``<folder>.<generation>``: the generation is
+drawn when the folder is created, so rows prepared against a store that was
+deleted and built again (other row numbers) are an error, never other pixels.
+
+Appending is safe: a pass holds the store's lock from its check of what is
+missing to its commit (a second process preparing another config of the same
+source waits, then adds only what is still missing); a pass writes into its
+own folder and commits by renaming its shards and replacing the manifest
+(``os.replace``), so a killed pass leaves the store as it was, and the next
+pass removes what it left.
+
+Where a store is found (:func:`locate`): stores this process opened or was
+told about (:func:`register`, the features of a loaded dataset), the folders in
+``BENTXT_STORES`` (``os.pathsep``-separated), and the default
+``$HF_DATASETS_CACHE/bigearthnet_txt/imagery``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .bands import BandGroup, groups_for_sensors
+from .errors import BigEarthNetTxtError
+from .imagery_table import ImageryTables
+from .metadata import NAME
+
+logger = logging.getLogger("bigearthnet_txt")
+
+STORES_DIR = "imagery"
+MANIFEST = "store.json"
+#: pairs a pass looked for and did not find, or found invalid: kept apart from the manifest, which every reading
+#: process loads (a partial download can leave ~460,000 absent names: megabytes of JSON)
+NOT_STORED = "not-stored.json"
+LOCK = ".lock"
+ADDING_PREFIX = ".adding-"
+#: where else stores are looked for (folders holding store folders, or store folders), ``os.pathsep``-separated
+STORES_ENV = "BENTXT_STORES"
+FORMAT_VERSION = 1
+
+
+class StoreError(BigEarthNetTxtError, ValueError):
+    """An imagery store is missing, damaged, or not the one a row was prepared against."""
+
+
+# ----------------------------------------------------------------------------- where stores are
+
+
+_KNOWN: Dict[str, str] = {}  # store reference (<folder>.<generation>) -> its path, for every store this process knows
+
+
+def register(path: str) -> str:
+    """Tell this process where a store folder is (e.g. after moving it); loaded datasets do this themselves.
+
+    Returns the store's reference. Keyed by reference, not folder name: two
+    caches may each hold a store of the same source (same folder name), and
+    only the generation tells them apart.
+    """
+    found = ImageryStore(path)
+    _KNOWN[found.reference] = found.path
+    return found.reference
+
+
+def known() -> Dict[str, str]:
+    """Store reference -> path, of every store this process knows (pickled with the features that use them)."""
+    return dict(_KNOWN)
+
+
+def default_root(cache_root: Optional[str] = None) -> str:
+    """The folder holding the stores of a ``datasets`` cache root (the default cache when None)."""
+    if cache_root is None:
+        import datasets
+
+        cache_root = datasets.config.HF_DATASETS_CACHE
+    return os.path.join(str(cache_root), NAME, STORES_DIR)
+
+
+def search_roots() -> List[str]:
+    roots = [p for p in os.environ.get(STORES_ENV, "").split(os.pathsep) if p]
+    return roots + [default_root()]
+
+
+def split_reference(reference: str) -> Tuple[str, str]:
+    """``<folder>.<generation>`` -> (folder name, generation)."""
+    folder, _, generation = reference.rpartition(".")
+    if not folder or not generation:
+        raise StoreError(f"{reference!r} is not an imagery store reference (<sensor>-<key>.<generation>)")
+    return folder, generation
+
+
+_OPEN: Dict[Tuple[int, str], "ImageryStore"] = {}
+
+
+def locate(reference: str) -> "ImageryStore":
+    """The store a row names, checked to be the same generation: never the pixels of another store."""
+    key = (os.getpid(), reference)
+    found = _OPEN.get(key)
+    if found is not None:
+        return found
+    folder, generation = split_reference(reference)
+    candidates = ([_KNOWN[reference]] if reference in _KNOWN else []) + [os.path.join(r, folder) for r in search_roots()]
+    candidates += [r for r in search_roots() if os.path.basename(r.rstrip("/")) == folder]
+    rebuilt = []
+    for path in dict.fromkeys(candidates):
+        if not os.path.isfile(os.path.join(path, MANIFEST)):
+            continue
+        found = ImageryStore(path)
+        if found.generation != generation:
+            rebuilt.append(f"{path} (generation {found.generation})")
+            continue
+        found.check()
+        _KNOWN[reference] = found.path
+        _OPEN[key] = found
+        return found
+    if rebuilt:
+        raise StoreError(
+            f"the imagery store {folder!r} of these rows was built again since they were prepared (the rows name "
+            f"generation {generation}, found {rebuilt}): its row numbers changed. Prepare the config(s) of these rows "
+            f"again (load_dataset(...) does it), then concatenate or save them again"
+        )
+    raise StoreError(
+        f"the pixels of these rows are in the imagery store {folder!r}, which was not found (looked in "
+        f"{sorted(set(candidates))}). It was moved or deleted: if moved, set {STORES_ENV}=<the folder holding it> or "
+        f"call bentxt.store.register(<its path>); if deleted, prepare the config again (load_dataset(...) rebuilds "
+        f"it). To keep rows without their store, use bentxt.pair_bands.portable(dataset) before save_to_disk"
+    )
+
+
+def forget() -> None:
+    """Drop this process's open stores (tests; a store folder removed and rebuilt in this process)."""
+    _OPEN.clear()
+
+
+# ----------------------------------------------------------------------------- one store
+
+
+class ImageryStore:
+    """One sensor of one source: a manifest and its shards, read memory-mapped, appended under a lock."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.name = os.path.basename(self.path)
+        self._manifest: Optional[dict] = None
+        self._tables: Optional[ImageryTables] = None
+        self._rows: Optional[Dict[str, int]] = None
+
+    # --- creating and reading the manifest
+
+    @classmethod
+    def for_source(cls, root: str, sensor: str, key: str, source: Mapping[str, object]) -> "ImageryStore":
+        """The store of ``sensor`` from the source fingerprinted as ``key``, created (empty) when new."""
+        path = os.path.join(root, f"{sensor}-{key}")
+        store = cls(path)
+        if os.path.isfile(os.path.join(path, MANIFEST)):  # no lock: another process may hold it for a long pass
+            register(path)
+            return store
+        os.makedirs(path, exist_ok=True)
+        with store.locked():
+            if not os.path.isfile(os.path.join(path, MANIFEST)):
+                groups = groups_for_sensors((sensor,))
+                store._write_manifest({
+                    "format": FORMAT_VERSION, "sensor": sensor, "generation": uuid.uuid4().hex[:8],
+                    "groups": [g.name for g in groups], "source": dict(source), "shards": [], "passes": 0,
+                })
+        register(path)
+        return store
+
+    @property
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            try:
+                with open(os.path.join(self.path, MANIFEST)) as f:
+                    self._manifest = json.load(f)
+            except FileNotFoundError:
+                raise StoreError(f"{self.path} is not an imagery store (no {MANIFEST})") from None
+            except ValueError as err:
+                raise StoreError(
+                    f"the manifest {os.path.join(self.path, MANIFEST)} is damaged ({err}): remove the folder "
+                    f"{self.path} and prepare again"
+                ) from None
+        return self._manifest
+
+    @property
+    def sensor(self) -> str:
+        return self.manifest["sensor"]
+
+    @property
+    def generation(self) -> str:
+        return self.manifest["generation"]
+
+    @property
+    def reference(self) -> str:
+        """What a text row stores to name this store."""
+        return f"{self.name}.{self.generation}"
+
+    @property
+    def groups(self) -> Tuple[BandGroup, ...]:
+        return groups_for_sensors((self.sensor,))
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s["bytes"] for s in self.manifest["shards"])
+
+    def manifest_files(self) -> List[str]:
+        """The committed shard files, in row order."""
+        return [s["file"] for s in self.manifest["shards"]]
+
+    def refresh(self) -> None:
+        """Read the manifest again (another process may have appended)."""
+        self._manifest = self._tables = self._rows = None
+
+    def check(self) -> None:
+        """Every shard is there with its recorded size: a truncated or lost file is found now, not mid-training."""
+        for shard in self.manifest["shards"]:
+            path = os.path.join(self.path, shard["file"])
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                raise StoreError(self._damaged(path, "is missing")) from None
+            if size != shard["bytes"]:
+                raise StoreError(self._damaged(path, f"has {size} bytes, {shard['bytes']} were written"))
+
+    def _damaged(self, path: str, what: str) -> str:
+        return (
+            f"the imagery store file {path} {what}: the store is damaged. Remove the folder {self.path} and prepare "
+            f"again (every config prepared from this source is then prepared anew)"
+        )
+
+    # --- reading
+
+    @property
+    def tables(self) -> ImageryTables:
+        if self._tables is None:
+            files = [os.path.join(self.path, s["file"]) for s in self.manifest["shards"]]
+            self._tables = ImageryTables({self.sensor: files}, expected_rows={self.sensor: [s["rows"] for s in self.manifest["shards"]]})
+        return self._tables
+
+    def take(self, group: BandGroup, row: int) -> np.ndarray:
+        """One pair's values of one band group (a view over the memory map)."""
+        if row >= self.tables.num_rows(self.sensor):  # appended by another process since this one looked
+            self.refresh()
+            self.check()
+        return self.tables.take(self.sensor, group, row)
+
+    def rows(self) -> Dict[str, int]:
+        """Patch name -> row, of every pair in the store."""
+        if self._rows is None:
+            names = self.tables.names(self.sensor)
+            self._rows = {name: row for row, name in enumerate(names)}
+        return self._rows
+
+    def positions(self) -> np.ndarray:
+        """Each row's place in its source's own order (archive order; name order for random-access sources)."""
+        return self.tables.positions(self.sensor)
+
+    def not_stored(self) -> dict:
+        """``{"absent": [names], "invalid": {name: reason}}``: what earlier passes did not store, and why."""
+        try:
+            with open(os.path.join(self.path, NOT_STORED)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"absent": [], "invalid": {}}
+
+    def absent(self) -> frozenset:
+        return frozenset(self.not_stored()["absent"])
+
+    def invalid(self) -> Dict[str, str]:
+        return dict(self.not_stored()["invalid"])
+
+    # --- appending
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This store's lock (flock: released by the OS when the process dies, so a kill never leaves it held)."""
+        with open(os.path.join(self.path, LOCK), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("imagery store %s: waiting for another process that is adding pairs to it", self.path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def adding(self) -> Iterator["StorePass"]:
+        """Hold the lock, drop what killed passes left, and give a pass its own folder; committed on ``commit``."""
+        with self.locked():
+            self.refresh()
+            self._remove_leftovers()
+            folder = os.path.join(self.path, f"{ADDING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.makedirs(folder)
+            store_pass = StorePass(self, folder)
+            try:
+                yield store_pass
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                self.refresh()
+
+    def _remove_leftovers(self) -> None:
+        """Under the lock: anything that is neither the manifest, the lock nor a committed shard was left by a killed pass."""
+        keep = {MANIFEST, LOCK, NOT_STORED} | {s["file"] for s in self.manifest["shards"]}
+        for entry in os.listdir(self.path):
+            if entry not in keep:
+                path = os.path.join(self.path, entry)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+    def _write_manifest(self, manifest: dict) -> None:
+        self._write_json(MANIFEST, manifest)
+        self._manifest = manifest
+
+    def _write_json(self, name: str, value: object) -> None:
+        """Written whole, then renamed over the old one: a reader sees one or the other, never half."""
+        temporary = os.path.join(self.path, f"{name}.{os.getpid()}.tmp")
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, os.path.join(self.path, name))
+
+
+class StorePass:
+    """The files one pass writes; :meth:`commit` makes them part of the store, all at once."""
+
+    def __init__(self, store: ImageryStore, folder: str):
+        self.store, self.folder = store, folder
+
+    def commit(self, files: Sequence[Tuple[str, int]], absent: Sequence[str] = (),
+               invalid: Optional[Mapping[str, str]] = None) -> None:
+        """``files``: (path in the pass folder, rows) in row order; ``absent``/``invalid``: what the pass found."""
+        manifest = json.loads(json.dumps(self.store.manifest))
+        number = manifest["passes"] + 1
+        kept = [(p, n) for p, n in files if n]
+        for k, (path, rows) in enumerate(kept):
+            name = f"{manifest['sensor']}-p{number:04d}-{k:05d}-of-{len(kept):05d}.arrow"
+            os.replace(path, os.path.join(self.store.path, name))
+            manifest["shards"].append({"file": name, "rows": rows, "bytes": os.path.getsize(os.path.join(self.store.path, name))})
+        if absent or invalid:
+            known = self.store.not_stored()
+            self.store._write_json(NOT_STORED, {"absent": sorted(set(known["absent"]) | set(absent)),
+                                                "invalid": {**known["invalid"], **(invalid or {})}})
+        manifest["passes"] = number
+        self.store._write_manifest(manifest)
+        self.store._tables = self.store._rows = None
+
+
+def pair_bytes(sensor: str) -> int:
+    """Bytes one pair takes in a sensor's store: its native groups, plus ~2 % of Arrow list offsets."""
+    return int(sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in groups_for_sensors((sensor,))) * 1.02)
+
+
+def source_key(source_fingerprint: object, paths: Sequence[str]) -> str:
+    """What names a source's store: where it is and what it is (size/mtime, or a URL's recorded checksum)."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash({"paths": list(paths), "fingerprint": source_fingerprint})[:12]
