@@ -8,8 +8,8 @@ Configs are ``<sensor>-<task>[-<split>]`` (``bentxt/config.py``). Each example i
 one text joined with its image pair's bands (``layout="patch"``: one example
 per pair, its texts in a list). Prepared configs keep their texts in
 ``datasets``' cache folders and each pair's pixels once per source, in an
-imagery store shared by every config of that source (``bentxt/store.py``;
-rows point into it through ``bentxt/pair_bands.py``); the join is
+imagery store shared by every config of that source (``bentxt/cache/store.py``;
+rows point into it through ``bentxt/cache/pair_bands.py``); the join is
 ``bentxt/join.py``; where the files come from is ``bentxt/sources.py``. This
 file only wires them into ``datasets``.
 """
@@ -27,9 +27,17 @@ from datasets.data_files import DataFilesDict, DataFilesList
 from datasets.download.streaming_download_manager import StreamingDownloadManager
 from datasets.utils.py_utils import convert_file_size_to_int
 
-from bentxt import annotations as ann, cache, compat, config as cfg, join, lifetime, metadata, sources, store
+from bentxt.text import annotations as ann
+from bentxt.cache import folders as cache
+from bentxt import compat
+from bentxt import config as cfg
+from bentxt import join
+from bentxt.cache import lifetime
+from bentxt import metadata
+from bentxt import sources
+from bentxt.cache import store
 from bentxt.config import BigEarthNetTxtConfig, features_for
-from bentxt.pair_bands import attach
+from bentxt.cache.pair_bands import attach
 from bentxt.registration import code_hash, register
 
 logger = logging.getLogger("bigearthnet_txt")
@@ -205,6 +213,6 @@ except ImportError as _err:  # an unsupported datasets: the class above still wo
 if __name__ == "__main__":
     import sys
 
-    from bentxt.cli import main
+    from bentxt.tools.cli import main
 
     sys.exit(main())

@@ -26,7 +26,7 @@ from benchmarks.common import Row, format_table, log, machine_line  # noqa: E402
 
 
 def make_folder(root: Path, files: int) -> None:
-    from bentxt.cli import sample_dir
+    from bentxt.tools.cli import sample_dir
 
     root.mkdir(parents=True, exist_ok=True)
     for name in os.listdir(sample_dir()):

@@ -39,7 +39,8 @@ DRIVER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import datasets, bigearthnet_txt as bt
-from bentxt import archives, readers
+from bentxt.imagery import archives
+from bentxt.imagery import readers
 datasets.disable_progress_bars()
 data, cache, pids, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 from bentxt import join

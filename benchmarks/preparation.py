@@ -1,7 +1,7 @@
 """Preparation from ``.tar.zst`` archives and streaming, each against the bare archive read of the same run.
 
 The bare rate is what any reader of the release pays: zstd decompression plus
-tar parsing of both archives, nothing decoded (``bentxt.archives.iter_tar_zst``).
+tar parsing of both archives, nothing decoded (``bentxt.imagery.archives.iter_tar_zst``).
 Every function runs in its own child process (``run_child``) so its peak RSS
 is its own; ``prepare`` uses ``num_proc=1``, so rates are per process.
 """
@@ -19,7 +19,7 @@ from typing import List, Optional
 
 def bare_stream(archives: List[str]) -> dict:
     """Seconds to read the archives front to back (zstd + tar), members and bytes seen."""
-    from bentxt.archives import iter_tar_zst
+    from bentxt.imagery.archives import iter_tar_zst
 
     t = time.perf_counter()
     members = size = 0
@@ -98,8 +98,8 @@ def import_only() -> dict:
 
 
 def export_once(data_dir: str, out_dir: str, cache_dir: str, config: str = "s1s2-vqa") -> dict:
-    """Write ``config`` as a Parquet export with ``bentxt.export.export`` (not timed by the table)."""
-    from bentxt.export import export
+    """Write ``config`` as a Parquet export with ``bentxt.export.writer.export`` (not timed by the table)."""
+    from bentxt.export.writer import export
 
     t = time.perf_counter()
     export(config, out_dir, data_dir=data_dir, cache_dir=cache_dir, progress=False)
@@ -108,12 +108,12 @@ def export_once(data_dir: str, out_dir: str, cache_dir: str, config: str = "s1s2
 
 
 def stream_export(out_dir: str, cache_dir: str, config: str = "s1s2-vqa", split: str = "train") -> dict:
-    """Stream one split of the export: texts and imagery joined in order (``bentxt.export.iter_examples``)."""
+    """Stream one split of the export: texts and imagery joined in order (``bentxt.export.writer.iter_examples``)."""
     import os
 
     import datasets
 
-    from bentxt.export import iter_examples
+    from bentxt.export.writer import iter_examples
 
     datasets.disable_progress_bars()
     os.environ["HF_DATASETS_CACHE"] = cache_dir

@@ -7,9 +7,9 @@
    source (random access), as labs keep the imagery on shared storage.
 2. The config is prepared once from the folders (``num_proc=2``, timed for reference): every export
    below reads that cache (their ``download_and_prepare`` is a cache hit).
-3. Exports into fresh folders, the fastest of ``--repeats`` each: ``bentxt.export.export`` with
+3. Exports into fresh folders, the fastest of ``--repeats`` each: ``bentxt.export.writer.export`` with
    ``num_proc=1`` and ``2`` (the single-machine export), then, in a local ``ray.init(num_cpus=2)``,
-   ``bentxt.ray_engine.export`` with ``num_workers=1`` and ``2``. Each time covers the whole call
+   ``bentxt.export.ray_engine.export`` with ``num_workers=1`` and ``2``. Each time covers the whole call
    (cache check, planning, previews, Parquet, card); the Ray rows include Ray Data's job start and
    scheduling, not ``ray.init`` (printed apart, with the first Ray export on cold worker processes).
 4. Every export's rows are checked against the first local one (per split, texts and imagery).
@@ -36,7 +36,7 @@ from benchmarks.data import fixture  # noqa: E402
 
 def extract_folders(fx: Dict, root: Path) -> Path:
     """The fixture's S1/S2 archives as extracted trees, the parquet linked beside them (done once per work folder)."""
-    from bentxt.archives import iter_tar_zst
+    from bentxt.imagery.archives import iter_tar_zst
 
     done = root / "done"
     if done.exists():
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
 
     import datasets
 
-    from bentxt import export as ex
-    from bentxt import ray_engine
+    from bentxt.export import writer as ex
+    from bentxt.export import ray_engine
     from bentxt.registration import builder_for
 
     datasets.disable_progress_bars()
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             log(f"local export, num_proc={proc}")
             seconds, out = fastest(lambda o: ex.export(args.config, o, num_proc=proc, **common), work / f"local{proc}",
                                    args.repeats)
-            rows.append(("local (bentxt.export)", f"{proc} process{'es' if proc > 1 else ''}", seconds, out))
+            rows.append(("local (bentxt.export.writer)", f"{proc} process{'es' if proc > 1 else ''}", seconds, out))
 
         import ray
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
                 log(f"Ray export, num_workers={workers}")
                 seconds, out = fastest(lambda o: ray_engine.export(args.config, o, num_workers=workers, **common),
                                        work / f"ray{workers}", args.repeats)
-                rows.append(("ray (bentxt.ray_engine)", f"{workers} worker{'s' if workers > 1 else ''}", seconds, out))
+                rows.append(("ray (bentxt.export.ray_engine)", f"{workers} worker{'s' if workers > 1 else ''}", seconds, out))
         finally:
             ray.shutdown()
             shutil.rmtree(sessions, ignore_errors=True)
@@ -162,8 +162,8 @@ def main(argv=None) -> int:
         print(f"ray.init(num_cpus=2): {init_s:.1f} s; first Ray export (cold workers, 2): {cold_s:.1f} s "
               f"({pairs / cold_s:.0f} pairs/s)")
         print()
-        print(f"| engine | parallelism | seconds | pairs/s | vs local, 1 process | same rows as local |")
-        print(f"|---|---|---|---|---|---|")
+        print("| engine | parallelism | seconds | pairs/s | vs local, 1 process | same rows as local |")
+        print("|---|---|---|---|---|---|")
         for engine, parallel, seconds, out in rows:
             same = "yes" if fingerprint(out, name) == reference else "NO"
             files = sum(1 for _ in (out / "data").glob("*/*.parquet"))

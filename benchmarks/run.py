@@ -154,12 +154,12 @@ def _export_rows(ctx: Context) -> Row:
     the export stays small; the export itself is written first and not timed.
     """
     if not (Path(__file__).resolve().parents[1] / "bentxt" / "export.py").exists():
-        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "", target_text="bentxt/export.py missing")
+        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "", target_text="bentxt/export/writer.py missing")
     r = ctx.read
     out, cache = ctx.work / "export", ctx.work / "export-cache"
     try:
         shutil.rmtree(out, ignore_errors=True)
-        log("exporting s1s2-vqa of the reading subset to Parquet (bentxt.export), then streaming it")
+        log("exporting s1s2-vqa of the reading subset to Parquet (bentxt.export.writer), then streaming it")
         made = run_child("benchmarks.preparation:export_once", {"data_dir": r["data_dir"], "out_dir": str(out), "cache_dir": str(cache)})
         res = run_child("benchmarks.preparation:stream_export", {"out_dir": str(out), "cache_dir": str(cache)})
         base = run_child("benchmarks.preparation:stream", {"data_dir": r["data_dir"], "config": "s1s2-vqa", "split": "train",

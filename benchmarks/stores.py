@@ -30,7 +30,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Row, format_table, log, machine_line, run_child  # noqa: E402
-from benchmarks.release import RELEASE_PAIRS, zstd_cli  # noqa: E402
+from benchmarks.release import RELEASE_PAIRS  # noqa: E402
 
 CONFIGS = ("s1s2-vqa", "s1s2-captioning", "s1s2-grounding", "s1s2-vqa-validation")
 #: texts per task at release scale (docs/release.md#counts); each task has 5 configs (all splits + one per split),
@@ -62,7 +62,7 @@ def prepare(data_dir: str, cache_dir: str, config: str, num_proc: int = 2, **opt
 
 
 def several_configs(work: Path, fx: Dict, notes: List[str]) -> List[Row]:
-    from bentxt import store
+    from bentxt.cache import store
 
     cache = work / "stores-cache"
     shutil.rmtree(cache, ignore_errors=True)

@@ -381,7 +381,7 @@ def measure(path: str, config: str, sort_by_key: bool = False) -> dict:
 def _measure(path: str, cfg, kwargs: dict, steps: dict) -> dict:
     import pyarrow as pa
 
-    from bentxt import annotations as ann
+    from bentxt.text import annotations as ann
 
     t0 = time.perf_counter()
     table = ann.read_selection(path, cfg.selection(None), **kwargs)

@@ -119,7 +119,6 @@ def extract(data_dir: str, root: str) -> int:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(data)
                         if parts[0] == "Reference_Maps":
-                            import rasterio
                             from rasterio.io import MemoryFile
 
                             with MemoryFile(data) as f, f.open() as ds:

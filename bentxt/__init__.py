@@ -1,24 +1,25 @@
-"""Readers and tools around the ``bigearthnet_txt`` builder (one job per module; see the README's "How it works")."""
+"""Readers and tools around the ``bigearthnet_txt`` builder (one stage per subpackage, one job per module; see the README's "How it works")."""
 
 #: public helpers, imported on first use so that ``import bentxt`` stays light. ``plot`` and ``collate`` are
-#: not here: they share their submodule's name (``bentxt.plot.plot``, ``bentxt.collate.collate``).
+#: not here: they share their submodule's name (``bentxt.tools.plot.plot``, ``bentxt.tools.collate.collate``).
 _LAZY = {
-    "normalize": "transforms",
-    "Normalize": "transforms",
-    "band_stats": "transforms",
-    "GROUP_MEAN": "transforms",
-    "GROUP_STD": "transforms",
-    "BAND_MEAN": "transforms",
-    "BAND_STD": "transforms",
-    "GeometricAugment": "transforms",
-    "OrientationTextError": "transforms",
-    "apply_op": "transforms",
-    "orientation_text": "transforms",
-    "transform_image": "transforms",
-    "transform_bbox": "transforms",
-    "transform_point": "transforms",
-    "Collate": "collate",
-    "sample_dir": "cli",
+    "normalize": "tools.transforms",
+    "Normalize": "tools.transforms",
+    "band_stats": "tools.transforms",
+    "GROUP_MEAN": "tools.transforms",
+    "GROUP_STD": "tools.transforms",
+    "BAND_MEAN": "tools.transforms",
+    "BAND_STD": "tools.transforms",
+    "GeometricAugment": "tools.transforms",
+    "OrientationTextError": "tools.transforms",
+    "apply_op": "tools.transforms",
+    "orientation_text": "tools.transforms",
+    "transform_image": "tools.transforms",
+    "transform_bbox": "tools.transforms",
+    "transform_point": "tools.transforms",
+    "Collate": "tools.collate",
+    "sample_dir": "tools.cli",
+    "portable": "cache.pair_bands",
 }
 
 

@@ -97,22 +97,31 @@ PRIVATE_API: Tuple[PrivateUse, ...] = (
                "a prepared cache on a read-only mount opens for reading (only swapped while the cache root is not "
                "writable, where nothing can be written anyway)", routed=True),
     # --- datasets: elsewhere
-    PrivateUse("datasets", "utils.file_utils._prepare_single_hop_path_and_storage_options", "bentxt/archives.py",
+    PrivateUse("datasets", "utils.file_utils._prepare_single_hop_path_and_storage_options", "bentxt/compat.py",
                "an http(s) archive URL gets the same storage options (proxy, token, Google Drive) as xopen gives it",
-               "resumable downloads with exactly xopen's options"),
+               "resumable downloads with exactly xopen's options", routed=True),
     # --- other libraries
-    PrivateUse("aiohttp", "StreamReader._read_nowait", "bentxt/archives.py",
+    PrivateUse("aiohttp", "StreamReader._read_nowait", "bentxt/compat.py",
                "the bytes aiohttp already buffered when a connection broke",
                "a resumed download restarts at the last byte received, not up to a buffer earlier; if it changes, "
-               "resuming is only less efficient"),
-    PrivateUse("fsspec", "HTTPStreamFile.r", "bentxt/archives.py",
+               "resuming is only less efficient", routed=True),
+    PrivateUse("fsspec", "HTTPStreamFile.r", "bentxt/compat.py",
                "the aiohttp response of a streamed HTTP file: status, Content-Range and Content-Length of a resumed "
-               "GET", "a server that ignores Range is refused instead of read from byte 0 again"),
+               "GET", "a server that ignores Range is refused instead of read from byte 0 again", routed=True),
     PrivateUse("concurrent.futures", "ProcessPoolExecutor._processes", "bentxt/compat.py",
                "the imagery workers are terminated when the preparation fails or is interrupted",
                "Ctrl-C stops the workers at once instead of after their whole pass "
                "(multiprocessing.active_children would also kill children that are not the pool's)", routed=True),
 )
+
+
+def readme_list() -> str:
+    """The README's list of private uses (between its ``private-api`` markers), written from :data:`PRIVATE_API`."""
+    lines = []
+    for use in PRIVATE_API:
+        where = use.used_in + ("" if use.routed else ", not yet through compat")
+        lines.append(f"- {use.library}: `{use.name}` (`{where}`): {use.why}; {use.benefit}.")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- code hash (public replacement)
@@ -191,6 +200,26 @@ class TableBuilder(datasets.GeneratorBasedBuilder):
 
     def _as_dataset(self, split=datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
         return self.loaded(lambda: super(TableBuilder, self)._as_dataset(split, in_memory), split)
+
+
+# ----------------------------------------------------------------------------- HTTP archives
+
+
+def xopen_storage_options(urlpath: str, download_config) -> Tuple[str, dict]:
+    """(URL, storage options) exactly as ``datasets``' ``xopen`` would open ``urlpath`` with ``download_config``."""
+    from datasets.utils.file_utils import _prepare_single_hop_path_and_storage_options
+
+    return _prepare_single_hop_path_and_storage_options(urlpath, download_config)
+
+
+def http_response(file) -> Any:
+    """The aiohttp response behind an fsspec streamed HTTP file (None for other files)."""
+    return getattr(file, "r", None)
+
+
+def buffered_bytes(content, n: int) -> bytes:
+    """Up to ``n`` bytes aiohttp already buffered in a response body (on the event loop thread that owns it)."""
+    return content._read_nowait(n)
 
 
 # ----------------------------------------------------------------------------- process pools

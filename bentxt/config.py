@@ -4,7 +4,7 @@ A config is ``<sensor>-<task>[-<split>]`` plus keyword options (filters, tag
 replacement, ``bands=``, ``layout``, sources). The features come in two
 storages of the same values: *streamed* examples carry their bands as
 ``Array3D``; a *prepared* cache stores each pair's bands once
-(``bentxt.store``) and its rows carry :class:`PairBands` references
+(``bentxt.cache.store``) and its rows carry :class:`PairBands` references
 that decode to the same arrays.
 """
 
@@ -18,13 +18,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import datasets
 import numpy as np
 
-from . import annotations as ann
-from . import text
-from .bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
-from .pair_bands import PairBands
-from .layout import NAME_COLUMN
-from .metadata import VERSION
-from .raster import check_resample_options
+from bentxt.text import annotations as ann
+from bentxt.text import grammar as text
+from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
+from bentxt.cache.pair_bands import PairBands
+from bentxt.imagery.layout import NAME_COLUMN
+from bentxt.metadata import VERSION
+from bentxt.imagery.raster import check_resample_options
 
 SENSORS: Dict[str, Tuple[str, ...]] = {"s1": ("s1",), "s2": ("s2",), "s1s2": ("s1", "s2")}
 TASKS: Dict[str, Tuple[str, ...]] = {
@@ -62,7 +62,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     ``keep_archives``: archives at URLs are read once as they download, with no
     copy kept; True copies them into the download folder first (``bentxt.sources.download``).
     ``store_all_pairs``: whether a pass over an archive stores every pair it
-    holds in the source's imagery store (``bentxt.store``), not only the
+    holds in the source's imagery store (``bentxt.cache.store``), not only the
     selected ones; None: yes for archives read from URLs (no second download
     for a later config), no for local files (``bentxt.join.keeps_every_pair``).
     """
@@ -157,7 +157,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
         """The keyword options that differ from the named config's defaults and change the data (what makes a variant).
 
         Where the files are (``data_dir``, ``data_files``, ``image_source``) is
-        keyed by their resolved paths instead (``bentxt.cache``); ``img_size`` and
+        keyed by their resolved paths instead (``bentxt.cache.folders``); ``img_size`` and
         ``resample`` only matter with ``bands``.
         """
         base = CONFIGS.get(self.name)

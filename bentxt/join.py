@@ -4,7 +4,7 @@ Texts are grouped by image pair (``annotations.group_by_patch``). Each sensor's
 imagery is read once, in its source's own order, and every text of a pair
 shares the pair's pixels:
 
-- **preparing** makes sure each sensor's imagery store (``bentxt.store``:
+- **preparing** makes sure each sensor's imagery store (``bentxt.cache.store``:
   one per source, shared by every config) holds the selected pairs: one pass
   per archive over what it lacks, archives in parallel (``num_proc``). S1 and
   S2 are sorted differently, and each store keeps its source's order, so the
@@ -36,18 +36,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import annotations as ann
-from . import compat, diskspace, lifetime, readers, text
-from .bands import BandGroup, groups_for_sensors
-from .config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS, text_features
-from .errors import BigEarthNetTxtError
-from . import store as store_module
-from .imagery_table import ImageryTables, ImageryWriter
-from .pair_bands import PairBands
-from .store import ImageryStore
-from .layout import NAME_COLUMN, display_name
-from .raster import RasterError, stack_image
-from .sources import ImageSource, is_url, spill_notice
+from bentxt.text import annotations as ann
+from bentxt import compat
+from bentxt.cache import diskspace
+from bentxt.cache import lifetime
+from bentxt.imagery import readers
+from bentxt.text import grammar as text
+from bentxt.bands import BandGroup, groups_for_sensors
+from bentxt.config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS, text_features
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.cache import store as store_module
+from bentxt.cache.imagery_table import ImageryTables, ImageryWriter
+from bentxt.cache.pair_bands import PairBands
+from bentxt.cache.store import ImageryStore
+from bentxt.imagery.layout import NAME_COLUMN, display_name
+from bentxt.imagery.raster import RasterError, stack_image
+from bentxt.sources import ImageSource, is_url, spill_notice
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -603,7 +607,7 @@ class CachePlan:
 
 def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
     """Tell the user, before the long imagery pass, how large the cache will be (``config.estimate_cache_bytes``)."""
-    from .config import estimate_cache_bytes
+    from bentxt.config import estimate_cache_bytes
 
     rows, patches = index.table.num_rows, len(index)
     text_bytes = sum(int(pc.sum(pc.binary_length(_plain(index.table[c]))).as_py() or 0) for c in ("input", "output"))
@@ -780,7 +784,7 @@ def stream_images(config: BigEarthNetTxtConfig, arrays: Mapping[str, np.ndarray]
     """A pair's decoded bands as the streamed example's image columns (the values ``PairBands`` decodes to)."""
     if config.image_bands is not None:
         return {"image": stack_image(arrays, config.image_bands, config.img_size, config.resample)}
-    from .bands import groups_for_sensors
+    from bentxt.bands import groups_for_sensors
 
     return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(config.sensors)}
 

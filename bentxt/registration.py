@@ -24,8 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Set
 
-from . import compat
-from .metadata import NAME
+from bentxt import compat
+from bentxt.metadata import NAME
 
 SUPPORTED_MAJOR = 5
 
@@ -65,9 +65,10 @@ def cache_modules() -> List[str]:
             continue
         seen.add(name)
         for module in _bentxt_imports(path, name):
-            file = root / (module.split(".", 1)[1].replace(".", "/") + ".py")
-            if file.exists():
-                todo.append((module, file))
+            relative = module.split(".", 1)[1].replace(".", "/")
+            for file in (root / f"{relative}.py", root / relative / "__init__.py"):  # a module, or a subpackage
+                if file.exists():
+                    todo.append((module, file))
     return sorted(seen)
 
 
@@ -82,13 +83,14 @@ def _bentxt_imports(path: Path, module: str) -> Set[str]:
             base = node.module or ""
             if node.level:  # relative: from .x import y / from . import x
                 base = f"{package}.{base}" if base else package
-            if base == "bentxt":
-                found |= {f"bentxt.{a.name}" for a in node.names}
-            elif base.startswith("bentxt."):
-                found.add(base)
+            if base == "bentxt" or base.startswith("bentxt."):
+                if base != "bentxt":
+                    found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}  # kept where it is a module (cache_modules)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("bentxt.")}
-    return found
+    # importing bentxt.a.b runs bentxt/a/__init__.py too
+    return found | {".".join(m.split(".")[:k]) for m in found for k in range(2, m.count(".") + 1)}
 
 
 def code_hash() -> str:

@@ -7,7 +7,7 @@ once per process, because LMDB environments and open files must not cross a fork
   parts), local or remote; read front to back only;
 - :class:`FolderSource`: the extracted ``BigEarthNet-S1/`` / ``BigEarthNet-S2/`` trees, by path;
 - :class:`LmdbSource`: a rico-hdl conversion (``data.mdb``), by key;
-- :class:`ExportSource`: a Parquet export of this builder (``bentxt/export.py``), read in order.
+- :class:`ExportSource`: a Parquet export of this builder (``bentxt/export/writer.py``), read in order.
 
 A new kind is one class here (``detect``, ``find_in``, ``patches`` and, if it
 has random access, ``open_reader``) plus its fixture; nothing else dispatches
@@ -38,9 +38,10 @@ from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
 
-from . import archives, readers
-from .errors import BigEarthNetTxtError
-from .layout import MAPS_DIR, ROOT_DIR, display_name, remember_origin
+from bentxt.imagery import archives
+from bentxt.imagery import readers
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.imagery.layout import MAPS_DIR, ROOT_DIR, display_name, remember_origin
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -502,7 +503,7 @@ def spill_notice(config_name: str, split: str, source: ImageSource, groups, pair
         f"({size / 1e9:.1f} GB) is read and the bands of its {pairs} pair(s) of the split are spilled to {spill_dir} "
         f"(~{pairs * per_pair / 1e9:.2f} GB, removed at the end); the two archives are sorted differently. Faster "
         f"routes: a prepared cache (load_dataset without streaming: each archive read once), an export "
-        f"(bentxt.export), or the extracted folders or an LMDB as image_source (read by patch, no spill)"
+        f"(bentxt.export.writer), or the extracted folders or an LMDB as image_source (read by patch, no spill)"
     )
 
 

@@ -19,8 +19,8 @@ import argparse
 import datasets
 
 import bigearthnet_txt  # noqa: F401  (registers the "bigearthnet_txt" name)
-from bentxt.chat import IMAGE_CHOICES, TAG_CHOICES, chat_dataset
-from bentxt.cli import sample_dir
+from bentxt.tools.chat import IMAGE_CHOICES, TAG_CHOICES, chat_dataset
+from bentxt.tools.cli import sample_dir
 from bentxt.registration import builder_for
 
 

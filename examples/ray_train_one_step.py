@@ -3,10 +3,10 @@
     python examples/ray_train_one_step.py [--export DIR] [--ray-address ADDR] [--workers 1] [--batch-size 8]
 
 What it shows, end to end and without network (needs ``pip install "bigearthnet-txt[ray,torch]"``):
-1. ``bentxt.ray_engine.export("s2-binary", ...)`` of the embedded synthetic sample
+1. ``bentxt.export.ray_engine.export("s2-binary", ...)`` of the embedded synthetic sample
    (``bentxt/sample``) as a Ray Data job into a temporary folder, unless ``--export DIR`` names
    an existing export holding ``s2-binary`` (a folder, or a Hub repo id);
-2. ``bentxt.ray_engine.read(export, "s2-binary", "train")``: a ``ray.data.Dataset`` of per-text
+2. ``bentxt.export.ray_engine.read(export, "s2-binary", "train")``: a ``ray.data.Dataset`` of per-text
    examples, each with its pair's bands as numpy arrays; the publisher's per-band
    normalisation (``Normalize``) runs as a Ray Data ``map_batches`` step;
 3. Ray Train: a ``TorchTrainer`` with ``--workers`` CPU workers, each reading its shard
@@ -34,9 +34,9 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from bentxt import ray_engine
-from bentxt.cli import sample_dir
-from bentxt.transforms import Normalize
+from bentxt.export import ray_engine
+from bentxt.tools.cli import sample_dir
+from bentxt.tools.transforms import Normalize
 
 CONFIG = "s2-binary"
 

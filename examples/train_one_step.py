@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import bigearthnet_txt  # noqa: F401  (registers the name "bigearthnet_txt" with datasets)
-from bentxt.cli import sample_dir
-from bentxt.collate import collate
-from bentxt.transforms import GeometricAugment, Normalize
+from bentxt.tools.cli import sample_dir
+from bentxt.tools.collate import collate
+from bentxt.tools.transforms import GeometricAugment, Normalize
 
 
 class AugmentThenNormalize:

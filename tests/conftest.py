@@ -79,7 +79,7 @@ def extracted(fixture_data: Fixture, tmp_path_factory: pytest.TempPathFactory) -
     """The fixture as users keep it after `tar -xf`: BigEarthNet-S1/ and BigEarthNet-S2/ trees beside the parquet."""
     import os
 
-    from bentxt.archives import iter_tar_zst
+    from bentxt.imagery.archives import iter_tar_zst
 
     root = tmp_path_factory.mktemp("extracted")
     for archive in (fixture_data.s1_archive, fixture_data.s2_archive):

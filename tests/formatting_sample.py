@@ -152,7 +152,7 @@ if __name__ == "__main__":
         import bigearthnet_txt  # noqa: F401  (replaces the numpy and torch formatters for the whole process)
         from datasets.formatting import get_formatter
 
-        assert type(get_formatter("numpy")).__module__ == "bentxt.formatting", "the package's formatter is not in use"
+        assert type(get_formatter("numpy")).__module__ == "bentxt.cache.formatting", "the package's formatter is not in use"
     elif sys.argv[1:] != ["without"]:
         sys.exit("usage: formatting_sample.py with|without")
     datasets.disable_progress_bars()

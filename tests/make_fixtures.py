@@ -62,8 +62,8 @@ if str(REPO_ROOT) not in sys.path:  # running as a script puts only tests/ on sy
     sys.path.insert(0, str(REPO_ROOT))
 
 from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, NODATA, SENSOR_BANDS, BandGroup, groups_for_sensors  # noqa: E402
-from bentxt.annotations import COLUMNS  # noqa: E402
-from bentxt.layout import band_path, reference_map_path  # noqa: E402
+from bentxt.text.annotations import COLUMNS  # noqa: E402
+from bentxt.imagery.layout import band_path, reference_map_path  # noqa: E402
 
 # --------------------------------------------------------------------------- format constants
 

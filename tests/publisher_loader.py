@@ -6,7 +6,7 @@ with ``torch.nn.functional.interpolate``: legacy ``nearest`` (source index
 ``floor(dst * in / out)``) or ``bilinear`` with ``align_corners=True``
 (source coordinate ``dst * (in - 1) / (out - 1)``). This module spells those
 formulas out pixel by pixel, deliberately sharing no code with
-``bentxt.raster``, so a test comparing the two checks the rule, not itself.
+``bentxt.imagery.raster``, so a test comparing the two checks the rule, not itself.
 """
 
 from __future__ import annotations

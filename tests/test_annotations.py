@@ -1,4 +1,4 @@
-"""Unit tests of ``bentxt/annotations.py``: selection, grouping, and the parquet rules.
+"""Unit tests of ``bentxt/text/annotations.py``: selection, grouping, and the parquet rules.
 
 The faster ``read_selection`` / ``group_by_patch`` (dictionary codes, ``sort_by``) must
 give exactly what a plain Arrow filter + sort gives, and every rule of the release file
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bentxt import annotations as ann
+from bentxt.text import annotations as ann
 from make_fixtures import PARQUET_NAME, PARQUET_SCHEMA, SYNTHETIC_METADATA
 
 

@@ -1,4 +1,4 @@
-"""Tests for bentxt.archives' tar reader: hostile headers, bounded memory, and agreement with ``tarfile``.
+"""Tests for bentxt.imagery.archives' tar reader: hostile headers, bounded memory, and agreement with ``tarfile``.
 
 Archives are written by ``tarfile`` and then edited byte by byte
 (tests/tar_fuzz_helpers.py); every header edit recomputes the checksum so it
@@ -22,11 +22,11 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bentxt import archives
-from bentxt.archives import ArchiveError, iter_archive_patches, iter_tar
-from bentxt.layout import band_path, reference_map_path
-from bentxt.raster import RasterError, max_band_file_bytes
-from bentxt.readers import BadBand, decode_patch
+from bentxt.imagery import archives
+from bentxt.imagery.archives import ArchiveError, iter_archive_patches, iter_tar
+from bentxt.imagery.layout import band_path, reference_map_path
+from bentxt.imagery.raster import RasterError, max_band_file_bytes
+from bentxt.imagery.readers import BadBand, decode_patch
 from tar_fuzz_helpers import (
     BLOCK,
     end_of_archive,
@@ -337,7 +337,7 @@ def test_peak_memory_with_a_2_gib_stray_member_stays_under_1_gb(
     script = textwrap.dedent(
         f"""
         import json, resource, time
-        from bentxt.archives import iter_archive_patches
+        from bentxt.imagery.archives import iter_archive_patches
         start = time.perf_counter()
         patches = [(name, sorted(bands)) for name, bands in iter_archive_patches({str(archive_with_2gib_stray)!r}, "s2", progress=False)]
         seconds = time.perf_counter() - start

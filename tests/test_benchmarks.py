@@ -1,7 +1,7 @@
 """The benchmarks' preconditions: same images as the publisher's reader, and a smoke run of benchmarks/run.py.
 
 The text side (``read_selection`` / ``group_by_patch`` against a plain Arrow filter + sort)
-is tested with the rest of ``bentxt/annotations.py`` in ``test_annotations.py``.
+is tested with the rest of ``bentxt/text/annotations.py`` in ``test_annotations.py``.
 """
 
 from __future__ import annotations

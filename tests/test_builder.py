@@ -20,8 +20,9 @@ import pytest
 
 import bigearthnet_txt as bt
 from bentxt import bands as B
-from bentxt import sources, text
-from bentxt.pair_bands import PairBands
+from bentxt import sources
+from bentxt.text import grammar as text
+from bentxt.cache.pair_bands import PairBands
 from make_fixtures import REAL_PATCH_ID
 from publisher_loader import stack_and_interpolate
 

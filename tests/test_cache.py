@@ -1,4 +1,4 @@
-"""bentxt/cache.py: one cache folder per selection and inputs, rebuilt when an input changes; spill folders cleaned up."""
+"""bentxt/cache/folders.py: one cache folder per selection and inputs, rebuilt when an input changes; spill folders cleaned up."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import datasets
 import pyarrow.parquet as pq
 
 import bigearthnet_txt as bt
-from bentxt import cache
+from bentxt.cache import folders as cache
 from bentxt.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def test_sigterm_during_streaming_leaves_no_spill_folder(fixture_data, tmp_path)
 
 
 def test_a_relative_and_an_absolute_image_source_share_one_cache(fixture_data, tmp_path, monkeypatch):
-    from bentxt import cache as cache_module
+    from bentxt.cache import folders as cache_module
     from bentxt.config import resolve_config
 
     monkeypatch.chdir(fixture_data.root.parent)

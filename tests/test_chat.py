@@ -1,4 +1,4 @@
-"""bentxt.chat: every task of the embedded sample as conversations in the documented vision-chat schema.
+"""bentxt.tools.chat: every task of the embedded sample as conversations in the documented vision-chat schema.
 
 The schema (TRL ``dataset_formats`` "Vision datasets"; transformers multimodal
 chat templates): an ``images`` list and ``messages`` of ``{"role", "content"}``
@@ -16,9 +16,10 @@ import pytest
 from make_fixtures import REAL_PATCH_ID
 from PIL import Image
 
-from bentxt import chat, raster
+from bentxt.tools import chat
+from bentxt.imagery import raster
 from bentxt.bands import BAND_COMBINATIONS
-from bentxt.cli import main, sample_dir
+from bentxt.tools.cli import main, sample_dir
 from bentxt.registration import builder_for
 
 #: a chat template in the style of vision models' templates (image parts -> one placeholder token)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pytest
 
 import bigearthnet_txt as bt
-from bentxt import cli
+from bentxt.tools import cli
 from bentxt.config import CONFIG_OPTIONS, config_name_error
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import bigearthnet_txt as bt
-from bentxt import annotations as ann
+from bentxt.text import annotations as ann
 from bentxt import bands as B
 from bentxt import config as cfg
 from bentxt.config import CONFIGS, NO_BOX, NO_OPTIONS, NO_POINT, estimate_cache_bytes, features_for, resolve_config
-from bentxt.pair_bands import PairBands
+from bentxt.cache.pair_bands import PairBands
 
 SENSOR_GROUPS = {s: [g for g in B.BAND_GROUPS if g.sensor in cfg.SENSORS[s]] for s in cfg.SENSORS}
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from bentxt.diskspace import DiskFullError, check_free_space, describe_enospc, existing_parent
+from bentxt.cache.diskspace import DiskFullError, check_free_space, describe_enospc, existing_parent
 
 
 def test_not_enough_space_names_folder_needed_and_free(tmp_path):

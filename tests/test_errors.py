@@ -29,7 +29,7 @@ def _exception_classes():
 
 def test_every_module_is_found():
     names = _modules()
-    assert "bentxt.errors" in names and "bentxt.archives" in names and "bentxt.cli" in names
+    assert "bentxt.errors" in names and "bentxt.imagery.archives" in names and "bentxt.tools.cli" in names
 
 
 def test_every_package_exception_derives_from_the_base():
@@ -46,10 +46,10 @@ def test_every_package_exception_derives_from_the_base():
 @pytest.mark.parametrize("module, name, builtin", [
     ("bentxt.sources", "SourceError", ValueError),
     ("bentxt.sources", "ChecksumError", ValueError),
-    ("bentxt.archives", "ResumeError", ValueError),
-    ("bentxt.raster", "RasterError", ValueError),
+    ("bentxt.imagery.archives", "ResumeError", ValueError),
+    ("bentxt.imagery.raster", "RasterError", ValueError),
     ("bentxt.join", "MissingPatchError", ValueError),
-    ("bentxt.transforms", "OrientationTextError", ValueError),
+    ("bentxt.tools.transforms", "OrientationTextError", ValueError),
 ])
 def test_the_builtin_bases_are_kept(module, name, builtin):
     """``except ValueError`` written before the base existed still catches these."""

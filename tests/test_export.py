@@ -1,4 +1,4 @@
-"""The Parquet export (bentxt/export.py, bentxt/export_read.py): texts configs, one imagery config per sensor set
+"""The Parquet export (bentxt/export/writer.py, bentxt/export/reader.py): texts configs, one imagery config per sensor set
 shared by every task (pixels once per pair), the browse config (every text beside its picture, the default), the card,
 round trips through plain ``datasets`` (map-style, streaming, a fresh process), iter_examples, the builder's export
 image source, sharding, and the dataset viewer's limits."""
@@ -27,13 +27,14 @@ from PIL import Image
 
 import bigearthnet_txt as bt
 from test_builder import prepare
-from bentxt import export as ex
-from bentxt import annotations as ann
-from bentxt import preview, readers
+from bentxt.export import writer as ex
+from bentxt.text import annotations as ann
+from bentxt.imagery import preview
+from bentxt.imagery import readers
 from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS
 from bentxt.config import features_for
-from bentxt.imagery_table import array3d
-from bentxt.pair_bands import PairBands
+from bentxt.cache.imagery_table import array3d
+from bentxt.cache.pair_bands import PairBands
 from make_fixtures import REAL_PATCH_ID, make_fixture
 
 CONFIGS = ("s1s2-vqa", "s2-grounding", "s1-captioning")

@@ -22,8 +22,8 @@ import zstandard
 
 import bigearthnet_txt as bt
 from bentxt import sources
-from bentxt.archives import ArchiveError, iter_tar_zst
-from bentxt.store import ImageryStore
+from bentxt.imagery.archives import ArchiveError, iter_tar_zst
+from bentxt.cache.store import ImageryStore
 from make_fixtures import PARQUET_SCHEMA, encode_geotiff, make_fixture, write_tar_zst
 
 RELEASE_FILES = {"annotations": "BigEarthNet.txt.parquet", "s1": "BigEarthNet-S1.tar.zst", "s2": "BigEarthNet-S2.tar.zst"}
@@ -154,7 +154,7 @@ def test_bad_band_file_names_patch_and_band_or_is_skipped_and_counted(damage, ex
         if damage == "missing":
             return None
         if damage == "oversized":
-            from bentxt.raster import max_band_file_bytes
+            from bentxt.imagery.raster import max_band_file_bytes
 
             return name, content + bytes(max_band_file_bytes("B03"))
         if damage == "duplicate":
@@ -408,7 +408,7 @@ def test_a_mistyped_image_source_never_reaches_the_network(fixture_data, tmp_pat
 
 
 def test_messages_name_the_url_of_a_downloaded_file_not_its_cache_hash(tmp_path):
-    from bentxt import layout
+    from bentxt.imagery import layout
 
     local = str(tmp_path / "downloads" / "5f1d0c3a9b")
     layout.remember_origin(local, "https://example.org/BigEarthNet-S2.tar.zst")

@@ -1,7 +1,7 @@
 """The fixtures must be faithful to the release format, or builder tests prove nothing.
 
 Expected values come from docs/release.md; band names, sizes and
-dtypes come from bentxt.bands, paths from bentxt.layout.
+dtypes come from bentxt.bands, paths from bentxt.imagery.layout.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import zstandard
 from rasterio.io import MemoryFile
 
 from bentxt.bands import GROUP_OF_BAND, NODATA, SENSOR_BANDS
-from bentxt.layout import PATCH_NAME_RE, band_path
+from bentxt.imagery.layout import PATCH_NAME_RE, band_path
 from make_fixtures import (
     CLASS_OF_CODE,
     MAP_DTYPE,
@@ -37,7 +37,6 @@ from make_fixtures import (
     encode_geotiff,
     make_fixture,
     reference_map_path,
-    write_lmdb,
 )
 
 #: docs/release.md#geotiff-properties: group -> (file bytes, rows per strip, strips)

@@ -1,4 +1,4 @@
-"""bentxt/formatting.py: formats keep the bands' dtypes; iteration, distribution and DataLoaders over the default
+"""bentxt/cache/formatting.py: formats keep the bands' dtypes; iteration, distribution and DataLoaders over the default
 columns."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datasets.distributed import split_dataset_by_node
 
 import bigearthnet_txt as bt
 from bentxt import bands as B
-from bentxt.pair_bands import PairBands
+from bentxt.cache.pair_bands import PairBands
 
 GROUPS = {g.name: g for g in B.BAND_GROUPS}
 
@@ -179,7 +179,7 @@ def test_fast_row_and_column_paths_give_what_datasets_gives(prepared, fmt, kwarg
     from datasets.formatting.np_formatter import NumpyFormatter
     from datasets.formatting.torch_formatter import TorchFormatter
 
-    from bentxt.formatting import FastNumpyArrowExtractor, extract_one_row
+    from bentxt.cache.formatting import FastNumpyArrowExtractor, extract_one_row
 
     part = prepared["train"]
     bands = [k for k, f in part.features.items() if isinstance(f, PairBands)]

@@ -1,4 +1,4 @@
-"""bentxt.geo: grids read from the GeoTIFF tags equal rasterio's; names give what they can, never a guess."""
+"""bentxt.imagery.geo: grids read from the GeoTIFF tags equal rasterio's; names give what they can, never a guess."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from make_fixtures import REAL_PATCH_ID, REAL_S1_NAME, encode_geotiff
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-from bentxt import geo
-from bentxt.archives import iter_archive_patches
+from bentxt.imagery import geo
+from bentxt.imagery.archives import iter_archive_patches
 from bentxt.bands import SENSOR_BANDS
-from bentxt.readers import FolderReader
+from bentxt.imagery.readers import FolderReader
 
 #: the real pair's 10 m grid (docs/release.md#patch-names: tile 33UUP's corner 300000/5400000, cell 61/39)
 REAL_GRID = geo.GeoRef(32633, (10.0, 0.0, 373_200.0, 0.0, -10.0, 5_353_200.0), 120, 120)

@@ -15,7 +15,7 @@ import pytest
 from datasets import DownloadConfig
 
 import bigearthnet_txt as bt
-from bentxt import archives
+from bentxt.imagery import archives
 from http_server import serve_directory
 from test_builder import assert_same_examples, prepare
 

@@ -1,4 +1,4 @@
-"""bentxt/imagery_table.py: the imagery file format (one row per pair), written in place and read memory-mapped."""
+"""bentxt/cache/imagery_table.py: the imagery file format (one row per pair), written in place and read memory-mapped."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from test_builder import prepare
 from bentxt import bands as B
-from bentxt.imagery_table import ImageryFileError, ImageryTables, ImageryWriter, array3d, array3d_values, imagery_features
+from bentxt.cache.imagery_table import ImageryFileError, ImageryTables, ImageryWriter, array3d, array3d_values, imagery_features
 
 REPO = Path(__file__).resolve().parents[1]
 S2_GROUPS = [g for g in B.BAND_GROUPS if g.sensor == "s2"]
@@ -108,7 +108,7 @@ def test_full_batches_are_decoded_in_place_and_written_without_a_copy(tmp_path):
 
 
 def test_a_write_over_bands_waiting_in_place_is_refused(tmp_path):
-    from bentxt.imagery_table import DirectFile
+    from bentxt.cache.imagery_table import DirectFile
 
     sink = DirectFile(str(tmp_path / "out.bin"), buffer_bytes=1 << 16)
     region = sink.reserve(300, [(100, 50)])
@@ -152,7 +152,7 @@ def test_direct_file_writes_exactly_the_bytes_given(tmp_path, folder):
     """O_DIRECT with aligned blocks, double buffering and a truncated tail; tmpfs (no O_DIRECT) falls back."""
     import os
 
-    from bentxt.imagery_table import DirectFile
+    from bentxt.cache.imagery_table import DirectFile
 
     if folder == "shm":
         if not os.path.isdir("/dev/shm"):

@@ -9,13 +9,14 @@ import pytest
 from datasets.utils.info_utils import NonMatchingSplitsSizesError
 
 import bigearthnet_txt as bt
-from bentxt import infos, sources
+from bentxt.tools import infos
+from bentxt import sources
 from bentxt.config import CONFIGS, features_for
-from bentxt.pair_bands import PairBands
+from bentxt.cache.pair_bands import PairBands
 
 
 def test_dataset_infos_json_is_up_to_date_with_the_code():
-    assert infos.main(["--check"]) == 0, "run: python -m bentxt.infos"
+    assert infos.main(["--check"]) == 0, "run: python -m bentxt.tools.infos"
     recorded = sources.recorded_infos()
     assert set(recorded) == {c.name for c in bt.BigEarthNetTxt.BUILDER_CONFIGS} == set(CONFIGS)
     for config in bt.BigEarthNetTxt.BUILDER_CONFIGS:

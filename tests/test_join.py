@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bentxt import join, sources
-from bentxt.archives import iter_archive_patches
+from bentxt import join
+from bentxt import sources
+from bentxt.imagery.archives import iter_archive_patches
 from bentxt.config import resolve_config
-from bentxt.imagery_table import ImageryTables
-from bentxt.store import ImageryStore
+from bentxt.cache.imagery_table import ImageryTables
+from bentxt.cache.store import ImageryStore
 from bentxt.join import EmptySelectionError, JoinReport, MissingPatchError
 
 
@@ -262,8 +263,8 @@ def test_texts_are_taken_from_the_file_batch_by_batch_in_any_order():
                                            ("s1s2-captioning", {"seasons": ("Summer",)})])
 def test_the_quick_name_pass_finds_exactly_the_selected_pairs(fixture_data, name, options):
     """The imagery workers start on a names-only pass; it must name every pair the full selection keeps."""
-    from bentxt import annotations as ann
-    from bentxt.layout import NAME_COLUMN
+    from bentxt.text import annotations as ann
+    from bentxt.imagery.layout import NAME_COLUMN
 
     config = resolve_config(name, data_dir=str(fixture_data.root), **options)
     index = join.select_annotations(config, str(fixture_data.parquet), None, None)

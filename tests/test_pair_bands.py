@@ -1,4 +1,4 @@
-"""bentxt/pair_bands.py: text rows referencing their pair's pixels in a store, and the datasets API on them."""
+"""bentxt/cache/pair_bands.py: text rows referencing their pair's pixels in a store, and the datasets API on them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from test_builder import prepare
 from bentxt import bands as B
-from bentxt import store
-from bentxt.pair_bands import PairBands, attach, portable
+from bentxt.cache import store
+from bentxt.cache.pair_bands import PairBands, attach, portable
 
 REPO = Path(__file__).resolve().parents[1]
 S2_GROUPS = [g for g in B.BAND_GROUPS if g.sensor == "s2"]
@@ -79,17 +79,17 @@ def test_a_store_that_cannot_be_found_is_an_error_naming_it(vqa, tmp_path, monke
     monkeypatch.setattr(store, "default_root", lambda cache_root=None: str(tmp_path))
     monkeypatch.delenv(store.STORES_ENV, raising=False)
     with pytest.raises(store.StoreError, match=r"imagery store 's[12]-[0-9a-f]{12}', which was not found .*BENTXT_STORES.*"
-                                               r"bentxt.store.register.*portable"):
+                                               r"bentxt.cache.store.register.*portable"):
         bare[0]
     # told where the stores are (moved there), it reads them again
-    from bentxt import cache
+    from bentxt.cache import folders as cache
 
     monkeypatch.setenv(store.STORES_ENV, os.path.dirname(cache.store_paths(builder.cache_dir)[0]))
     assert np.array_equal(bare[0]["s1"], ds["bench"][0]["s1"])
 
 
 def test_attach_reaches_dataset_dicts_and_nested_features(vqa):
-    from bentxt import cache
+    from bentxt.cache import folders as cache
 
     builder, ds = vqa
     paths = cache.store_paths(builder.cache_dir)

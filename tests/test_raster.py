@@ -1,4 +1,4 @@
-"""Tests for bentxt.raster: GeoTIFF decoding and torch-compatible resampling.
+"""Tests for bentxt.imagery.raster: GeoTIFF decoding and torch-compatible resampling.
 
 Fixtures are written with rasterio in the layouts of the real release
 (docs/release.md#geotiff-properties); a small hand-made TIFF writer covers layouts GDAL does not
@@ -24,9 +24,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
-from bentxt import raster
+from bentxt.imagery import raster
 from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS, GROUP_OF_BAND, NODATA, BandGroup
-from bentxt.raster import RESAMPLE_MODES, RasterError, check_band, decode_geotiff, resample, stack_groups, stack_image
+from bentxt.imagery.raster import RESAMPLE_MODES, RasterError, check_band, decode_geotiff, resample, stack_groups, stack_image
 
 # --------------------------------------------------------------------------- #
 # Fixtures: GeoTIFFs in the real layouts
@@ -781,7 +781,7 @@ def test_stacking_whole_groups_gives_the_band_by_band_image(combination: str, mo
 
 
 def test_group_runs_of_the_publishers_combinations() -> None:
-    from bentxt.raster import _group_runs
+    from bentxt.imagery.raster import _group_runs
 
     assert _group_runs(BAND_COMBINATIONS["S1S2-10m20m"]) == (
         ("s1", 0, 2, 0), ("s2_10m", 0, 3, 2), ("s2_20m", 0, 3, 5), ("s2_10m", 3, 1, 8), ("s2_20m", 3, 3, 9))

@@ -1,4 +1,4 @@
-"""The Ray engine (bentxt/ray_engine.py) on a real Ray: a local ``ray.init(num_cpus=2)`` for the module, and a
+"""The Ray engine (bentxt/export/ray_engine.py) on a real Ray: a local ``ray.init(num_cpus=2)`` for the module, and a
 two-node ``ray.cluster_utils.Cluster`` reached by address. No mocks.
 
 - the Ray export equals the local export: every config's rows and arrays per split (files concatenated: texts, the
@@ -36,10 +36,11 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from bentxt import cli, ray_engine
-from bentxt import export as ex
+from bentxt.tools import cli
+from bentxt.export import ray_engine
+from bentxt.export import writer as ex
 from bentxt.config import resolve_config
-from bentxt.imagery_table import array3d_values
+from bentxt.cache.imagery_table import array3d_values
 from bentxt.registration import builder_for
 from test_builder import same_value
 
@@ -142,7 +143,7 @@ def local_ray(environment):
 
 @pytest.fixture(scope="module")
 def exported(local_ray, fixture_data, tmp_path_factory):
-    """Every variant exported twice from one prepared cache: locally (bentxt.export) and on Ray (2 workers)."""
+    """Every variant exported twice from one prepared cache: locally (bentxt.export.writer) and on Ray (2 workers)."""
     cache = tmp_path_factory.mktemp("cache")
     local, on_ray = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
     for config, name, options in VARIANTS:

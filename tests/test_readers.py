@@ -1,4 +1,4 @@
-"""bentxt/readers.py: one way to read a patch's bands per form of the imagery, and one way to fail."""
+"""bentxt/imagery/readers.py: one way to read a patch's bands per form of the imagery, and one way to fail."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bentxt import bands as B
-from bentxt.layout import band_path
-from bentxt.raster import RasterError, max_band_file_bytes
-from bentxt.readers import FolderReader, LmdbReader, band_array, decode_patch, iter_export_patches
+from bentxt.imagery.layout import band_path
+from bentxt.imagery.raster import RasterError, max_band_file_bytes
+from bentxt.imagery.readers import FolderReader, LmdbReader, band_array, decode_patch, iter_export_patches
 
 S2_BANDS = tuple(b for g in B.BAND_GROUPS if g.sensor == "s2" for b in g.bands)
 S1_BANDS = ("VV", "VH")
@@ -130,7 +130,7 @@ def test_a_value_that_is_not_safetensors_names_the_record(fixture_data, fixture_
 
 @pytest.fixture(scope="module")
 def s2_export(fixture_data, tmp_path_factory):
-    from bentxt.export import export
+    from bentxt.export.writer import export
 
     out = tmp_path_factory.mktemp("readers_export")
     return export("s2-all", str(out / "export"), data_dir=str(fixture_data.root), cache_dir=str(out / "cache"),

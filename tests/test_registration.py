@@ -32,15 +32,21 @@ def module_imports(path: Path, module: str):
             base = node.module or ""
             if node.level:
                 base = f"{package}.{base}" if base else package
-            if base == "bentxt":
-                for alias in node.names:
-                    yield f"bentxt.{alias.name}", node
-            else:
-                yield base, node
+            if base == "bentxt" or base.startswith("bentxt."):
+                for alias in node.names:  # a module of a package, or a name in a module: kept where it is a module
+                    yield f"{base}.{alias.name}", node
+            yield base, node
 
 
 def package_modules():
-    return {f"bentxt.{p.stem}": p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
+    """Every module of the package by its dotted name; a subpackage by its own name (its ``__init__``)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        out[".".join(("bentxt",) + (parts[:-1] if parts[-1] == "__init__" else parts))] = path
+    return out
 
 
 # ----------------------------------------------------------------------------- the cache key
@@ -57,9 +63,9 @@ def test_cache_modules_are_what_the_builder_imports():
     imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert registration.cache_modules() == imported
     # the data-defining core is in it; tools that only read a prepared dataset are not
-    core = {"bentxt.join", "bentxt.config", "bentxt.imagery_table", "bentxt.sources", "bentxt.readers", "bentxt.cache"}
+    core = {"bentxt.join", "bentxt.config", "bentxt.cache.imagery_table", "bentxt.sources", "bentxt.imagery.readers", "bentxt.cache.folders"}
     assert core <= set(imported)
-    assert not {"bentxt.cli", "bentxt.plot", "bentxt.collate", "bentxt.transforms", "bentxt.export"} & set(imported)
+    assert not {"bentxt.tools.cli", "bentxt.tools.plot", "bentxt.tools.collate", "bentxt.tools.transforms", "bentxt.export.writer"} & set(imported)
 
 
 def test_our_line_hash_is_datasets_own():
@@ -112,7 +118,7 @@ def test_the_import_graph_has_no_cycle():
         for name, path in modules.items()
     }
     # formatting recognises PairBands by what it does, so it needs no import of the feature's module
-    assert "bentxt.pair_bands" not in graph["bentxt.formatting"]
+    assert "bentxt.cache.pair_bands" not in graph["bentxt.cache.formatting"]
     edges = {(a, b) for a, targets in graph.items() for b in targets}
     cycles = []
     state = {}  # 1: on the stack, 2: done

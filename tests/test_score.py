@@ -1,4 +1,4 @@
-"""bentxt.score and ``bigearthnet-txt score``: each metric on hand-computed cases, then a whole split."""
+"""bentxt.tools.score and ``bigearthnet-txt score``: each metric on hand-computed cases, then a whole split."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bentxt import config as cfg
-from bentxt import score
-from bentxt.cli import main
+from bentxt.tools import score
+from bentxt.tools.cli import main
 
 
 def test_binary_and_mcq_normalisation():

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bentxt import annotations as ann
+from bentxt.text import annotations as ann
 
 SELECTIONS = {
     "all": ann.Selection(),

@@ -9,8 +9,8 @@ import pytest
 
 import bigearthnet_txt as bt
 from bentxt import sources
-from bentxt.pair_bands import PairBands
-from bentxt.readers import iter_export_patches
+from bentxt.cache.pair_bands import PairBands
+from bentxt.imagery.readers import iter_export_patches
 from bentxt.sources import ArchiveSource, ExportSource, FolderSource, LmdbSource, detect
 from test_builder import assert_same_examples, prepare, same_value
 
@@ -140,7 +140,7 @@ def test_torchgeo_split_gzip_parts_stream_as_one_archive(torchgeo_parts, from_ar
 
 
 def test_a_missing_part_is_an_archive_error_naming_the_archive(torchgeo_parts, tmp_path):
-    from bentxt.archives import ArchiveError, iter_tar
+    from bentxt.imagery.archives import ArchiveError, iter_tar
 
     with pytest.raises(ArchiveError, match=r"BigEarthNet-S2.tar.gzaa \(\+0 parts\)|BigEarthNet-S2.tar.gzaa is damaged"):
         list(iter_tar([str(torchgeo_parts / "BigEarthNet-S2.tar.gzaa")]))
@@ -148,7 +148,7 @@ def test_a_missing_part_is_an_archive_error_naming_the_archive(torchgeo_parts, t
 
 def test_an_export_is_an_image_source_too(fixture_data, from_archives, tmp_path):
     """The packed export (patch layout) feeds any other config: its arrays are the release's, exactly."""
-    from bentxt.export import export
+    from bentxt.export.writer import export
 
     root = export("s1s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), layout="patch", name="s1s2-all-patch", progress=False)
     assert detect(str(root), "s2") == ExportSource((str(root),)) and detect(str(root), "s2").kind == "export"
@@ -161,7 +161,7 @@ def test_an_export_is_an_image_source_too(fixture_data, from_archives, tmp_path)
 
 def test_an_annotation_layout_export_yields_each_patch_once(fixture_data, tmp_path):
     """Rows of one patch straddle row groups in an annotation-layout export: each patch still comes once."""
-    from bentxt.export import export
+    from bentxt.export.writer import export
 
     root = export("s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), rows_per_group=7, progress=False)
     names = [name for name, _ in iter_export_patches(str(root), "s2")]

@@ -1,4 +1,4 @@
-"""bentxt/store.py: one imagery store per source, shared by every config, and rows that keep their own pixels.
+"""bentxt/cache/store.py: one imagery store per source, shared by every config, and rows that keep their own pixels.
 
 Two sources are used throughout: the session fixture (seed 0) and a second one
 (seed 1) with the SAME patch names and other pixels, so a row that read the
@@ -23,8 +23,10 @@ import pytest
 
 import bigearthnet_txt as bt
 from bentxt import bands as B
-from bentxt import cache, join, store
-from bentxt.archives import iter_tar_zst
+from bentxt.cache import folders as cache
+from bentxt import join
+from bentxt.cache import store
+from bentxt.imagery.archives import iter_tar_zst
 from make_fixtures import make_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +191,7 @@ def test_a_concatenation_saved_and_loaded_in_a_fresh_process_keeps_its_pixels(fo
 import sys
 sys.path.insert(0, {str(REPO)!r})
 import numpy as np, datasets
-import bentxt.pair_bands  # registers the PairBands feature; no store is known to this process
+import bentxt.cache.pair_bands  # registers the PairBands feature; no store is known to this process
 want = np.load({str(tmp_path / 'want.npz')!r})
 saved = datasets.load_from_disk({str(tmp_path / 'saved')!r}).with_format("numpy")
 parquet = datasets.Dataset.from_parquet({str(tmp_path / 'combined.parquet')!r}).with_format("numpy")
@@ -388,7 +390,7 @@ def test_store_all_pairs_keeps_the_whole_archive_for_later_configs(fixture_data,
 
 def test_pairs_found_invalid_are_remembered_for_later_configs(fixture_data, tmp_path):
     """skip_invalid skips and records a bad pair; a later config without it fails at once, naming the pair."""
-    from bentxt.raster import RasterError
+    from bentxt.imagery.raster import RasterError
     from test_faults import RELEASE_FILES, copy_data, rewrite_archive
 
     data = copy_data(fixture_data, tmp_path / "data")
@@ -404,7 +406,7 @@ def test_pairs_found_invalid_are_remembered_for_later_configs(fixture_data, tmp_
 
 
 def test_a_full_disk_is_refused_before_the_pass_with_the_space_needed(fixture_data, tmp_path, monkeypatch):
-    from bentxt import diskspace
+    from bentxt.cache import diskspace
 
     monkeypatch.setattr(diskspace, "free_bytes", lambda folder: 1000)
     with pytest.raises(diskspace.DiskFullError, match=r"config s2-vqa: adding 8 image pairs to the imagery store.*"):

@@ -1,4 +1,4 @@
-"""Tests for bentxt.text against the real rows quoted in docs/release.md (its text formats and publisher's loader)."""
+"""Tests for bentxt.text.grammar against the real rows quoted in docs/release.md (its text formats and publisher's loader)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bentxt import join
-from bentxt.text import (
+from bentxt.text.grammar import (
     ROW_TYPES,
     AnnotationError,
     fast_boxes,
@@ -522,7 +522,7 @@ MCQ_Q = "Which climate zone is captured in the satellite image?"
         (f"{MCQ_Q} a) Cold, no dry season, warm summer, b) Cold, dry summer, warm summer, c) x, d) y", "a", True),
         (f"{MCQ_Q} a) (a) x, b) tab) y, c) Rule (c), d) w,", "d", True),  # non-markers; the last option keeps its ","
         (f"{MCQ_Q} a) x,, b) y, c) z, d) w", "b", True),  # one separator comma removed: "x,"
-        (f" a) x, b) y, c) z, d) w", "c", True),  # an empty question
+        (" a) x, b) y, c) z, d) w", "c", True),  # an empty question
         (f"{MCQ_Q} a) x, b) y, c) z, d) w", "e", False),  # bad answer: parse_row raises
         (f"{MCQ_Q} a) x, b) y, c) z, d) w\n", "a", False),  # parse_row strips "\n": left to it
         (f"{MCQ_Q}\xa0a) x, b) y, c) z, d) w", "a", False),  # \xa0 is whitespace for re, not for RE2

@@ -1,4 +1,4 @@
-"""Normalisation, text-consistent geometric augmentation, plot and collate (bentxt.transforms / plot / collate)."""
+"""Normalisation, text-consistent geometric augmentation, plot and collate (bentxt.tools.transforms / plot / collate)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import bigearthnet_txt as bt
 from bentxt import bands as B
-from bentxt import text
-from bentxt import transforms as T
+from bentxt.text import grammar as text
+from bentxt.tools import transforms as T
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -386,7 +386,7 @@ def assert_box_and_point_drawn(fig, box, point):
 
 def test_plot_draws_images_box_point_and_title():
     pytest.importorskip("matplotlib")
-    from bentxt.plot import plot
+    from bentxt.tools.plot import plot
 
     ex = plot_example()
     fig = plot(ex)
@@ -404,7 +404,7 @@ def test_plot_draws_images_box_point_and_title():
 
 def test_plot_patch_layout_picks_the_annotation_and_image_needs_bands():
     pytest.importorskip("matplotlib")
-    from bentxt.plot import plot
+    from bentxt.tools.plot import plot
 
     ex = plot_example()
     patch = {k: ex[k] for k in ("patch_id", "split", "s2_10m", "s1")}
@@ -423,7 +423,7 @@ def test_plot_patch_layout_picks_the_annotation_and_image_needs_bands():
 
 def test_plot_resampled_image_with_band_order():
     pytest.importorskip("matplotlib")
-    from bentxt.plot import plot
+    from bentxt.tools.plot import plot
 
     ex = plot_example()
     moved, _ = T.apply_op(ex, "rot90")
@@ -439,7 +439,7 @@ def test_plot_resampled_image_with_band_order():
 
 def test_collate_stacks_images_and_fills_absent_boxes_with_nan():
     torch = pytest.importorskip("torch")
-    from bentxt.collate import Collate, collate
+    from bentxt.tools.collate import Collate, collate
 
     a, b = grounding_example(), dict(RELATIVE, **{g: grounding_example()[g] for g in GROUPS})
     b["s2_10m"] = b["s2_10m"].copy()
@@ -494,7 +494,7 @@ def assert_same_batches(got: dict, want: dict, torch) -> None:
 
 def test_collate_handles_every_format_of_a_prepared_dataset(mixed):
     torch = pytest.importorskip("torch")
-    from bentxt.collate import collate
+    from bentxt.tools.collate import collate
 
     types = mixed["type"]
     part = mixed.select(sorted({types.index(t) for t in types} | {len(types) - 1}))  # every type, both pairs
@@ -529,7 +529,7 @@ def test_collate_handles_every_format_of_a_prepared_dataset(mixed):
 
 def test_collate_in_a_dataloader_with_workers_over_the_default_columns(mixed):
     torch = pytest.importorskip("torch")
-    from bentxt.collate import collate
+    from bentxt.tools.collate import collate
 
     loader = torch.utils.data.DataLoader(mixed, batch_size=8, num_workers=2, collate_fn=collate)
     batches = list(loader)
@@ -542,7 +542,7 @@ def test_collate_in_a_dataloader_with_workers_over_the_default_columns(mixed):
 
 def test_collate_in_a_dataloader_with_transforms(grounding):
     torch = pytest.importorskip("torch")
-    from bentxt.collate import collate
+    from bentxt.tools.collate import collate
 
     ds = grounding.with_transform(lambda batch: T.Normalize()(T.GeometricAugment(seed=0)(batch)))
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate)
@@ -577,7 +577,7 @@ def test_nan_boxes_and_points_stay_nan_under_every_op(op):
 
 
 def test_geometric_augment_gives_the_same_rows_in_every_format(mixed):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     aug = T.GeometricAugment(seed=5, record_op=True)
     python = mixed.with_transform(aug)[:]
     assert len(set(python["augment_op"])) > 2 and {"bounding box", "captioning"} <= set(mixed["type"])
@@ -616,7 +616,7 @@ def test_normalize_works_on_numpy_and_torch_formats(grounding):
 
 def test_plot_leaves_out_nan_boxes_and_the_captions_none_category():
     pytest.importorskip("matplotlib")
-    from bentxt.plot import plot
+    from bentxt.tools.plot import plot
 
     ex = dict(plot_example(), type="captioning", category="None", input="Describe the image.", output=CAPTION,
               bbox=np.full(4, np.nan, np.float32), point=[math.nan] * 2, options=[""] * 4)
@@ -634,8 +634,8 @@ def test_plot_leaves_out_nan_boxes_and_the_captions_none_category():
 
 def test_plot_draws_a_prepared_row_in_any_format(mixed):
     pytest.importorskip("matplotlib")
-    torch = pytest.importorskip("torch")
-    from bentxt.plot import plot
+    pytest.importorskip("torch")
+    from bentxt.tools.plot import plot
 
     i = mixed["type"].index("bounding box")
     for row in (mixed[i], mixed.with_format("numpy")[i], mixed.with_format("torch")[i]):

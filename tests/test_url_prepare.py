@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import bigearthnet_txt as bt
-from bentxt import archives, sources
+from bentxt.imagery import archives
+from bentxt import sources
 from http_server import serve_directory
 from test_sources import assert_same_datasets
 

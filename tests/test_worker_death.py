@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.kill_trials import kill_trial  # noqa: E402
-from bentxt import lifetime  # noqa: E402
+from bentxt.cache import lifetime  # noqa: E402
 from make_fixtures import make_fixture  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -65,7 +65,7 @@ def test_children_of_other_threads_or_after_the_block_are_not_armed():
     """Only forks from the thread inside ``children_die_with_this_process`` get the parent-death signal."""
     code = (
         "import ctypes, os, sys, threading\n"
-        "from bentxt import lifetime\n"
+        "from bentxt.cache import lifetime\n"
         "def pdeathsig():\n"
         "    sig = ctypes.c_int()\n"
         "    ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)\n"  # PR_GET_PDEATHSIG

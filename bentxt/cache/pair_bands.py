@@ -2,7 +2,7 @@
 
 A row stores, per image column, ``{"s1": row, "s2": row, "s1_store": ref,
 "s2_store": ref, "bytes": null}``: the pair's row in each sensor's store and
-the store it is in (``bentxt.store``: ``<folder>.<generation>``). Because each
+the store it is in (``bentxt.cache.store``: ``<folder>.<generation>``). Because each
 row names its own store, rows keep their own pixels wherever they go:
 ``concatenate_datasets`` / ``interleave_datasets`` of configs with other pair
 sets or of other sources, ``select``/``shuffle``/``filter``/``map``, pickling
@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 from datasets.features.features import register_feature
 
-from . import store as stores
-from .bands import GROUP_OF_BAND, BandGroup
-from .imagery_table import array3d_values
-from .raster import stack_groups
+from bentxt.cache import store as stores
+from bentxt.bands import GROUP_OF_BAND, BandGroup
+from bentxt.cache.imagery_table import array3d_values
+from bentxt.imagery.raster import stack_groups
 
 FEATURE_TYPE = "PairBands"
 SENSORS = ("s1", "s2")
@@ -57,7 +57,7 @@ class PairBands:
     resample: Optional[str] = None
     decode: bool = True
     #: store reference -> path: where the stores of the rows were when the dataset was loaded. Only a hint (each
-    #: row names its store; see bentxt.store.locate), ignored by ``==`` so that configs concatenate.
+    #: row names its store; see bentxt.cache.store.locate), ignored by ``==`` so that configs concatenate.
     stores: Optional[Dict[str, str]] = field(default=None, compare=False, repr=False)
     pa_type: ClassVar[pa.DataType] = pa.struct({
         "s1": pa.int64(), "s2": pa.int64(), "s1_store": pa.string(), "s2_store": pa.string(), "bytes": pa.binary(),
@@ -188,7 +188,7 @@ with warnings.catch_warnings():  # "register_feature is experimental": it is the
     warnings.simplefilter("ignore")
     register_feature(PairBands, FEATURE_TYPE)
 # wherever PairBands can be decoded (a DataLoader worker unpickling a dataset too), numpy/torch keep its dtype
-from . import formatting  # noqa: E402,F401  (imports PairBands from this module, defined above)
+from bentxt.cache import formatting  # noqa: E402,F401  (imports PairBands from this module, defined above)
 
 
 @lru_cache(maxsize=64)  # asked for every row read
@@ -245,7 +245,7 @@ def portable(dataset: datasets.Dataset, batch_size: int = 64, num_proc: Optional
                                   for k, f in dataset.features.items()})
 
     def to_arrays(batch: pa.Table) -> pa.Table:
-        from .imagery_table import array3d
+        from bentxt.cache.imagery_table import array3d
 
         arrays = {}
         for name in batch.column_names:

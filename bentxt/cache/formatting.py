@@ -2,7 +2,7 @@
 
 ``datasets``' formatters turn every integer array into int64 (4x the memory of
 S2's uint16) unless ``dtype=None`` is passed, which few users know. For the
-:class:`~bentxt.pair_bands.PairBands` columns of a prepared cache these
+:class:`~bentxt.cache.pair_bands.PairBands` columns of a prepared cache these
 subclasses return the stored dtype instead, stacked into one (B, C, H, W)
 array per batch:
 
@@ -30,9 +30,9 @@ from datasets.features.features import require_decoding
 from datasets.formatting.formatting import NumpyArrowExtractor
 from datasets.formatting.np_formatter import NumpyFormatter
 
-from .bands import BAND_GROUPS
-from .compat import ColumnToNumpyHook, TensorizeHook, register_formatter
-from .imagery_table import array3d_values
+from bentxt.bands import BAND_GROUPS
+from bentxt.compat import ColumnToNumpyHook, TensorizeHook, register_formatter
+from bentxt.cache.imagery_table import array3d_values
 
 #: the image columns of our examples: the native band groups and the ``bands=`` image
 BAND_COLUMNS = frozenset([g.name for g in BAND_GROUPS] + ["image"])

@@ -94,9 +94,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import text
-from .bands import BAND_GROUPS, MEAN, STD, resolve_bands
-from .errors import BigEarthNetTxtError
+from bentxt.text import grammar as text
+from bentxt.bands import BAND_GROUPS, MEAN, STD, resolve_bands
+from bentxt.errors import BigEarthNetTxtError
 
 __all__ = [
     "BAND_MEAN",

@@ -31,11 +31,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import annotations as ann
-from . import cache
-from . import config as cfg
-from .errors import BigEarthNetTxtError
-from .raster import RESAMPLE_MODES
+from bentxt.text import annotations as ann
+from bentxt.cache import folders as cache
+from bentxt import config as cfg
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.imagery.raster import RESAMPLE_MODES
 
 PROG = "bigearthnet-txt"
 logger = logging.getLogger("bigearthnet_txt")
@@ -144,7 +144,7 @@ def parse_image_source(value: str) -> object:
 
 
 def parse_data_files(value: str) -> Dict[str, object]:
-    from .sources import SOURCE_KEYS
+    from bentxt.sources import SOURCE_KEYS
 
     return _keyed_paths(value, SOURCE_KEYS, "--data-files")
 
@@ -246,7 +246,7 @@ def _data_files(args) -> Optional[Dict[str, object]]:
 
 def build(args, name: str, default_data_dir: Optional[str] = None):
     """The builder ``load_dataset("bigearthnet_txt", name, ...)`` would use for these arguments (same cache folder)."""
-    from .registration import builder_for
+    from bentxt.registration import builder_for
 
     name, options = config_request(args, name)
     data_files = _data_files(args)
@@ -284,7 +284,7 @@ def _describe(example: dict) -> str:
 
 
 def _source_names(config) -> str:
-    from . import sources
+    from bentxt import sources
 
     files = sources.resolve(config, config.sensors)
     return ", ".join(files[s].name for s in config.sensors)
@@ -345,7 +345,7 @@ ONE_ROW_PER_PAIR = ("captioning",)
 
 def known_rows(types, split: str) -> Optional[int]:
     """Rows of these types in a split (or ``"total"``) of the release, if known."""
-    from . import sources
+    from bentxt import sources
 
     counts = sources.release()["annotations"]["split_rows"]
     if set(types) == set(cfg.TASKS["all"]):
@@ -362,7 +362,7 @@ def release_counts(config) -> dict:
     (every pair has texts) and for captioning (one caption per pair), else
     bounded by the split's pairs. Row filters make every count a bound.
     """
-    from . import sources
+    from bentxt import sources
 
     annotations = sources.release()["annotations"]
     types = cfg.TASKS[config.task]
@@ -388,7 +388,7 @@ def parquet_counts(config, urlpath: str) -> dict:
     """Per split: rows, image pairs and text bytes of ``config``'s selection in an annotation parquet."""
     import pyarrow.compute as pc
 
-    from . import annotations as ann
+    from bentxt.text import annotations as ann
 
     selection = config.selection()
     columns = sorted({"type", "category", "split", "input", "output", config.key_column} | {c for c, _ in selection.filters})
@@ -457,7 +457,7 @@ def _print_table(rows: List[List[str]], markdown: bool = False) -> None:
 
 
 def info(args) -> int:
-    from . import sources
+    from bentxt import sources
 
     if not args.config:
         given = config_options(args)
@@ -532,7 +532,7 @@ def _matches(example: dict, layout: str, position: int, index: Optional[int], ro
 
 def show(args) -> int:
     """Write a PNG of one example (S2 true colour, S1 false colour, box, point, question and answer)."""
-    from .plot import plot
+    from bentxt.tools.plot import plot
 
     builder = build(args, args.config, default_data_dir=sample_dir())
     config = builder.config
@@ -604,8 +604,8 @@ def prepare(args) -> int:
 
 
 def export_command(args) -> int:
-    """Prepare a config, write it as a Parquet dataset folder (bentxt/export.py), optionally upload it."""
-    from .export import export, push_to_hub
+    """Prepare a config, write it as a Parquet dataset folder (bentxt/export/writer.py), optionally upload it."""
+    from bentxt.export.writer import export, push_to_hub
 
     if args.ray_address is not None and args.engine != "ray":
         raise UsageError("--ray-address needs --engine ray")
@@ -613,7 +613,7 @@ def export_command(args) -> int:
     data_files = _data_files(args)
     _resolve(name, data_dir=args.data_dir, data_files=data_files, **options)
     if args.engine == "ray":
-        from .ray_engine import export as run_export
+        from bentxt.export.ray_engine import export as run_export
 
         options["ray_address"] = args.ray_address
     else:
@@ -629,7 +629,7 @@ def export_command(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- chat-export, score (bentxt/chat.py, bentxt/score.py)
+# ----------------------------------------------------------------------------- chat-export, score (bentxt/tools/chat.py, bentxt/tools/score.py)
 
 
 def chat_export(args) -> int:
@@ -638,7 +638,7 @@ def chat_export(args) -> int:
 
     import datasets
 
-    from .chat import chat_dataset
+    from bentxt.tools.chat import chat_dataset
 
     if os.path.exists(args.output) and os.listdir(args.output):
         raise UsageError(f"--output {args.output} exists and is not empty; give a new folder")
@@ -680,7 +680,8 @@ def chat_export(args) -> int:
 
 def score_command(args) -> int:
     """Score a predictions file against a split's references (default: bench) and print the table."""
-    from . import score, sources
+    from bentxt.tools import score
+    from bentxt import sources
 
     name, options = config_request(args, args.config)
     config = _resolve(name, data_dir=args.data_dir, data_files=_data_files(args), **options)
@@ -720,7 +721,7 @@ Exit status: 0 done; 1 the data or the run failed; 2 the command line is wrong
 Run "{PROG} COMMAND --help" for a command's options."""
 #: what ``demo`` prepares from the embedded sample unless told otherwise (the library itself has no default config)
 DEMO_CONFIG = "s1s2-all"
-#: where ``export`` runs: this machine, or a Ray cluster (bentxt/ray_engine.py)
+#: where ``export`` runs: this machine, or a Ray cluster (bentxt/export/ray_engine.py)
 ENGINES = ("local", "ray")
 SAMPLE_DEFAULT = "default: the embedded synthetic sample, unless --data-files or --image-source is given"
 
@@ -785,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     _add_config_options(p, building=True)
 
-    from .chat import IMAGE_CHOICES, TAG_CHOICES
+    from bentxt.tools.chat import IMAGE_CHOICES, TAG_CHOICES
 
     p = command("chat-export", chat_export, "write a config as chat data (messages + images) for TRL / transformers")
     p.add_argument("config", help=CONFIG_HELP)

@@ -32,8 +32,8 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bands import GROUP_OF_BAND
-from .errors import BigEarthNetTxtError
+from bentxt.bands import GROUP_OF_BAND
+from bentxt.errors import BigEarthNetTxtError
 
 __all__ = [
     "RasterError",

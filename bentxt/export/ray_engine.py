@@ -1,6 +1,6 @@
 """Past one machine: the export as Ray tasks per S2 tile run, and an export read as a ``ray.data.Dataset``.
 
-    from bentxt import ray_engine
+    from bentxt.export import ray_engine
     root = ray_engine.export("s1s2-vqa", "out/", data_dir="raw/", ray_address="10.0.0.1:6379")
     ds = ray_engine.read(root, "s1s2-vqa", "train")          # per-text examples, numpy arrays
     for batch in ds.iter_torch_batches(batch_size=64, collate_fn=ray_engine.torch_collate):
@@ -9,9 +9,9 @@
 Needs the ``ray`` extra (``pip install "bigearthnet-txt[ray]"``: Ray Data, and Ray Train, which
 ``iter_torch_batches`` imports).
 
-**Exporting** (:func:`export`) writes what ``bentxt.export.export`` writes (the texts config, the shared
+**Exporting** (:func:`export`) writes what ``bentxt.export.writer.export`` writes (the texts config, the shared
 ``imagery-*`` config where needed, the rebuilt ``browse`` config; the same rows in the same order, the same pixels, the
-same card) through the same code: ``bentxt.export.ExportJob`` decides what is written, ``bentxt.export.write_file``
+same card) through the same code: ``bentxt.export.writer.ExportJob`` decides what is written, ``bentxt.export.writer.write_file``
 writes each file inside a Ray task, ``ExportJob.finish`` checks and swaps the staged files and updates the card. Only
 the plan differs: the driver cuts each split's pairs, in order, into runs of one S2 tile
 (``"_".join(patch_id.split("_")[:-2])``, the tile folder of the release), and one Ray task per tile run writes that
@@ -32,7 +32,7 @@ run's files. The phases (imagery, texts, browse) run one after the other, as loc
 of the 2 allowed tasks running (5.6 s against 3.6 s with plain tasks for the same 500-pair export), and nothing Ray
 Data adds is used: the tasks write files and return their paths. Ray Data's own ``write_parquet`` would not do either:
 the export needs ``datasets``' schema metadata (``Array3D``, ``Image``), zstd, the page index and content-defined
-chunking, which ``bentxt.export.parquet_writer`` sets.
+chunking, which ``bentxt.export.writer.parquet_writer`` sets.
 
 **Shard boundaries** are the one difference from the local export (which balances a split's files by rows, at pair
 boundaries): a file never spans two tile runs. A split of a config gets ``max(local file count, one per tile run, files
@@ -43,7 +43,7 @@ over the runs by rows. The local rules still hold: whole pairs per file, at most
 **Reading** (:func:`read`) gives a ``ray.data.Dataset`` of per-text examples, each with its pair's band groups as
 ``(C, H, W)`` numpy arrays in their dtype, ``bbox``/``point`` as float64 arrays, other columns as ``iter_examples``
 gives them. One read task per row group of the texts config finds its pairs' rows in the imagery config with
-``bentxt.export_read.ImageryIndex`` (the export's one reader) and yields blocks of at most Ray's target block size. It
+``bentxt.export.reader.ImageryIndex`` (the export's one reader) and yields blocks of at most Ray's target block size. It
 works on a local export folder and a Hub repo (``org/name`` or ``hf://datasets/org/name``, through fsspec; untested
 here: no network). Ray Data keeps the order of rows only with
 ``ds.context.execution_options.preserve_order = True``; then rows come in the order of ``iter_examples``.
@@ -66,9 +66,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from . import export as ex
-from . import export_read as rd
-from .layout import parent_dir
+from bentxt.export import writer as ex
+from bentxt.export import reader as rd
+from bentxt.imagery.layout import parent_dir
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -166,7 +166,7 @@ def export(
     progress: bool = True,
     **config_kwargs,
 ) -> Path:
-    """``bentxt.export.export`` on Ray: prepare on this machine, write the files with ``num_workers`` Ray workers.
+    """``bentxt.export.writer.export`` on Ray: prepare on this machine, write the files with ``num_workers`` Ray workers.
 
     ``ray_address``: a running cluster (``"host:6379"``, ``"auto"``); ``None`` uses the Ray this process is connected
     to, else ``RAY_ADDRESS``, else a new local Ray. ``num_workers``: Ray tasks writing at a time (default: the
@@ -198,7 +198,7 @@ def export_dataset(
     progress: bool = True,
     **config_kwargs,
 ) -> Path:
-    """``bentxt.export.export_dataset`` on Ray, for a ``DatasetDict`` prepared by the builder (its cache is shared)."""
+    """``bentxt.export.writer.export_dataset`` on Ray, for a ``DatasetDict`` prepared by the builder (its cache is shared)."""
     ex._refuse_inline(inline_pixels)
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be at least 1")
@@ -228,7 +228,7 @@ def export_dataset(
 
 @dataclass(frozen=True)
 class TileTask:
-    """One Ray task: the files of one tile run of a split (``bentxt.export.FileSpec`` s, numbered within the split)."""
+    """One Ray task: the files of one tile run of a split (``bentxt.export.writer.FileSpec`` s, numbered within the split)."""
 
     split: str
     tile: str
@@ -461,11 +461,11 @@ def read(root_or_repo: Union[str, Path], name: str, split: str, *, storage_optio
          ray_address: Optional[str] = None):
     """A ``ray.data.Dataset`` of the per-text examples of ``split`` of the exported config ``name``.
 
-    ``root_or_repo``: an export folder (``bentxt.export`` or :func:`export`), any fsspec URL of one, or a Hub dataset
+    ``root_or_repo``: an export folder (``bentxt.export.writer`` or :func:`export`), any fsspec URL of one, or a Hub dataset
     repo id (``org/name``, ``org/name@revision``) read as ``hf://datasets/...`` (``storage_options``, e.g.
     ``{"token": ...}``, go to fsspec; untested here: no network). Each row holds the text columns, ``bbox``/``point``
     as float64 arrays, and the pair's band groups (or ``image``) as ``(C, H, W)`` arrays in their dtype: the values of
-    ``bentxt.export.iter_examples`` (in its order with ``preserve_order``). For torch:
+    ``bentxt.export.writer.iter_examples`` (in its order with ``preserve_order``). For torch:
     ``ds.iter_torch_batches(collate_fn=torch_collate)`` (strings stay lists), or ``select_columns`` the arrays; Ray
     Train workers get theirs with ``ray.train.get_dataset_shard``. On a cluster, a local folder must be on shared
     storage. Ray: the one this process is connected to, else ``ray_address``, else ``RAY_ADDRESS``, else a new local

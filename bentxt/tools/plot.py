@@ -4,7 +4,7 @@ Left panel: Sentinel-2 true colour (B04, B03, B02); right panel: Sentinel-1
 false colour (R = VV, G = VH, B = VV - VH, all in dB). Each channel gets a
 robust stretch (its 2nd..98th percentile mapped to 0..1, S2 nodata 0
 ignored), so one bright pixel does not darken the picture: the export's
-quicklook code (``bentxt.preview``), so both always look the same. Both panels are drawn in image fractions
+quicklook code (``bentxt.imagery.preview``), so both always look the same. Both panels are drawn in image fractions
 (``extent=(0, 1, 1, 0)``: x = column to the right, y = row downwards, origin
 top-left, the release's convention), so the grounding box ``[x0, y0, x1, y1]``
 and the point ``[x, y]`` are drawn as stored, whatever the band's pixel size.
@@ -31,8 +31,8 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .bands import NODATA, resolve_bands
-from .preview import QUICKLOOK_BANDS, band_planes, mark, stretch
+from bentxt.bands import NODATA, resolve_bands
+from bentxt.imagery.preview import QUICKLOOK_BANDS, band_planes, mark, stretch
 
 __all__ = ["plot", "true_colour", "sar_false_colour"]
 

@@ -12,7 +12,7 @@ LMDB, an export), every native band group of that sensor::
     <cache>/bigearthnet_txt/imagery/<sensor>-<source key>/
         store.json                             the manifest: generation, source, groups, shards (file, rows, bytes)
         not-stored.json                        pairs known to be absent from, or invalid in, the source
-        <sensor>-p0001-00000-of-00002.arrow    shards (``bentxt.imagery_table`` format), appended pass by pass
+        <sensor>-p0001-00000-of-00002.arrow    shards (``bentxt.cache.imagery_table`` format), appended pass by pass
         .lock                                  held (flock) by the one process adding pairs
         .adding-<pid>-<nonce>/                 a pass's files until they are committed
 
@@ -48,10 +48,10 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bands import BandGroup, groups_for_sensors
-from .errors import BigEarthNetTxtError
-from .imagery_table import ImageryTables
-from .metadata import NAME
+from bentxt.bands import BandGroup, groups_for_sensors
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.cache.imagery_table import ImageryTables
+from bentxt.metadata import NAME
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -149,8 +149,8 @@ def locate(reference: str) -> "ImageryStore":
     raise StoreError(
         f"the pixels of these rows are in the imagery store {folder!r}, which was not found (looked in "
         f"{sorted(set(candidates))}). It was moved or deleted: if moved, set {STORES_ENV}=<the folder holding it> or "
-        f"call bentxt.store.register(<its path>); if deleted, prepare the config again (load_dataset(...) rebuilds "
-        f"it). To keep rows without their store, use bentxt.pair_bands.portable(dataset) before save_to_disk"
+        f"call bentxt.cache.store.register(<its path>); if deleted, prepare the config again (load_dataset(...) rebuilds "
+        f"it). To keep rows without their store, use bentxt.cache.pair_bands.portable(dataset) before save_to_disk"
     )
 
 

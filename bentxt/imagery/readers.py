@@ -1,6 +1,6 @@
 """How a patch's bands are read from each form the imagery is kept in.
 
-- archives: ``bentxt.archives.iter_archive_patches`` (front to back, GeoTIFF bytes per band);
+- archives: ``bentxt.imagery.archives.iter_archive_patches`` (front to back, GeoTIFF bytes per band);
 - extracted folders: :class:`FolderReader` (one GeoTIFF per band, by path);
 - a rico-hdl LMDB: :class:`LmdbReader` (key = patch name, value = safetensors dict of arrays);
 - an export of this builder: :func:`iter_export_patches` (its imagery config's rows, arrays per band group).
@@ -19,9 +19,9 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 import fsspec
 import numpy as np
 
-from . import raster
-from .bands import groups_for_sensors
-from .layout import NAME_COLUMN, band_path, check_patch_name
+from bentxt.imagery import raster
+from bentxt.bands import groups_for_sensors
+from bentxt.imagery.layout import NAME_COLUMN, band_path, check_patch_name
 
 BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
 
@@ -170,8 +170,8 @@ class LmdbReader:
 
 def iter_export_patches(root: str, sensor: str, download_config=None) -> Iterator[Tuple[str, BandData]]:
     """``(patch name, {band: array})`` of every pair of an export's imagery config holding the sensor's native groups
-    (``imagery-s2``, ``imagery-s1``, ``imagery-s1s2``), read by ``bentxt.export_read`` (the export's one reader)."""
-    from .export_read import iter_pairs
+    (``imagery-s2``, ``imagery-s1``, ``imagery-s1s2``), read by ``bentxt.export.reader`` (the export's one reader)."""
+    from bentxt.export.reader import iter_pairs
 
     groups = groups_for_sensors((sensor,))
     options = (download_config.storage_options or {}) if download_config else {}

@@ -12,7 +12,7 @@ Two entries: :func:`die_with_parent`, a pool initializer, and
 :func:`children_die_with_this_process`, which arms it in every child forked
 from the calling thread while the block runs (``datasets`` creates its pool
 itself). Processes started through ``subprocess`` (the ``zstd`` children of
-``bentxt.archives``) are not forked through Python and need nothing: their
+``bentxt.imagery.archives``) are not forked through Python and need nothing: their
 output pipe's only reader is the worker, so they end on their next write.
 """
 

@@ -34,14 +34,15 @@ import fsspec
 import fsspec.asyn
 import zstandard
 from datasets.download.download_config import DownloadConfig
-from datasets.utils.file_utils import _prepare_single_hop_path_and_storage_options, xopen
+from datasets.utils.file_utils import xopen
 from fsspec.exceptions import FSTimeoutError
 
-from .bands import SENSOR_BANDS
-from .errors import BigEarthNetTxtError
-from .layout import display_name, parse_member
-from .raster import max_band_file_bytes
-from .readers import BadBand
+from bentxt import compat
+from bentxt.bands import SENSOR_BANDS
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.imagery.layout import display_name, parse_member
+from bentxt.imagery.raster import max_band_file_bytes
+from bentxt.imagery.readers import BadBand
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -125,7 +126,7 @@ class ResumableHTTPStream(io.RawIOBase):
             headers["Range"] = f"bytes={self.pos}-"
             kwargs["size"] = self.size or self.pos  # any size skips fsspec's HEAD: the GET is checked below
         self._file = self._fs.open(self.url, "rb", block_size=0, headers=headers, **kwargs)
-        response = self._file.r
+        response = compat.http_response(self._file)
         if self.pos:
             content_range = response.headers.get("Content-Range", "")
             if response.status != 206 or not content_range.startswith(f"bytes {self.pos}-"):
@@ -157,12 +158,12 @@ class ResumableHTTPStream(io.RawIOBase):
         uses aiohttp's private ``StreamReader._read_nowait``; if that changes,
         the salvage returns nothing and resuming is only less efficient.
         """
-        content = getattr(getattr(self._file, "r", None), "content", None)
+        content = getattr(compat.http_response(self._file), "content", None)
         if content is None or content.exception() is None:  # not a broken body (or not aiohttp)
             return b""
 
         async def take() -> bytes:  # on the event loop thread, which owns the buffer
-            return content._read_nowait(n)
+            return compat.buffered_bytes(content, n)
 
         try:
             return fsspec.asyn.sync(self._fs.loop, take)
@@ -227,7 +228,7 @@ def open_archive(urlpath: str, download_config: Optional[DownloadConfig] = None)
     settings, Google Drive confirmation) are prepared exactly as ``xopen`` does.
     """
     if "::" not in urlpath and urlpath.startswith(("http://", "https://")):
-        url, options = _prepare_single_hop_path_and_storage_options(urlpath, download_config)
+        url, options = compat.xopen_storage_options(urlpath, download_config)
         protocol = url.split("://")[0]
         if protocol in ("http", "https"):  # Hub URLs have become hf:// paths
             return ResumableHTTPStream(url, options.get(protocol))

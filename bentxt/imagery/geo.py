@@ -6,7 +6,7 @@ zone of its Sentinel-2 tile (docs/release.md#geotiff-properties): S2 at 10/20/60
 centre's latitude and longitude; this module gives the grids themselves.
 
 - :func:`georef_from_tiff` reads EPSG code, transform and size from the GeoTIFF
-  tags of one band file. Like ``bentxt.raster``'s decoder it parses the few
+  tags of one band file. Like ``bentxt.imagery.raster``'s decoder it parses the few
   tags itself (a few µs; the files are tiny classic TIFFs) and hands anything
   it does not fully understand (BigTIFF, a ModelTransformation matrix,
   PixelIsPoint, several tiepoints, a user-defined CRS) to rasterio, so the
@@ -36,8 +36,8 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import datasets
 
-from .bands import GROUP_OF_BAND, SENSOR_BANDS
-from .errors import BigEarthNetTxtError
+from bentxt.bands import GROUP_OF_BAND, SENSOR_BANDS
+from bentxt.errors import BigEarthNetTxtError
 
 __all__ = [
     "GeoError",
@@ -263,7 +263,7 @@ def georef_from_name(sensor: str, name: str, tile_ul: Optional[Tuple[float, floa
     if tile_ul is None:
         return NameGeoRef(name, tile, epsg, column, row, None,
                           f"the transform needs the upper-left corner of tile {tile}, which the patch name does not "
-                          "hold (read one GeoTIFF of the tile: bentxt.geo.tile_origin)")
+                          "hold (read one GeoTIFF of the tile: bentxt.imagery.geo.tile_origin)")
     left, top = tile_ul[0] + PATCH_SIZE_M * column, tile_ul[1] - PATCH_SIZE_M * row
     return NameGeoRef(name, tile, epsg, column, row, GeoRef(epsg, (10.0, 0.0, left, 0.0, -10.0, top), 120, 120), None)
 

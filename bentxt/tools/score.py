@@ -16,7 +16,7 @@ toolkit/tokeniser is used. These are ours (README, "Scoring"):
   single ``a``-``d`` (case-insensitive, optionally as ``c)``, ``(c)`` or
   ``c.``); anything else is wrong;
 - bounding box: the first ``[x0 y0, x1 y1]`` in the prediction, read with the
-  release's number grammar (``bentxt.text``); IoU of the two boxes as areas in
+  release's number grammar (``bentxt.text.grammar``); IoU of the two boxes as areas in
   image fractions; accuracy = IoU >= 0.5. An unreadable box scores IoU 0;
 - captioning: BLEU-4 (corpus level, Papineni et al. 2002, brevity penalty
   against the reference length), ROUGE-L (F with beta = 1.2, the
@@ -46,8 +46,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from . import text
-from .errors import BigEarthNetTxtError
+from bentxt.text import grammar as text
+from bentxt.errors import BigEarthNetTxtError
 
 __all__ = [
     "ScoreError",
@@ -116,7 +116,7 @@ def read_predictions(path: str) -> Dict[int, str]:
 
 def read_references(parquet: str, selection) -> pa.Table:
     """The selected annotation rows with what scoring needs (ID, type, category, output, country, season)."""
-    from . import annotations as ann
+    from bentxt.text import annotations as ann
 
     columns = ["ID", "type", "category", "output", "country", "season", "split"]
     table = ann.read_selection(parquet, selection, columns=columns)

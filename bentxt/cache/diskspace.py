@@ -16,7 +16,7 @@ import os
 import shutil
 from typing import Optional
 
-from .errors import BigEarthNetTxtError
+from bentxt.errors import BigEarthNetTxtError
 
 
 class DiskFullError(BigEarthNetTxtError, OSError):

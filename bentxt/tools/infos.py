@@ -2,7 +2,7 @@
 
 The JSON is what a user (and the Hub) reads without running anything: per
 config its features, the release's split sizes where they are known, and the
-download checksums. It is generated, never edited: ``python -m bentxt.infos``
+download checksums. It is generated, never edited: ``python -m bentxt.tools.infos``
 rewrites it and ``--check`` (run by the tests) fails when it is stale.
 """
 
@@ -15,8 +15,9 @@ from typing import Dict
 
 
 def build() -> Dict[str, dict]:
-    from . import metadata, sources
-    from .config import CONFIGS, features_for
+    from bentxt import metadata
+    from bentxt import sources
+    from bentxt.config import CONFIGS, features_for
 
     release = sources.release()
     infos = {}
@@ -48,10 +49,10 @@ def render() -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    path = Path(__file__).resolve().parent.parent / "dataset_infos" / "dataset_infos.json"
+    path = Path(__file__).resolve().parents[2] / "dataset_infos" / "dataset_infos.json"
     if "--check" in argv:
         if not path.is_file() or path.read_text() != render():
-            print(f"{path} is stale: run python -m bentxt.infos", file=sys.stderr)
+            print(f"{path} is stale: run python -m bentxt.tools.infos", file=sys.stderr)
             return 1
         return 0
     path.write_text(render())

@@ -31,9 +31,9 @@ from typing import Dict, Iterator, List
 
 from datasets.fingerprint import Hasher
 
-from . import sources
-from .errors import BigEarthNetTxtError
-from .metadata import NAME
+from bentxt import sources
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.metadata import NAME
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -110,7 +110,7 @@ def drop_if_stores_changed(output_dir: str) -> None:
     """
     if "://" in output_dir or not os.path.isdir(output_dir) or is_read_only(output_dir):
         return  # read-only: nothing to rebuild here; a row of a lost store says so when read
-    from . import store
+    from bentxt.cache import store
 
     for sensor, entry in read_stores(output_dir).items():
         folder, generation = store.split_reference(entry["reference"])

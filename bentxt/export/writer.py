@@ -1,6 +1,6 @@
 """Packed Parquet export: a dataset folder the Hub, its viewer and ``load_dataset`` read without our code.
 
-    from bentxt.export import export, iter_examples, push_to_hub
+    from bentxt.export.writer import export, iter_examples, push_to_hub
     root = export("s2-vqa", "out/", data_dir="raw/")          # prepare, write Parquet + README
     export("s2-captioning", "out/", data_dir="raw/")          # a second task: its pixels are already there
     for example in iter_examples(root, "s2-vqa", "test"):     # per-text examples with their arrays
@@ -23,10 +23,10 @@ files ``data/<config>/<split>-NNNNN-of-MMMMM.parquet``):
   many tasks are exported. It is rebuilt, for the exported splits, from the texts configs on disk after each export.
 
 A texts config lists its pairs (``patch_id``) in the order of its imagery config: join them on ``patch_id``
-(``bentxt.export_read``), or read them joined with :func:`iter_examples`. Each texts and browse file names its
+(``bentxt.export.reader``), or read them joined with :func:`iter_examples`. Each texts and browse file names its
 imagery config in its Parquet metadata (``bentxt``).
 
-Writing is one path for the local run and Ray (``bentxt/ray_engine.py``): :class:`ExportJob` decides what is written
+Writing is one path for the local run and Ray (``bentxt/export/ray_engine.py``): :class:`ExportJob` decides what is written
 (imagery reused or rewritten), the engine plans :class:`FileSpec` s per split from :meth:`ExportJob.pairs` (local:
 :func:`plan_shards`; Ray: per tile run), :func:`write_file` writes one of them, :meth:`ExportJob.finish` checks the
 staged files, swaps them in and updates the card. Three phases: imagery, texts, browse (which reads the texts configs
@@ -64,14 +64,15 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import annotations as ann
-from . import metadata, preview
-from .config import features_for, resolve_config, text_features
-from .export_read import (DATA_DIR, META_KEY, PAIR_KEY, ImageryIndex, array_columns, config_files, export_url,
+from bentxt.text import annotations as ann
+from bentxt import metadata
+from bentxt.imagery import preview
+from bentxt.config import features_for, resolve_config, text_features
+from bentxt.export.reader import (DATA_DIR, META_KEY, PAIR_KEY, ImageryIndex, array_columns, config_files, export_url,
                           imagery_of,
                           open_root, pair_starts, pixel_bytes)
-from .imagery_table import array3d, array3d_values
-from .pair_bands import PairBands
+from bentxt.cache.imagery_table import array3d, array3d_values
+from bentxt.cache.pair_bands import PairBands
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -210,7 +211,7 @@ def export_dataset(
 
 def prepared(config: str, *, num_proc: Optional[int] = None, progress: bool = True, **options):
     """The builder ``load_dataset`` would use (same cache folder), prepared: the first step of every export."""
-    from .registration import builder_for
+    from bentxt.registration import builder_for
 
     builder = builder_for(config, **options)
     with datasets_progress(progress):
@@ -914,7 +915,7 @@ example = texts[0]
 bands = pairs[row_of[example["patch_id"]]]   # the text's pair: s2_10m (4, 120, 120) uint16, ...
 
 # per-text examples with their arrays, streamed in one pass (pip install bigearthnet-txt)
-from bentxt.export import iter_examples
+from bentxt.export.writer import iter_examples
 for example in iter_examples(REPO, "{texts[0]}", "test"):
     ...
 

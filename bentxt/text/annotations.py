@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 from datasets.download.download_config import DownloadConfig
 from datasets.utils.file_utils import xopen
 
-from .errors import BigEarthNetTxtError
-from .layout import EXAMPLE_NAME, PATCH_NAME_PATTERN, display_name
+from bentxt.errors import BigEarthNetTxtError
+from bentxt.imagery.layout import EXAMPLE_NAME, PATCH_NAME_PATTERN, display_name
 
 logger = logging.getLogger("bigearthnet_txt")
 

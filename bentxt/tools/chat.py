@@ -16,7 +16,7 @@ image once in the first user turn (one image, as many answers).
 Choices, because these are what hand-written conversions get wrong:
 
 - ``image``: ``"rgb"`` (S2 true colour B04/B03/B02), ``"s1"`` (VV, VH, VV-VH
-  false colour), both as 120 px uint8 PIL images with ``bentxt.preview``'s
+  false colour), both as 120 px uint8 PIL images with ``bentxt.imagery.preview``'s
   per-channel 2-98 % stretch; ``"bands"`` (a float32 (C, 120, 120) array: the
   config's ``image`` stack, else every native band upsampled like the
   publisher's loader, for models that take bands); ``"auto"``: rgb when the
@@ -24,7 +24,7 @@ Choices, because these are what hand-written conversions get wrong:
 - ``tags``: ``"keep"`` the release's ``<point>(x, y)</point>`` / ``<ref>..</ref>``
   (the answers' grammar relies on them), ``"strip"`` them as the publisher's
   loader does by default; ``point_token`` / ``ref_token`` replace them by
-  other strings (``bentxt.text.replace_tokens``: same order as the publisher).
+  other strings (``bentxt.text.grammar.replace_tokens``: same order as the publisher).
 - ``format_hints``: append one sentence per type stating the answer format
   (yes/no, option letter, box ``[x0 y0, x1 y1]`` in 0-1 fractions with the
   origin top-left). Off by default: the prompts then are the release's text.
@@ -42,8 +42,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import preview, raster, text
-from .bands import BAND_COMBINATIONS, BAND_GROUPS, DEFAULT_IMG_SIZE
+from bentxt.imagery import preview
+from bentxt.imagery import raster
+from bentxt.text import grammar as text
+from bentxt.bands import BAND_COMBINATIONS, BAND_GROUPS, DEFAULT_IMG_SIZE
 
 __all__ = ["IMAGE_CHOICES", "TAG_CHOICES", "FORMAT_HINTS", "to_chat", "chat_features", "chat_dataset"]
 

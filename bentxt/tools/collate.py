@@ -8,7 +8,7 @@ python rows (numpy image arrays, or nested lists from a streamed export),
 - Image arrays (``s2_10m``, ``s2_20m``, ``s2_60m``, ``s1``, ``image``) are
   stacked into tensors (B, C, H, W). float32 stays float32. uint16 (S2
   reflectance) becomes **int32** by default, exactly what ``with_format("torch")``
-  gives for these columns (``bentxt.formatting``): exact for 0..65535, and
+  gives for these columns (``bentxt.cache.formatting``): exact for 0..65535, and
   every torch kernel accepts it. ``Collate(uint16="keep")`` gives
   ``torch.uint16`` instead (half the memory; torch >= 2.3 has the dtype but few
   kernels: arithmetic and convolutions need ``x.float()`` first). Tensors
@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .bands import BAND_GROUPS
+from bentxt.bands import BAND_GROUPS
 
 __all__ = ["collate", "Collate", "IMAGE_KEYS", "COORDINATE_KEYS"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BigEarthNetTxtError
+from bentxt.errors import BigEarthNetTxtError
 
 __all__ = [
     "AnnotationError",

@@ -9,8 +9,8 @@ Why one row per pair: about 20 texts share one image pair. An ``Array3D``
 per text stores every pair ~20 times (1.9 TB for ``s1s2-vqa``, 2.7 TB for
 ``s1s2-all``); no user has that disk. ``datasets`` keeps large media out of
 its rows the same way (``imagefolder`` caches paths, ``Image`` decodes them
-on access). Which files make a source's store is ``bentxt.store``; the
-feature that points into them is ``bentxt.pair_bands``.
+on access). Which files make a source's store is ``bentxt.cache.store``; the
+feature that points into them is ``bentxt.cache.pair_bands``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from .bands import BandGroup
-from .errors import BigEarthNetTxtError
+from bentxt.bands import BandGroup
+from bentxt.errors import BigEarthNetTxtError
 
 
 

@@ -1,4 +1,4 @@
-"""Reading an export folder (``bentxt/export.py``): the one reader behind ``iter_examples``, the Ray read and the
+"""Reading an export folder (``bentxt/export/writer.py``): the one reader behind ``iter_examples``, the Ray read and the
 builder's export image source.
 
 An export holds texts configs (no pixels) and one imagery config per sensor set (``imagery-s2``, ...), one row per
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .imagery_table import array3d_values
+from bentxt.cache.imagery_table import array3d_values
 
 #: the data folder of an export, and the column that joins texts and imagery (``s1_name`` is as unique)
 DATA_DIR = "data"
