@@ -121,7 +121,7 @@ class BigEarthNetTxt(compat.TableBuilder):
             with join.preparing_memory_pool(), lifetime.children_die_with_this_process():
                 yield
             cache.write_inputs(self.output_dir, self.config)
-            cache.write_stores(self.output_dir, self._plan.stores, self._plan.store_paths)
+            cache.write_stores(self.output_dir, self._plan.stores, self._plan.store_paths, self._plan.references)
         finally:
             if os.path.exists(os.path.join(self.output_dir, TEXTS_FILE)):
                 os.remove(os.path.join(self.output_dir, TEXTS_FILE))
@@ -153,7 +153,8 @@ class BigEarthNetTxt(compat.TableBuilder):
             self.info.splits = expected
         return [
             datasets.SplitGenerator(split, {"texts": plan.texts, "starts": plan.starts, "rows": plan.rows,
-                                            "stores": plan.stores, "pairs": pairs, "rows_per_table": rows_per_table})
+                                            "references": plan.references, "pairs": pairs,
+                                            "rows_per_table": rows_per_table})
             for split, pairs in plan.shards.items()
         ]
 
@@ -162,10 +163,12 @@ class BigEarthNetTxt(compat.TableBuilder):
         with cache.spill_dir(spill) as folder:
             yield from join.streamed_examples(self.config, files, split, dlc, folder)
 
-    def _generate_tables(self, texts, starts, rows, stores, pairs, rows_per_table) -> Iterator[Tuple[object, "pa.Table"]]:
+    def _generate_tables(self, texts, starts, rows, references, pairs,
+                         rows_per_table) -> Iterator[Tuple[object, "pa.Table"]]:
         """Preparing: the texts of a shard's pairs as tables, their bands as references into the source's stores."""
         for shard in pairs:
-            tables = join.cached_tables(self.config, self.info.features, texts, starts, rows, stores, shard, rows_per_table)
+            tables = join.cached_tables(self.config, self.info.features, texts, starts, rows, references, shard,
+                                        rows_per_table)
             for k, table in enumerate(tables):
                 yield (int(shard[0]), k), table
 

@@ -73,7 +73,8 @@ def read_subset(work: Path, fx: Dict, patches: int, seed: int = 2) -> Dict:
         os.symlink(Path(fx["data_dir"]) / name, data / name)
     pairs = dict(zip(rows["patch_id"].to_pylist(), rows["s1_name"].to_pylist()))
     log(f"writing a rico-hdl style LMDB of {len(pairs)} image pairs")
-    lmdb_dir = write_lmdb_from_archives(fx["s2_archive"], fx["s1_archive"], str(root / "Encoded-BigEarthNet"), pairs, pairs.values())
+    lmdb_dir = write_lmdb_from_archives(fx["s2_archive"], fx["s1_archive"], str(root / "Encoded-BigEarthNet"), pairs,
+                                        pairs.values())
     info = {"data_dir": str(data), "lmdb_dir": str(lmdb_dir), "patches": len(pairs), "rows": rows.num_rows}
     (root / "done.json").write_text(json.dumps(info, indent=1))
     return info

@@ -190,7 +190,8 @@ def data_loader(dataset: BENTxTDataset, batch_size: int = 64, shuffle: bool = Fa
 # ----------------------------------------------------------------------------- LMDB writer (rico-hdl style)
 
 
-def write_lmdb_from_archives(s2_archive: str, s1_archive: str, target: str, s2_names: Iterable[str], s1_names: Iterable[str]) -> Path:
+def write_lmdb_from_archives(s2_archive: str, s1_archive: str, target: str, s2_names: Iterable[str],
+                             s1_names: Iterable[str]) -> Path:
     """Encode the named patches of the ``.tar.zst`` archives as rico-hdl does.
 
     rico-hdl reads each GeoTIFF with ``rasterio`` (``read(1)``: native size and

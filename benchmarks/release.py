@@ -91,8 +91,7 @@ def prepare(data_dir: str, cache_dir: str, config: str = "s1s2-all", num_proc: i
     sampler.join()
     final = _folder_bytes(cache_dir)
     ds = builder.as_dataset()
-    out = builder._output_dir
-    imagery = _folder_bytes(os.path.join(out, "imagery"))
+    imagery = _folder_bytes(os.path.join(cache_dir, "bigearthnet_txt", "imagery"))  # the source's imagery stores
     return {"seconds": seconds, "cache_bytes": final, "peak_bytes": max(peak.value, final), "imagery_bytes": imagery,
             "examples": sum(p.num_rows for p in ds.values()), "pairs": sum(len(set(p["patch_id"])) for p in ds.values())}
 
@@ -214,7 +213,7 @@ def measure_prepare(work: Path, full: Dict, half: Dict, notes: List[str], repeat
         f"(difference of the two sizes): ours {per_pair * 1e3:.3f} ms, zstd -dc {per_pair_zstd * 1e3:.3f} ms"
     )
     notes.append(f"peak disk while preparing: {p['peak_bytes'] / 1e6:,.1f} MB, final cache {p['cache_bytes'] / 1e6:,.1f} MB "
-                 f"(+{extra * 100:.1f} %); imagery tables {p['imagery_bytes'] / 1e6:,.1f} MB")
+                 f"(+{extra * 100:.1f} %); imagery stores {p['imagery_bytes'] / 1e6:,.1f} MB")
     projected = per_pair * RELEASE_ARCHIVE_PAIRS
     notes.append(f"release projection, s1s2-all: {projected / 60:,.0f} min (per-pair cost x {RELEASE_ARCHIVE_PAIRS:,} archive "
                  f"pairs, texts included), zstd -dc alone {per_pair_zstd * RELEASE_ARCHIVE_PAIRS / 60:,.0f} min")
@@ -254,7 +253,7 @@ def measure_sizes(work: Path, fx: Dict, notes: List[str]) -> List[Row]:
         text_per_row = (res["cache_bytes"] - res["imagery_bytes"]) / res["examples"]
         projected = pixels * RELEASE_PAIRS + text_per_row * RELEASE_TEXTS[config]
         notes.append(f"{config}: {res['cache_bytes'] / 1e6:,.1f} MB for {res['pairs']} pairs / {res['examples']:,} texts; "
-                     f"{pixels / 1e3:,.1f} kB pixels per pair, {text_per_row:,.0f} B per text outside the imagery tables")
+                     f"{pixels / 1e3:,.1f} kB pixels per pair, {text_per_row:,.0f} B per text outside the imagery stores")
         rows.append(Row(f"   release projection, {config} cache", projected / 1e9, None, "GB", higher_is_better=False,
                         absolute_max=160 if config == "s1s2-vqa" else None,
                         target_text="< 160 GB" if config == "s1s2-vqa" else ""))

@@ -67,7 +67,8 @@ class Context:
                 log(f"preparing the read cache: {self._read['rows']} texts of {self._read['patches']} image pairs, "
                     f"bands S1S2-10m20m (float32 12x120x120 per text)")
                 shutil.rmtree(self._read["cache_dir"], ignore_errors=True)
-                run_child("benchmarks.reading:prepare", {"data_dir": self._read["data_dir"], "cache_dir": self._read["cache_dir"]})
+                run_child("benchmarks.reading:prepare",
+                          {"data_dir": self._read["data_dir"], "cache_dir": self._read["cache_dir"]})
                 (Path(self._read["cache_dir"]) / "done").touch()
         return self._read
 
@@ -92,8 +93,10 @@ def m_batched(ctx: Context) -> List[Row]:
     log("batched iteration: ours (numpy, torch) vs the reference DataLoader (num_workers=0)")
     res = run_child("benchmarks.reading:batched", {k: r[k] for k in ("data_dir", "cache_dir", "lmdb_dir")}, one_core=True)
     return [
-        Row("2. batched (64) image/input/output, numpy, 1 core", res["ours_numpy"], res["reference"], "ex/s", target=3, target_text=">= 3x"),
-        Row("   batched (64) image/input/output, torch, 1 core", res["ours_torch"], res["reference"], "ex/s", target=3, target_text=">= 3x"),
+        Row("2. batched (64) image/input/output, numpy, 1 core", res["ours_numpy"], res["reference"], "ex/s", target=3,
+            target_text=">= 3x"),
+        Row("   batched (64) image/input/output, torch, 1 core", res["ours_torch"], res["reference"], "ex/s", target=3,
+            target_text=">= 3x"),
         Row("   same, numpy batches + torch.from_numpy", res["ours_numpy_to_torch"], res["reference"], "ex/s", target=3,
             target_text=">= 3x"),
     ]
@@ -106,7 +109,8 @@ def m_text(ctx: Context) -> List[Row]:
     log(f"full-scale annotation parquet ({textscale.N_ROWS:,} rows) in {path}")
     info = run_child("benchmarks.textscale:ensure", {"path": str(path)})
     ctx.notes.append(f"text: {info['rows']:,} rows, {info['patches']:,} pairs, {info['bytes'] / 1e6:,.0f} MB parquet, "
-                     f"{info['row_groups']} row groups" + ("" if info.get("cached") else f", generated in {info['seconds']:.0f} s"))
+                     f"{info['row_groups']} row groups"
+                     + ("" if info.get("cached") else f", generated in {info['seconds']:.0f} s"))
     log("text: the publisher's pandas read (baseline)")
     base = run_child("benchmarks.textscale:measure_pandas", {"path": str(path), "config": "s1s2-all"})
     rows = []
@@ -141,7 +145,8 @@ def m_stream(ctx: Context) -> List[Row]:
                      f"{res['examples'] / res['seconds']:,.0f} examples/s (the whole S2 archive is read for one split)")
     rows = [
         Row("6. stream s2-vqa train (.tar.zst): archive rate", n / res["seconds"], n / bare["seconds"], "p/s"),
-        Row("   stream s2-vqa train: peak RSS (vs import only)", res["peak_rss_mb"], base["peak_rss_mb"], "MB", higher_is_better=False),
+        Row("   stream s2-vqa train: peak RSS (vs import only)", res["peak_rss_mb"], base["peak_rss_mb"], "MB",
+            higher_is_better=False),
     ]
     rows.append(_export_rows(ctx))
     return rows
@@ -154,23 +159,27 @@ def _export_rows(ctx: Context) -> Row:
     the export stays small; the export itself is written first and not timed.
     """
     if not (Path(__file__).resolve().parents[1] / "bentxt" / "export.py").exists():
-        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "", target_text="bentxt/export/writer.py missing")
+        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "",
+                   target_text="bentxt/export/writer.py missing")
     r = ctx.read
     out, cache = ctx.work / "export", ctx.work / "export-cache"
     try:
         shutil.rmtree(out, ignore_errors=True)
         log("exporting s1s2-vqa of the reading subset to Parquet (bentxt.export.writer), then streaming it")
-        made = run_child("benchmarks.preparation:export_once", {"data_dir": r["data_dir"], "out_dir": str(out), "cache_dir": str(cache)})
+        made = run_child("benchmarks.preparation:export_once",
+                         {"data_dir": r["data_dir"], "out_dir": str(out), "cache_dir": str(cache)})
         res = run_child("benchmarks.preparation:stream_export", {"out_dir": str(out), "cache_dir": str(cache)})
         base = run_child("benchmarks.preparation:stream", {"data_dir": r["data_dir"], "config": "s1s2-vqa", "split": "train",
                                                           "cache_dir": str(cache)})
     except Exception as err:  # the export module is developed separately: keep the table, say why
-        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "", target_text=f"failed: {str(err).splitlines()[-1][:60]}")
+        return Row("   TODO stream s1s2-vqa from the packed export", None, None, "",
+                   target_text=f"failed: {str(err).splitlines()[-1][:60]}")
     finally:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
     assert res["examples"] == base["examples"], (res["examples"], base["examples"])
-    ctx.notes.append(f"export: s1s2-vqa of {r['patches']} image pairs, {made['files']} Parquet files, {made['bytes'] / 1e6:,.0f} MB; "
+    ctx.notes.append(f"export: s1s2-vqa of {r['patches']} image pairs, {made['files']} Parquet files, "
+                     f"{made['bytes'] / 1e6:,.0f} MB; "
                      f"streamed train ({res['examples']:,} examples) with numpy_batches: peak RSS {res['peak_rss_mb']:,.0f} MB "
                      f"(builder from the archives: {base['peak_rss_mb']:,.0f} MB)")
     return Row("   stream s1s2-vqa train: Parquet export vs archives", res["examples"] / res["seconds"],

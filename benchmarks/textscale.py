@@ -77,15 +77,21 @@ CLIMATE_ZONES = {
     "Cold, dry summer, warm summer": 639, "Arid, steppe, cold": 627, "Cold, no dry season, hot summer": 46,
     "Polar, tundra": 6,
 }
-SEASON_OF_MONTH = {m: s for s, ms in (("Winter", (12, 1, 2)), ("Spring", (3, 4, 5)), ("Summer", (6, 7, 8)), ("Fall", (9, 10, 11))) for m in ms}
+SEASON_OF_MONTH = {
+    m: s for s, ms in (("Winter", (12, 1, 2)), ("Spring", (3, 4, 5)), ("Summer", (6, 7, 8)), ("Fall", (9, 10, 11))) for m in ms
+}
 CLASSES = (
     "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
     "Complex cultivation patterns", "Land principally occupied by agriculture, with significant areas of natural vegetation",
     "Agro-forestry areas", "Broad-leaved forest", "Coniferous forest", "Mixed forest",
     "Natural grassland and sparsely vegetated areas", "Moors, heathland and sclerophyllous vegetation",
-    "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands", "Inland waters", "Marine waters",
+    "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands", "Inland waters",
+    "Marine waters",
 )
-DIRECTIONS = ("to the right", "to the top-right", "to the top", "to the top-left", "to the left", "to the bottom-left", "to the bottom", "to the bottom-right")
+DIRECTIONS = (
+    "to the right", "to the top-right", "to the top", "to the top-left",
+    "to the left", "to the bottom-left", "to the bottom", "to the bottom-right",
+)
 SCHEMA = pa.schema([
     ("ID", pa.int64()), ("s1_name", pa.string()), ("patch_id", pa.string()), ("input", pa.string()), ("output", pa.string()),
     ("type", pa.string()), ("category", pa.string()), ("split", pa.string()), ("latitude", pa.float64()),
@@ -143,29 +149,44 @@ def _input_pools(rng: np.random.Generator) -> Dict[Tuple[str, str], List[str]]:
         + [f"Is the area covered by {c} at least {m} m2?" for c in low for m in (0, 50_000, 100_000, 500_000, 1_000_000)]
         + [f"Does the image contain classes other than {c}?" for c in low])
     pools[("binary", "count")] = [q.format(n, c) for q in (
-        "Does the image illustrate fewer than {} connected regions of {}?", "Are there exactly {} separate areas of {} in the image?",
+        "Does the image illustrate fewer than {} connected regions of {}?",
+        "Are there exactly {} separate areas of {} in the image?",
         "Can you count more than {} distinct patches of {}?") for n in ("one", "two", "three", "four", "five") for c in low]
     pools[("binary", "adjacency")] = [q.format(a, b) for q in (
-        "Would you identify any {} as lying right beside {}?", "Is {} directly adjacent to {}?", "Does {} share a border with {}?")
+        "Would you identify any {} as lying right beside {}?", "Is {} directly adjacent to {}?",
+        "Does {} share a border with {}?")
         for a in low for b in low if a != b]
-    pools[("mcq", "presence")] = _mcq_pool(rng, ("Which of these classes is visible in the image?", "Which land cover class appears in the image?"), CLASSES, 4000)
+    pools[("mcq", "presence")] = _mcq_pool(
+        rng, ("Which of these classes is visible in the image?", "Which land cover class appears in the image?"), CLASSES, 4000)
     pools[("mcq", "area")] = [f"How much area do {c} occupy? " + ", ".join(f"{'abcd'[i]}) {b}" for i, b in enumerate(bins))
-                              for c in low for bins in (("10 to 50%", "50 to 60%", "0 to 10%", "70 to 90%"), ("60 to 70%", "0 to 10%", "90 to 100%", "10 to 50%"),
+                              for c in low for bins in (("10 to 50%", "50 to 60%", "0 to 10%", "70 to 90%"),
+                                                        ("60 to 70%", "0 to 10%", "90 to 100%", "10 to 50%"),
                                                         ("0 to 10%", "70 to 90%", "50 to 60%", "60 to 70%"))]
     pools[("mcq", "count")] = [f"Identify the number of continuous areas of {c}: a) {a}, b) {b}, c) {d}, d) {e}"
                                for c in low for a, b, d, e in (("0", "3", "2", "1"), ("4", "1", "0", "2"), ("2", "0", "1", "3"))]
     pairs = [f"{a} and {b}" for a in CLASSES for b in CLASSES if a < b]
-    pools[("mcq", "adjacency")] = _mcq_pool(rng, ("Select the classes in contact:", "Which two classes share a border?"), pairs, 4000)
-    pools[("mcq", "relative pos")] = [f"What is the relative position of the {a} to the {b}? " + ", ".join(f"{'abcd'[i]}) {d}" for i, d in enumerate(rng.choice(DIRECTIONS, 4, replace=False)))
-                                      for a in low for b in low if a != b]
-    pools[("mcq", "country")] = _mcq_pool(rng, ("Which country does the satellite image capture?", "In which country was this satellite image taken?"), list(COUNTRIES), 400)
-    pools[("mcq", "season")] = _mcq_pool(rng, ("In which of the following seasons was this satellite image captured?", "During which season was this image acquired?"),
-                                         ("Winter", "Spring", "Summer", "Autumn"), 200)
-    pools[("mcq", "climate zone")] = _mcq_pool(rng, ("Which climate zone is captured in the satellite image?", "What is the climate zone of the area shown in the image?"),
-                                               list(CLIMATE_ZONES), 2000)
+    pools[("mcq", "adjacency")] = _mcq_pool(rng, ("Select the classes in contact:", "Which two classes share a border?"), pairs,
+                                            4000)
+    pools[("mcq", "relative pos")] = [
+        f"What is the relative position of the {a} to the {b}? "
+        + ", ".join(f"{'abcd'[i]}) {d}" for i, d in enumerate(rng.choice(DIRECTIONS, 4, replace=False)))
+        for a in low for b in low if a != b]
+    pools[("mcq", "country")] = _mcq_pool(
+        rng, ("Which country does the satellite image capture?", "In which country was this satellite image taken?"),
+        list(COUNTRIES), 400)
+    pools[("mcq", "season")] = _mcq_pool(
+        rng, ("In which of the following seasons was this satellite image captured?",
+              "During which season was this image acquired?"),
+        ("Winter", "Spring", "Summer", "Autumn"), 200)
+    pools[("mcq", "climate zone")] = _mcq_pool(
+        rng, ("Which climate zone is captured in the satellite image?",
+              "What is the climate zone of the area shown in the image?"),
+        list(CLIMATE_ZONES), 2000)
     pools[("bounding box", "reference")] = [q.format(c) for q in (
-        "Identify a continuous patch of <ref>{}</ref>.", "Point out a patch of <ref>{}</ref> in the image.", "Locate a patch of <ref>{}</ref> present in the image.",
-        "Identify the location of the <ref>largest connected region of {}</ref>.", "Find the <ref>smallest region of {}</ref> in the image.") for c in low]
+        "Identify a continuous patch of <ref>{}</ref>.", "Point out a patch of <ref>{}</ref> in the image.",
+        "Locate a patch of <ref>{}</ref> present in the image.",
+        "Identify the location of the <ref>largest connected region of {}</ref>.",
+        "Find the <ref>smallest region of {}</ref> in the image.") for c in low]
     return pools
 
 
@@ -196,10 +217,12 @@ def _caption_column(rng: np.random.Generator, n: int, country: pa.Array, season:
     parts = [_take([a for a, _, _ in intro], k), season_l, _take([b for _, b, _ in intro], k), country,
              _take([c for _, _, c in intro], k), zone_l, pa.scalar('" climate zone. The dominant feature is the ')]
     parts += [_pick(rng, low, n), pa.scalar(", covering approximately "),
-              pc.cast(pa.array(rng.integers(20, 1400, n) * 1000), pa.string()), pa.scalar(" square meters, mainly "), _pick(rng, places, n), pa.scalar(". ")]
+              pc.cast(pa.array(rng.integers(20, 1400, n) * 1000), pa.string()), pa.scalar(" square meters, mainly "),
+              _pick(rng, places, n), pa.scalar(". ")]
     for _ in range(2):
         parts += [_pick(rng, CLASSES, n), pa.scalar(" forms "), _pick(rng, shapes, n), pa.scalar(" of about "),
-                  pc.cast(pa.array(rng.integers(5, 900, n) * 1000), pa.string()), pa.scalar(" square meters "), _pick(rng, places, n), pa.scalar(". ")]
+                  pc.cast(pa.array(rng.integers(5, 900, n) * 1000), pa.string()), pa.scalar(" square meters "),
+                  _pick(rng, places, n), pa.scalar(". ")]
     parts += [pa.scalar("The "), _pick(rng, low, n), pa.scalar(" borders the "), _pick(rng, low, n),
               pa.scalar(" directly, and together the land cover types form a varied, patchwork-like mosaic. "),
               _pick(rng, ["Overall, the scene reflects the typical conditions of this region and season.",
@@ -224,9 +247,11 @@ def _names(rng: np.random.Generator, n: int) -> Tuple[pa.Array, pa.Array, np.nda
     acq_month = months[rng.integers(0, 12, len(tiles) * 4)]
     acq_day = rng.integers(1, 29, len(tiles) * 4)
     s2_stamp = [f"{2017 + (m < 6)}{m:02d}{d:02d}T{h:02d}{mi:02d}{s:02d}" for m, d, h, mi, s in zip(
-        acq_month, acq_day, rng.integers(9, 12, len(acq_month)), rng.integers(0, 60, len(acq_month)), rng.integers(0, 60, len(acq_month)))]
+        acq_month, acq_day, rng.integers(9, 12, len(acq_month)), rng.integers(0, 60, len(acq_month)),
+        rng.integers(0, 60, len(acq_month)))]
     s1_stamp = [f"{2017 + (m < 6)}{m:02d}{max(1, d - 1):02d}T{h:02d}{mi:02d}{s:02d}" for m, d, h, mi, s in zip(
-        acq_month, acq_day, rng.integers(4, 18, len(acq_month)), rng.integers(0, 60, len(acq_month)), rng.integers(0, 60, len(acq_month)))]
+        acq_month, acq_day, rng.integers(4, 18, len(acq_month)), rng.integers(0, 60, len(acq_month)),
+        rng.integers(0, 60, len(acq_month)))]
     s2_head = [f"S2{'AB'[i % 2]}_MSIL2A_{st}_N9999_R{1 + i % 143:03d}_T{tiles[i // 4]}_" for i, st in enumerate(s2_stamp)]
     s1_head = [f"S1{'BA'[i % 2]}_IW_GRDH_1SDV_{st}_{tiles[i // 4]}_" for i, st in enumerate(s1_stamp)]
     xs, ys = pc.cast(pa.array(x), pa.string()), pc.cast(pa.array(y), pa.string())
@@ -301,11 +326,13 @@ def generate(path: str, seed: int = 0, row_group_size: int = 1 << 20) -> dict:
         if kind == "captioning":
             rp = pa.array(row_patch[where])
             text_in = _pick(rng, _CAPTION_INPUTS, n)
-            text_out = _caption_column(rng, n, patch_cols["country"].take(rp), patch_cols["season"].take(rp), patch_cols["climate_zone"].take(rp))
+            text_out = _caption_column(rng, n, patch_cols["country"].take(rp), patch_cols["season"].take(rp),
+                                       patch_cols["climate_zone"].take(rp))
         elif category == "point":
             t = rng.integers(0, len(_POINT_TEMPLATES), n)
-            text_in = _join(_take([a for a, _ in _POINT_TEMPLATES], t), GRID.take(pa.array(rng.integers(0, 101, n))), pa.scalar(", "),
-                            GRID.take(pa.array(rng.integers(0, 101, n))), _take([b for _, b in _POINT_TEMPLATES], t))
+            text_in = _join(_take([a for a, _ in _POINT_TEMPLATES], t), GRID.take(pa.array(rng.integers(0, 101, n))),
+                            pa.scalar(", "), GRID.take(pa.array(rng.integers(0, 101, n))),
+                            _take([b for _, b in _POINT_TEMPLATES], t))
         else:
             text_in = _pick(rng, pools[(kind, category)], n)
         if kind == "binary":
@@ -345,7 +372,8 @@ def generate(path: str, seed: int = 0, row_group_size: int = 1 << 20) -> dict:
         "build_seconds": t_build,
         "seconds": time.perf_counter() - t0,
         "mean_input_chars": float(pc.mean(pc.utf8_length(table["input"])).as_py()),
-        "mean_caption_chars": float(pc.mean(pc.utf8_length(table.filter(pc.equal(table["type"], "captioning"))["output"])).as_py()),
+        "mean_caption_chars": float(
+            pc.mean(pc.utf8_length(table.filter(pc.equal(table["type"], "captioning"))["output"])).as_py()),
     }
     Path(str(path) + ".json").write_text(json.dumps(info, indent=1))
     return info

@@ -154,4 +154,5 @@ def compare(work: str, data_dir: str, repeat: int = 2) -> dict:
         return time.perf_counter() - t
 
     run(ours), run(theirs)  # warm-up: page cache
-    return {"pairs": n, "ours": n / min(run(ours) for _ in range(repeat)), "torchgeo": n / min(run(theirs) for _ in range(repeat))}
+    return {"pairs": n, "ours": n / min(run(ours) for _ in range(repeat)),
+            "torchgeo": n / min(run(theirs) for _ in range(repeat))}

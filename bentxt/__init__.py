@@ -1,4 +1,7 @@
-"""Readers and tools around the ``bigearthnet_txt`` builder (one stage per subpackage, one job per module; see the README's "How it works")."""
+"""Readers and tools around the ``bigearthnet_txt`` builder.
+
+One stage per subpackage, one job per module; see the README's "How it works".
+"""
 
 #: public helpers, imported on first use so that ``import bentxt`` stays light. ``plot`` and ``collate`` are
 #: not here: they share their submodule's name (``bentxt.tools.plot.plot``, ``bentxt.tools.collate.collate``).

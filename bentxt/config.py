@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -76,7 +76,7 @@ class BigEarthNetTxtConfig(datasets.BuilderConfig):
     climate_zones: Optional[Sequence[str]] = None
     point_token: Optional[Sequence[str]] = None
     ref_token: Optional[Sequence[str]] = None
-    bands: Optional[object] = None
+    bands: Optional[Union[str, Sequence[str]]] = None
     img_size: int = DEFAULT_IMG_SIZE
     resample: str = "nearest"
     layout: str = "annotation"
@@ -236,7 +236,7 @@ def check_builder_request(config_name: Optional[str], config_kwargs: Dict[str, o
             raise ValueError(unknown_option_error(option))
 
 
-def resolve_config(config: object, **options) -> BigEarthNetTxtConfig:
+def resolve_config(config: Union[str, BigEarthNetTxtConfig, None], **options) -> BigEarthNetTxtConfig:
     """A config object from a name (or a config) plus keyword options, validated: the one place names resolve."""
     if config is None:
         raise ValueError(missing_config_error())

@@ -29,7 +29,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
@@ -264,7 +264,8 @@ class JoinReport:
             " (skipped)" if self.missing else "", self.archive_only,
         )
         if self.invalid:
-            logger.warning("%s: skipped %d image pair(s) with invalid band files (skip_invalid=True)", self.scope, len(self.invalid))
+            logger.warning("%s: skipped %d image pair(s) with invalid band files (skip_invalid=True)",
+                           self.scope, len(self.invalid))
         if pairs and len(self.missing) + len(self.invalid) >= pairs:
             raise EmptySelectionError(
                 f"{self.scope}: every one of the {pairs} selected image pair(s) was skipped "
@@ -294,6 +295,7 @@ class ImageryJob:
     dlc: object = None
     part: int = 0  # which archive of the source: positions are (part << 32) + the patch's ordinal in it
     max_shard_bytes: int = 500 << 20
+    exclude: frozenset = frozenset()  # with ``wanted`` None: the names the store already holds
 
 
 @dataclass
@@ -337,6 +339,7 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
 
     writer = new_writer()
     reader = None
+    patches: Iterator[Tuple[str, Any]]  # (name, band data), or (name, a call that reads them)
     try:
         if job.source.sequential:
             patches = job.source.patches(job.sensor, bands, job.dlc)
@@ -346,6 +349,8 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
         for ordinal, (name, data) in enumerate(patches):
             if job.source.sequential and job.wanted is not None and name not in job.wanted:
                 result.archive_only += 1
+                continue
+            if name in job.exclude:  # stored by an earlier pass
                 continue
             try:
                 data = data() if callable(data) else data  # a bad LMDB value is skippable like a bad GeoTIFF
@@ -370,21 +375,24 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
 
 
 def imagery_jobs(sensor: str, source: ImageSource, add: Sequence[str], directory: str, num_proc: int, dlc, *,
-                 keep_all: bool = False, skip_invalid: bool = False, max_shard_bytes: int = 500 << 20) -> List[ImageryJob]:
+                 keep_all: bool = False, skip_invalid: bool = False, max_shard_bytes: int = 500 << 20,
+                 stored: frozenset = frozenset()) -> List[ImageryJob]:
     """One sensor's jobs: one per archive, or ``num_proc`` chunks of the names to add for random-access sources.
 
     Every native band group of the sensor is kept, whatever one config asks
-    for: the store serves every config of the source.
+    for: the store serves every config of the source. ``keep_all``: every
+    patch of the archive but those ``stored`` already.
     """
     groups = groups_for_sensors((sensor,))
     if source.sequential:
         parts = [source] if not hasattr(source, "archives") else [replace(source, paths=p) for p in source.archives]
         wanted = None if keep_all else frozenset(add)
-        return [ImageryJob(sensor, part, groups, os.path.join(directory, f"{sensor}-{k:03d}"), wanted, (), skip_invalid, dlc, k,
-                           max_shard_bytes) for k, part in enumerate(parts)]
+        exclude = stored if keep_all else frozenset()
+        return [ImageryJob(sensor, part, groups, os.path.join(directory, f"{sensor}-{k:03d}"), wanted, (), skip_invalid,
+                           dlc, k, max_shard_bytes, exclude) for k, part in enumerate(parts)]
     chunks = [tuple(c) for c in np.array_split(np.array(sorted(add), dtype=object), max(1, num_proc)) if len(c)]
-    return [ImageryJob(sensor, source, groups, os.path.join(directory, f"{sensor}-{k:03d}"), frozenset(), chunk, skip_invalid, dlc, 0,
-                       max_shard_bytes) for k, chunk in enumerate(chunks)]
+    return [ImageryJob(sensor, source, groups, os.path.join(directory, f"{sensor}-{k:03d}"), frozenset(), chunk, skip_invalid,
+                       dlc, 0, max_shard_bytes) for k, chunk in enumerate(chunks)]
 
 
 def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
@@ -404,7 +412,7 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
             meanwhile(lambda: False)
         return [run_imagery_job(job) for job in jobs]
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     methods = multiprocessing.get_all_start_methods()
@@ -414,19 +422,25 @@ def run_jobs(jobs: Sequence[ImageryJob], num_proc: int,
                                initializer=lifetime.die_with_parent, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(run_imagery_job, job) for job in jobs]
+
+        def note_failure(f: Future) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                failed.set()
+
         for future in futures:
-            future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or failed.set())
+            future.add_done_callback(note_failure)
         if meanwhile is not None:
             meanwhile(failed.is_set)
         wait(futures, return_when=FIRST_EXCEPTION)
         for job, future in zip(jobs, futures):
-            if future.done() and future.exception() is not None:
-                if isinstance(future.exception(), BrokenProcessPool):
+            error = future.exception() if future.done() else None
+            if error is not None:
+                if isinstance(error, BrokenProcessPool):
                     raise RuntimeError(
-                        f"an imagery worker died while writing {job.prefix}-*.arrow from {job.source.name} (killed, or out of "
-                        f"memory?); nothing was kept: prepare again"
-                    ) from future.exception()
-                raise future.exception()
+                        f"an imagery worker died while writing {job.prefix}-*.arrow from {job.source.name} "
+                        f"(killed, or out of memory?); nothing was kept: prepare again"
+                    ) from error
+                raise error
         return [future.result() for future in futures]
     except BaseException:
         # the workers' own passes would run to their end: stop them now (their zstd children then see a closed pipe)
@@ -464,7 +478,7 @@ def keeps_every_pair(source: ImageSource, option: Optional[bool]) -> bool:
     return source.sequential and any(is_url(str(p)) for p in source.paths)
 
 
-def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, object], names: Mapping[str, Sequence[str]],
+def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, Any], names: Mapping[str, Sequence[str]],
                   root: str, num_proc: int, dlc, report: JoinReport,
                   meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None,
                   max_shard_bytes: int = 500 << 20) -> Dict[str, ImageryStore]:
@@ -488,7 +502,8 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, object], nam
                 if name in invalid:
                     if not config.skip_invalid:
                         raise RasterError(f"{invalid[name]} (found when this pair was first read from {source.name}; "
-                                          f"skip_invalid=True skips it)")
+                                          f"skip_invalid=True skips it; if the file was fixed since, remove "
+                                          f"{os.path.join(store.path, store_module.NOT_STORED)})")
                     report.add_invalid(name, invalid[name])
             to_add[sensor] = {n for n in names[sensor] if n not in have and n not in absent and n not in invalid}
             if to_add[sensor]:
@@ -498,12 +513,13 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, object], nam
                     source.name, " (and every other pair of the archive: it is read from a URL)" if keep_all else "")
                 jobs += imagery_jobs(sensor, source, sorted(to_add[sensor]), passes[sensor].folder,
                                      num_proc, dlc, keep_all=keep_all, skip_invalid=config.skip_invalid,
+                                     stored=frozenset(have) if keep_all else frozenset(),
                                      max_shard_bytes=max_shard_bytes)
         if not jobs:
             if meanwhile is not None:
                 meanwhile(lambda: False)
             return stores
-        needed = sum(len(to_add[s]) * store_module.pair_bytes(s) for s in sensors)  # before a pass of minutes or hours
+        needed = sum(_bytes_to_add(files[s], s, len(to_add[s])) for s in sensors)  # before a pass of minutes or hours
         what = f"config {config.name}: adding {sum(map(len, to_add.values())):,} image pairs to the imagery store(s)"
         diskspace.check_free_space(root, needed, what)
         try:
@@ -523,6 +539,23 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, object], nam
             for name, reason in invalid.items():
                 report.add_invalid(name, reason)
     return stores
+
+
+#: the stored pixels of a pair are at most this many times its bytes in a .tar.zst (the release: ~1.1x; zstd does
+#: not compress Sentinel bands much), so a partial download is not taken to need the whole release's disk
+ARCHIVE_EXPANSION = 4
+
+
+def _bytes_to_add(source: ImageSource, sensor: str, pairs: int) -> int:
+    """Disk a pass will need at most: the pairs' pixels, but no more than a local archive can hold."""
+    needed = pairs * store_module.pair_bytes(sensor)
+    if source.sequential and not any(is_url(str(p)) for p in source.paths):
+        try:
+            held = sum(os.path.getsize(str(p)) for p in source.paths) * ARCHIVE_EXPANSION
+        except OSError:
+            return needed
+        return min(needed, held)
+    return needed
 
 
 def spill_imagery(config: BigEarthNetTxtConfig, sensor: str, source: ImageSource, names: Sequence[str], folder: str,
@@ -599,7 +632,8 @@ class CachePlan:
     texts: str
     starts: np.ndarray
     rows: Dict[str, np.ndarray]  # sensor -> each pair's row in that sensor's store
-    stores: Dict[str, str]  # sensor -> the store's reference (what each text row names)
+    stores: Dict[str, str]  # sensor -> the store (``<folder>.<generation>``)
+    references: Dict[str, np.ndarray]  # sensor -> each pair's reference (the store and the pass that added the pair)
     shards: Dict[str, List[np.ndarray]]  # split -> pair indices per writer shard, in output order
     examples: Dict[str, int]
     store_paths: Dict[str, str]  # sensor -> the store's folder
@@ -617,7 +651,7 @@ def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
     )
 
 
-def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_root: str, texts: str, num_proc: int,
+def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, Any], store_root: str, texts: str, num_proc: int,
                dlc, max_shard_bytes: int = 500 << 20) -> CachePlan:
     """Read the texts, add the pairs the source's stores lack, and order each split's pairs like streaming does.
 
@@ -632,13 +666,20 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_
     check_filters(config, urlpath, dlc)
     selected: Dict[str, ann.PatchIndex] = {}
     wanted: Dict[str, List[str]] = {}
+    firsts: Dict[str, list] = {}
+
+    def first(column: str) -> list:
+        """A column's value for each selected pair (its first row), taken once: ~0.6 s a column at release scale."""
+        if column not in firsts:
+            firsts[column] = selected["index"].first(column)
+        return firsts[column]
 
     def read_texts(stopped: Callable[[], bool]) -> None:
         index = selected["index"] = select_annotations(config, urlpath, None, dlc, filters_checked=True)
         log_estimate(config, index)
-        for sensor in config.sensors:  # never wrong unless a bug: a pair missing here would be reported missing
-            extra = set(index.first(NAME_COLUMN[sensor])) - set(wanted.get(NAME_COLUMN[sensor], ()))
-            if wanted and extra:
+        for sensor in config.sensors if wanted else ():  # never wrong unless a bug: such a pair would be "missing"
+            extra = set(first(NAME_COLUMN[sensor])) - set(wanted[NAME_COLUMN[sensor]])
+            if extra:
                 raise RuntimeError(f"internal error: {len(extra)} selected {sensor} pair(s) missed by the name pass")
         write_texts(config, index.table, texts, stopped)
 
@@ -649,24 +690,23 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_
         wanted = ann.selected_names(urlpath, config.selection(None), [NAME_COLUMN[s] for s in config.sensors], dlc)
     if seen_before or not all(wanted.values()):  # nothing selected: read_texts says which filter emptied it
         read_texts(lambda: False)
-        wanted = {NAME_COLUMN[s]: sorted(set(selected["index"].first(NAME_COLUMN[s]))) for s in config.sensors}
+        wanted = {NAME_COLUMN[s]: sorted(set(first(NAME_COLUMN[s]))) for s in config.sensors}
     report = JoinReport(f"config {config.name}")
     names = {sensor: wanted[NAME_COLUMN[sensor]] for sensor in config.sensors}
     stores = add_to_stores(config, files, names, store_root, num_proc, dlc, report,
                            meanwhile=None if "index" in selected else read_texts, max_shard_bytes=max_shard_bytes)
     index = selected["index"]
-    pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
+    pair_names = {sensor: first(NAME_COLUMN[sensor]) for sensor in config.sensors}
     rows = {}
     for sensor in config.sensors:
         row_of = stores[sensor].rows()
         rows[sensor] = np.array([row_of.get(name, -1) for name in pair_names[sensor]], dtype=np.int64)
     present = np.ones(len(index), dtype=bool)
     for sensor in config.sensors:
-        absent = rows[sensor] < 0
+        absent, where = rows[sensor] < 0, files[sensor].name
         for i in np.flatnonzero(absent & present):
-            name = pair_names[sensor][i]
-            if name not in report.invalid:
-                report.missing[index.keys[i]] = files[sensor].name
+            if pair_names[sensor][i] not in report.invalid:
+                report.missing[index.keys[i]] = where
         present &= ~absent
     report.finish(config, len(index))
 
@@ -676,7 +716,7 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_
         order_key = stores[key].positions()[np.maximum(rows[key], 0)]
     else:
         order_key = np.argsort(np.argsort(np.array(pair_names[key], dtype=object), kind="stable"), kind="stable")
-    pair_split = np.array(index.first("split"), dtype=object)
+    pair_split = np.array(first("split"), dtype=object)
     per_pair = np.diff(index.starts) if config.layout == "annotation" else np.ones(len(index), dtype=np.int64)
     shards, counts = {}, {}
     for split in config.splits:
@@ -689,8 +729,10 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, object], store_
         n_shards = max(1, min(num_proc, len(ordered), int(np.diff(index.starts)[ordered].sum()) // TEXTS_PER_PROCESS))
         shards[split] = [part for part in np.array_split(ordered, n_shards) if len(part)]
         counts[split] = int(per_pair[ordered].sum())
-    references = {sensor: stores[sensor].reference for sensor in config.sensors}
-    return CachePlan(texts, index.starts, rows, references, shards, counts, {s: st.path for s, st in stores.items()})
+    identities = {sensor: stores[sensor].reference for sensor in config.sensors}
+    references = {sensor: stores[sensor].row_references(rows[sensor]) for sensor in config.sensors}
+    return CachePlan(texts, index.starts, rows, identities, references, shards, counts,
+                     {s: st.path for s, st in stores.items()})
 
 
 def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stopped: Callable[[], bool] = lambda: False,
@@ -718,7 +760,7 @@ def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stoppe
 
 
 def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np.ndarray,
-                  rows: Mapping[str, np.ndarray], stores: Mapping[str, str], pairs: np.ndarray,
+                  rows: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], pairs: np.ndarray,
                   rows_per_table: int = 1000) -> Iterator[pa.Table]:
     """Tables of one writer shard: texts from the selection file, pixels as references to the imagery rows.
 
@@ -741,9 +783,10 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
             local = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             text_rows = np.repeat(starts[chunk] - local[:-1], counts) + np.arange(local[-1])
             pair_rows = {s: r[chunk] for s, r in rows.items()}
-            references = {c: _references(pair_rows, stores, sensors, len(chunk)) for c, sensors in columns.items()}
+            pair_references = {s: r[chunk] for s, r in references.items()}
+            images = {c: _references(pair_rows, pair_references, sensors, len(chunk)) for c, sensors in columns.items()}
             yield example_table(config, features, _take_rows(batches, first_rows, text_rows), local,
-                                references, parsed=True, schema=schema)
+                                images, parsed=True, schema=schema)
 
 
 def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: np.ndarray) -> pa.Table:
@@ -762,7 +805,8 @@ def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: 
     return pa.Table.from_batches(parts, schema=batches[0].schema).take(pa.array(back))
 
 
-def _references(rows: Mapping[str, np.ndarray], stores: Mapping[str, str], sensors: Sequence[str], n: int) -> pa.StructArray:
+def _references(rows: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], sensors: Sequence[str],
+                n: int) -> pa.StructArray:
     """``PairBands`` storage: each pair's row in the store of each sensor the column reads, and that store.
 
     Only the column's own sensors are filled (an ``s2_10m`` column names no S1
@@ -772,7 +816,7 @@ def _references(rows: Mapping[str, np.ndarray], stores: Mapping[str, str], senso
     for sensor in ("s1", "s2"):
         filled = sensor in sensors and sensor in rows
         arrays[sensor] = pa.array(rows[sensor], pa.int64()) if filled else pa.nulls(n, pa.int64())
-        arrays[f"{sensor}_store"] = pa.repeat(pa.scalar(stores[sensor], pa.string()), n) if filled else pa.nulls(n, pa.string())
+        arrays[f"{sensor}_store"] = pa.array(references[sensor], pa.string()) if filled else pa.nulls(n, pa.string())
     arrays["bytes"] = pa.nulls(n, pa.binary())
     return pa.StructArray.from_arrays([arrays[f.name] for f in PairBands.pa_type], fields=list(PairBands.pa_type))
 
@@ -789,7 +833,7 @@ def stream_images(config: BigEarthNetTxtConfig, arrays: Mapping[str, np.ndarray]
     return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(config.sensors)}
 
 
-def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object], split: str, dlc,
+def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], split: str, dlc,
                       spill_dir: str) -> Iterator[Tuple[object, dict]]:
     """Stream one split in the driving sensor's order, reading each patch once.
 
@@ -804,7 +848,7 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
     key = config.key_sensor
     wanted = config.wanted_bands()
     pair_names = {sensor: index.first(NAME_COLUMN[sensor]) for sensor in config.sensors}
-    sides: Dict[str, object] = {}
+    sides: Dict[str, Any] = {}  # sensor -> a reader, or a _TableSide: read(sensor, name) and close()
     try:
         for sensor in config.sensors:
             if sensor == key:
@@ -827,6 +871,7 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
             if driving.sequential:
                 patches = driving.patches(key, wanted[key], dlc)
             else:
+                assert reader is not None  # opened above for a random-access source
                 patches = ((name, partial(reader.read, key, name)) for name in index.keys)
             for name, data in patches:
                 i = position.get(name)
@@ -848,8 +893,8 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, object],
                 arrays = _decode_pair(config, files, sides, {s: pair_names[s][i] for s in config.sensors}, key, data, report)
                 if arrays is not None:
                     yield from examples(config, index.rows(i), stream_images(config, arrays))
-            for i in np.flatnonzero(~seen):
-                report.missing.setdefault(index.keys[i], driving.name)
+            for j in np.flatnonzero(~seen):
+                report.missing.setdefault(index.keys[j], driving.name)
         finally:
             for closable in sides_closable:
                 closable.close()

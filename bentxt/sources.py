@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import fsspec
 import numpy as np
@@ -176,7 +176,7 @@ class ArchiveSource(ImageSource):
     sequential: ClassVar[bool] = True
 
     @classmethod
-    def detect(cls, path: str, sensor: str) -> Optional[ImageSource]:
+    def detect(cls, path: str, sensor: str) -> ArchiveSource:
         return cls((path,))
 
     @classmethod
@@ -213,7 +213,7 @@ class ArchiveSource(ImageSource):
             return ArchiveSource(local)
         mode = getattr(verification_mode, "value", verification_mode)
         info = release().get(key)
-        checksums = ()
+        checksums: Tuple[RecordedChecksum, ...] = ()
         if info is not None and len(self.paths) == 1 and mode != "no_checks" and (
             self.paths[0] == info["url"] or mode == "all_checks"
         ):
@@ -260,7 +260,9 @@ class FolderSource(ImageSource):
             return cls((path.rstrip("/").rsplit("/", 1)[0] or "/",))
         return None
 
-    find_in = detect
+    @classmethod
+    def find_in(cls, data_dir: str, sensor: str) -> Optional[ImageSource]:
+        return cls.detect(data_dir, sensor)
 
     def fingerprint(self) -> List[object]:
         return [_stat(self.paths[0]), _stat(f"{self.paths[0].rstrip('/')}/{ROOT_DIR['s1']}"),
@@ -310,9 +312,9 @@ class ExportSource(ImageSource):
 
 
 #: detection order for a user-given path (an archive is what is left: any file)
-KINDS: Tuple[type, ...] = (ExportSource, LmdbSource, FolderSource)
+KINDS: Tuple[Type[ImageSource], ...] = (ExportSource, LmdbSource, FolderSource)
 #: search order inside ``data_dir``
-DATA_DIR_KINDS: Tuple[type, ...] = (ArchiveSource, FolderSource, LmdbSource)
+DATA_DIR_KINDS: Tuple[Type[ImageSource], ...] = (ArchiveSource, FolderSource, LmdbSource)
 
 
 def detect(path: str, sensor: str) -> ImageSource:
@@ -374,7 +376,7 @@ def _recorded_checksum(path: str) -> Optional[str]:
 # ----------------------------------------------------------------------------- choosing files
 
 
-def resolve(config, sensors) -> Dict[str, object]:
+def resolve(config, sensors) -> Dict[str, Any]:
     """``{"annotations": path or URL, "s1": ImageSource, "s2": ImageSource}`` for the keys a config needs."""
     needed = ("annotations",) + tuple(sensors)
     data_files = dict(config.data_files or {})
@@ -386,7 +388,7 @@ def resolve(config, sensors) -> Dict[str, object]:
             f"'.../BigEarthNet.txt.parquet', 's1': '.../BigEarthNet-S1.tar.zst', 's2': '.../BigEarthNet-S2.tar.zst'}}"
         )
     chosen = _image_source_option(config.image_source, sensors)
-    files: Dict[str, object] = {}
+    files: Dict[str, Any] = {}
     for key in needed:
         if key in chosen:
             files[key] = chosen[key]
@@ -442,7 +444,8 @@ def _in_data_dir(data_dir: str, key: str):
             if found is not None:
                 return found
     forms = "" if key == "annotations" else (
-        f", an extracted {ROOT_DIR[key]}/ folder, an LMDB (Encoded-BigEarthNet/data.mdb) or torchgeo's {ROOT_DIR[key]}.tar.gzaa parts"
+        f", an extracted {ROOT_DIR[key]}/ folder, an LMDB (Encoded-BigEarthNet/data.mdb) "
+        f"or torchgeo's {ROOT_DIR[key]}.tar.gzaa parts"
     )
     raise SourceError(
         f"data_dir {data_dir} has no {info['file_name']} (the {_what(key)}, {info['num_bytes'] / 1e9:.1f} GB){forms}. "
@@ -454,9 +457,9 @@ def _what(key: str) -> str:
     return {"annotations": "BigEarthNet.txt annotation parquet", "s1": "Sentinel-1 archive", "s2": "Sentinel-2 archive"}[key]
 
 
-def fingerprint(files: Dict[str, object]) -> Dict[str, object]:
+def fingerprint(files: Dict[str, Any]) -> Dict[str, object]:
     """Cheap identity of every input (sizes, mtimes, recorded checksums): a changed input means a new cache."""
-    out = {}
+    out: Dict[str, object] = {}
     for key, value in files.items():
         if isinstance(value, ImageSource):
             out[key] = [value.kind, list(value.paths), value.fingerprint()]
@@ -465,8 +468,8 @@ def fingerprint(files: Dict[str, object]) -> Dict[str, object]:
     return out
 
 
-def download(files: Dict[str, object], dl_manager, keep_archives: bool = False,
-             verification_mode=None) -> Dict[str, object]:
+def download(files: Dict[str, Any], dl_manager, keep_archives: bool = False,
+             verification_mode=None) -> Dict[str, Any]:
     """The parquet goes to the datasets download cache; archives at URLs are read in place as they download.
 
     At release scale a copy of the archives would be 118 GB beside a cache of
@@ -515,7 +518,7 @@ def _size(path: str) -> Optional[int]:
         return None
 
 
-def verify(files: Dict[str, object], verification_mode) -> None:
+def verify(files: Dict[str, Any], verification_mode) -> None:
     """With ``verification_mode="all_checks"``, compare sizes and checksums with dataset_infos/sources.json.
 
     Runs before any file is parsed, so a damaged download reports its checksum
@@ -560,7 +563,7 @@ def recorded_infos() -> Dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def expected_split_sizes(config, files: Dict[str, object]) -> Optional[SplitDict]:
+def expected_split_sizes(config, files: Dict[str, Any]) -> Optional[SplitDict]:
     """Recorded split sizes, when they apply: the release parquet, no filters, the default layout."""
     if config.layout != "annotation" or any(v is not None for v in config.filters.values()):
         return None

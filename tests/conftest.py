@@ -35,6 +35,9 @@ import pytest
 # BENTXT_TEST_DIR names another folder, so that two runs in one checkout never remove each other's files.
 _RUN_DIR = Path(os.environ.get("BENTXT_TEST_DIR") or Path(__file__).resolve().parents[1] / ".pytest-tmp").resolve()
 os.environ["HF_DATASETS_CACHE"] = str(_RUN_DIR / "hf-datasets-cache")
+# nor the home folder: matplotlib's font cache and huggingface_hub's files go there too
+os.environ["MPLCONFIGDIR"] = str(_RUN_DIR / "matplotlib")
+os.environ["HF_HOME"] = str(_RUN_DIR / "hf-home")
 
 TESTS_DIR = Path(__file__).resolve().parent
 for path in (TESTS_DIR.parent, TESTS_DIR):  # repo root (bentxt) and tests/ (make_fixtures), whatever the import mode
@@ -61,7 +64,8 @@ def pytest_unconfigure(config) -> None:
     import shutil
 
     shutil.rmtree(_TMP, ignore_errors=True)
-    shutil.rmtree(_RUN_DIR / "hf-datasets-cache", ignore_errors=True)
+    for name in ("hf-datasets-cache", "matplotlib", "hf-home"):
+        shutil.rmtree(_RUN_DIR / name, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,9 @@ CLASS_OF_CODE: Dict[int, str] = {code: name for name, codes in CLC_CLASSES for c
 COUNTRIES = ("Austria", "Belgium", "Finland", "Ireland", "Kosovo", "Lithuania", "Luxembourg", "Portugal", "Serbia", "Switzerland")
 #: the ``season`` column follows the publisher's docstring (Fall); the MCQ options say Autumn
 #: (docs/release.md#value-sets)
-SEASON_OF_MONTH = {m: s for s, ms in (("Winter", (12, 1, 2)), ("Spring", (3, 4, 5)), ("Summer", (6, 7, 8)), ("Fall", (9, 10, 11))) for m in ms}
+SEASON_OF_MONTH = {
+    m: s for s, ms in (("Winter", (12, 1, 2)), ("Spring", (3, 4, 5)), ("Summer", (6, 7, 8)), ("Fall", (9, 10, 11))) for m in ms
+}
 SEASON_OPTION = {"Winter": "Winter", "Spring": "Spring", "Summer": "Summer", "Fall": "Autumn"}
 CLIMATE_ZONES = (
     "Temperate, no dry season, warm summer",
@@ -128,7 +130,10 @@ CLIMATE_ZONES = (
     "Arid, steppe, cold",
 )
 AREA_BINS = ((0, 10), (10, 50), (50, 60), (60, 70), (70, 90), (90, 100))
-DIRECTIONS = ("to the right", "to the top-right", "to the top", "to the top-left", "to the left", "to the bottom-left", "to the bottom", "to the bottom-right")
+DIRECTIONS = (
+    "to the right", "to the top-right", "to the top", "to the top-left",
+    "to the left", "to the bottom-left", "to the bottom", "to the bottom-right",
+)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 # --------------------------------------------------------------------------- tiles and patches
@@ -255,19 +260,35 @@ REAL_ROWS: Tuple[Tuple[int, str, str, str, str], ...] = (
     (27522, "binary", "area", "Would you say that arable lands take up between 60% and 70% of the image?", "no"),
     (27523, "binary", "count", "Does the image illustrate fewer than three connected regions of inland waters?", "yes"),
     (27525, "binary", "presence", "Do parts of the image correspond to inland waters?", "yes"),
-    (27527, "bounding box", "point", "Generate a bounding box for the land cover class instance found at <point>(0.35, 0.16)</point> in the satellite image.", "[0.0 0.0, 0.93 0.45]"),
-    (27529, "bounding box", "point", "Provide a bounding box around the land cover class instance found at <point>(0.64, 0.79)</point> in the satellite image.", "[0.0 0.37, 1.0 1.0]"),
+    (27527, "bounding box", "point",
+     "Generate a bounding box for the land cover class instance found at <point>(0.35, 0.16)</point> in the satellite image.",
+     "[0.0 0.0, 0.93 0.45]"),
+    (27529, "bounding box", "point",
+     "Provide a bounding box around the land cover class instance found at <point>(0.64, 0.79)</point> in the satellite image.",
+     "[0.0 0.37, 1.0 1.0]"),
     (27530, "bounding box", "reference", "Identify a continuous patch of <ref>broad-leaved forest</ref>.", "[0.0 0.0, 1.0 0.94]"),
     (27531, "bounding box", "reference", "Point out a patch of <ref>inland waters</ref> in the image.", "[0.0 0.37, 1.0 1.0]"),
-    (27532, "bounding box", "reference", "Locate a patch of <ref>arable land</ref> present in the image.", "[0.0 0.0, 0.93 0.45]"),
-    (27533, "captioning", "None", "Describe this satellite image, including the location, season, and observed land cover.", REAL_CAPTION),
-    (27534, "mcq", "adjacency", "Select the classes in contact: a) Arable land and Natural grassland and sparsely vegetated areas, b) Inland waters and Pastures, c) Arable land and Broad-leaved forest, d) Agro-forestry areas and Permanent crops", "c"),
-    (27535, "mcq", "area", "How much area do broad-leaved forests occupy? a) 10 to 50%, b) 50 to 60%, c) 0 to 10%, d) 70 to 90%", "a"),
-    (27536, "mcq", "climate zone", "Which climate zone is captured in the satellite image? a) Cold, dry summer, warm summer, b) Cold, no dry season, warm summer, c) Temperate, no dry season, warm summer, d) Temperate, no dry season, hot summer", "c"),
+    (27532, "bounding box", "reference", "Locate a patch of <ref>arable land</ref> present in the image.",
+     "[0.0 0.0, 0.93 0.45]"),
+    (27533, "captioning", "None", "Describe this satellite image, including the location, season, and observed land cover.",
+     REAL_CAPTION),
+    (27534, "mcq", "adjacency",
+     "Select the classes in contact: a) Arable land and Natural grassland and sparsely vegetated areas, "
+     "b) Inland waters and Pastures, c) Arable land and Broad-leaved forest, d) Agro-forestry areas and Permanent crops", "c"),
+    (27535, "mcq", "area",
+     "How much area do broad-leaved forests occupy? a) 10 to 50%, b) 50 to 60%, c) 0 to 10%, d) 70 to 90%", "a"),
+    (27536, "mcq", "climate zone",
+     "Which climate zone is captured in the satellite image? a) Cold, dry summer, warm summer, "
+     "b) Cold, no dry season, warm summer, c) Temperate, no dry season, warm summer, d) Temperate, no dry season, hot summer",
+     "c"),
     (27537, "mcq", "count", "Identify the number of continuous areas of arable land: a) 0, b) 3, c) 2, d) 1", "d"),
-    (27538, "mcq", "country", "Which country does the satellite image capture? a) Kosovo, b) Ireland, c) Switzerland, d) Austria", "d"),
-    (27539, "mcq", "presence", "Which of these classes is visible in the image? a) Land principally occupied by agriculture, with significant areas of natural vegetation, b) Arable land, c) Agro-forestry areas, d) Coniferous forest", "b"),
-    (27540, "mcq", "season", "In which of the following seasons was this satellite image captured? a) Winter, b) Spring, c) Summer, d) Autumn", "c"),
+    (27538, "mcq", "country",
+     "Which country does the satellite image capture? a) Kosovo, b) Ireland, c) Switzerland, d) Austria", "d"),
+    (27539, "mcq", "presence",
+     "Which of these classes is visible in the image? a) Land principally occupied by agriculture, with significant areas "
+     "of natural vegetation, b) Arable land, c) Agro-forestry areas, d) Coniferous forest", "b"),
+    (27540, "mcq", "season",
+     "In which of the following seasons was this satellite image captured? a) Winter, b) Spring, c) Summer, d) Autumn", "c"),
 )
 _REAL_LOCATION = (48.31398981125651, 13.297826045662056)  # latitude, longitude as published
 
@@ -387,7 +408,8 @@ class _Region:
 
     @property
     def extent(self) -> Tuple[int, int, int, int]:
-        return min(r[0] for r in self.rects), max(r[1] for r in self.rects), min(r[2] for r in self.rects), max(r[3] for r in self.rects)
+        return (min(r[0] for r in self.rects), max(r[1] for r in self.rects),
+                min(r[2] for r in self.rects), max(r[3] for r in self.rects))
 
 
 def _touch(a: Rect, b: Rect) -> bool:
@@ -426,7 +448,8 @@ class _MapStats:
         groups: Dict[int, List[Rect]] = {}
         for i, r in enumerate(rects):
             groups.setdefault(root(i), []).append(r)
-        regions = tuple(sorted((_Region(CLASS_OF_CODE[g[0][4]], tuple(g)) for g in groups.values()), key=lambda r: (r.name, r.extent)))
+        regions = tuple(sorted((_Region(CLASS_OF_CODE[g[0][4]], tuple(g)) for g in groups.values()),
+                               key=lambda r: (r.name, r.extent)))
         area: Dict[str, int] = {}
         moment: Dict[str, Tuple[float, float]] = {}
         for r0, r1, c0, c1, code in rects:
@@ -478,10 +501,14 @@ def point_of(row: int, col: int) -> str:
 #: L2A reflectance x 10,000 per surface type, plausible Sentinel-2 spectra (band -> value)
 _SPECTRA: Dict[str, Dict[str, int]] = {
     "water": dict(B01=320, B02=260, B03=310, B04=190, B05=170, B06=150, B07=140, B08=120, B8A=110, B09=80, B11=60, B12=40),
-    "forest": dict(B01=250, B02=290, B03=520, B04=300, B05=820, B06=2200, B07=2700, B08=2900, B8A=3000, B09=2900, B11=1400, B12=620),
-    "crop": dict(B01=420, B02=510, B03=760, B04=720, B05=1100, B06=1900, B07=2200, B08=2400, B8A=2500, B09=2400, B11=2100, B12=1300),
-    "built": dict(B01=720, B02=820, B03=930, B04=1010, B05=1180, B06=1400, B07=1510, B08=1600, B8A=1650, B09=1500, B11=1900, B12=1650),
-    "open": dict(B01=520, B02=610, B03=820, B04=910, B05=1230, B06=1520, B07=1700, B08=1800, B8A=1900, B09=1800, B11=2300, B12=1700),
+    "forest": dict(B01=250, B02=290, B03=520, B04=300, B05=820, B06=2200, B07=2700, B08=2900, B8A=3000, B09=2900,
+                   B11=1400, B12=620),
+    "crop": dict(B01=420, B02=510, B03=760, B04=720, B05=1100, B06=1900, B07=2200, B08=2400, B8A=2500, B09=2400,
+                 B11=2100, B12=1300),
+    "built": dict(B01=720, B02=820, B03=930, B04=1010, B05=1180, B06=1400, B07=1510, B08=1600, B8A=1650, B09=1500,
+                  B11=1900, B12=1650),
+    "open": dict(B01=520, B02=610, B03=820, B04=910, B05=1230, B06=1520, B07=1700, B08=1800, B8A=1900, B09=1800,
+                 B11=2300, B12=1700),
 }
 assert all(set(s) == set(SENSOR_BANDS["s2"]) for s in _SPECTRA.values())
 #: backscatter in dB per surface type: (VV, VH)
@@ -489,7 +516,8 @@ _BACKSCATTER: Dict[str, Tuple[float, float]] = {
     "water": (-21.0, -28.0), "forest": (-8.0, -14.0), "crop": (-11.0, -18.0), "built": (-4.0, -12.0), "open": (-13.0, -21.0),
 }
 _SURFACE_OF_CODE: Dict[int, str] = {
-    code: ("built" if code < 200 else "crop" if code < 300 else "forest" if code in (311, 312, 313, 324) else "water" if code >= 500 else "open")
+    code: ("built" if code < 200 else "crop" if code < 300 else "forest" if code in (311, 312, 313, 324)
+           else "water" if code >= 500 else "open")
     for code in CLASS_OF_CODE
 }
 _SURFACES = tuple(_SPECTRA)
@@ -565,7 +593,8 @@ def rows_per_strip(width: int, dtype: Union[str, np.dtype]) -> int:
     return max(1, 8192 // (width * np.dtype(dtype).itemsize))
 
 
-def encode_geotiff(array: np.ndarray, epsg: int, transform: Affine, nodata: Optional[float], compress: Optional[str] = None) -> bytes:
+def encode_geotiff(array: np.ndarray, epsg: int, transform: Affine, nodata: Optional[float],
+                   compress: Optional[str] = None) -> bytes:
     """One single-band striped GeoTIFF as the release wrote it (docs/release.md#geotiff-properties)."""
     height, width = array.shape
     options: Dict[str, object] = dict(tiled=False, blockysize=min(height, rows_per_strip(width, array.dtype)), compress="none")
@@ -789,7 +818,8 @@ def _caption(rnd: random.Random, spec: _Spec, stats: _MapStats) -> str:
     first, *others = stats.present
     intro = rnd.choice(
         (
-            f'This satellite image, captured during the {season} season in {country}, showcases a diverse landscape within the "{zone}" climate zone.',
+            f'This satellite image, captured during the {season} season in {country}, showcases a diverse landscape '
+            f'within the "{zone}" climate zone.',
             f'Captured in {country} during the {season}, this image shows an area that belongs to the "{zone}" climate zone.',
             f'This {season} scene from {country} depicts terrain typical of the "{zone}" climate zone.',
         )
@@ -806,14 +836,16 @@ def _caption(rnd: random.Random, spec: _Spec, stats: _MapStats) -> str:
             rnd.choice(
                 (
                     f"{name} forms {shape} of about {100 * stats.area[name]:,} square meters {_where(*stats.centroid[name])}.",
-                    f"Roughly {100 * stats.area[name]:,} square meters are covered by {_lower(name)}, which appears as {shape} {_where(*stats.centroid[name])}.",
+                    f"Roughly {100 * stats.area[name]:,} square meters are covered by {_lower(name)}, "
+                    f"which appears as {shape} {_where(*stats.centroid[name])}.",
                 )
             )
         )
     pairs = sorted(tuple(sorted(p)) for p in stats.adjacent)
     if pairs:
         a, b = rnd.choice(pairs)
-        sentences.append(f"The {_lower(a)} borders the {_lower(b)} directly, and together the land cover types form a varied, patchwork-like mosaic.")
+        sentences.append(f"The {_lower(a)} borders the {_lower(b)} directly, "
+                         f"and together the land cover types form a varied, patchwork-like mosaic.")
     sentences.append(
         rnd.choice(
             (
@@ -834,25 +866,33 @@ def _generated_rows(rnd: random.Random, spec: _Spec, stats: _MapStats) -> List[R
     # binary: each category once, presence and area twice, yes/no mixed
     for _ in range(2):
         target = rnd.choice(present) if rnd.random() < 0.5 else rnd.choice(absent)
-        q = rnd.choice(("Do parts of the image correspond to {}?", "Is there any {} visible in the image?", "Can you spot {} in this image?"))
+        q = rnd.choice(("Do parts of the image correspond to {}?", "Is there any {} visible in the image?",
+                        "Can you spot {} in this image?"))
         rows.append(("binary", "presence", q.format(_lower(target)), "yes" if target in stats.area else "no"))
     name = rnd.choice(present)
     pct = 100 * stats.area[name] / DEFAULT_IMG_SIZE**2
     lo = rnd.choice((int(pct) // 10 * 10, rnd.randrange(0, 100, 10)))
-    rows.append(("binary", "area", f"Would you say that {_lower(name)} takes up between {lo}% and {lo + 10}% of the image?", "yes" if lo <= pct < lo + 10 else "no"))
+    rows.append(("binary", "area", f"Would you say that {_lower(name)} takes up between {lo}% and {lo + 10}% of the image?",
+                 "yes" if lo <= pct < lo + 10 else "no"))
     if rnd.random() < 0.5:
-        rows.append(("binary", "area", f"Does the image contain classes other than {_lower(name)}?", "yes" if len(present) > 1 else "no"))
+        rows.append(("binary", "area", f"Does the image contain classes other than {_lower(name)}?",
+                     "yes" if len(present) > 1 else "no"))
     else:
         m2 = rnd.choice((0, 50_000, 100_000, 500_000, 1_000_000))
-        rows.append(("binary", "area", f"Is the area covered by {_lower(name)} at least {m2} m2?", "yes" if 100 * stats.area[name] >= m2 else "no"))
+        rows.append(("binary", "area", f"Is the area covered by {_lower(name)} at least {m2} m2?",
+                     "yes" if 100 * stats.area[name] >= m2 else "no"))
     name = rnd.choice(present + absent[:1])
     k = rnd.randint(1, 3)
     if rnd.random() < 0.5:
-        rows.append(("binary", "count", f"Does the image illustrate fewer than {NUMBER_WORDS[k + 1]} connected regions of {_lower(name)}?", "yes" if stats.count(name) < k + 1 else "no"))
+        rows.append(("binary", "count",
+                     f"Does the image illustrate fewer than {NUMBER_WORDS[k + 1]} connected regions of {_lower(name)}?",
+                     "yes" if stats.count(name) < k + 1 else "no"))
     else:
-        rows.append(("binary", "count", f"Are there exactly {NUMBER_WORDS[k]} separate areas of {_lower(name)} in the image?", "yes" if stats.count(name) == k else "no"))
+        rows.append(("binary", "count", f"Are there exactly {NUMBER_WORDS[k]} separate areas of {_lower(name)} in the image?",
+                     "yes" if stats.count(name) == k else "no"))
     a, b = rnd.sample(present, 2) if len(present) > 1 else (present[0], rnd.choice(absent))
-    q = rnd.choice(("Would you identify any {} as lying right beside {}?", "Is {} directly adjacent to {}?", "Does {} share a border with {}?"))
+    q = rnd.choice(("Would you identify any {} as lying right beside {}?", "Is {} directly adjacent to {}?",
+                    "Does {} share a border with {}?"))
     rows.append(("binary", "adjacency", q.format(_lower(a), _lower(b)), "yes" if frozenset((a, b)) in stats.adjacent else "no"))
 
     # mcq
@@ -866,7 +906,8 @@ def _generated_rows(rnd: random.Random, spec: _Spec, stats: _MapStats) -> List[R
     rows.append(("mcq", "area", q, ans))
     name = rnd.choice(present)
     n = stats.count(name)
-    q, ans = _mcq(rnd, f"Identify the number of continuous areas of {_lower(name)}:", str(n), rnd.sample([str(i) for i in range(5) if i != n], 3))
+    q, ans = _mcq(rnd, f"Identify the number of continuous areas of {_lower(name)}:", str(n),
+                  rnd.sample([str(i) for i in range(5) if i != n], 3))
     rows.append(("mcq", "count", q, ans))
     touching = sorted(tuple(sorted(p)) for p in stats.adjacent)
     if touching:
@@ -881,16 +922,21 @@ def _generated_rows(rnd: random.Random, spec: _Spec, stats: _MapStats) -> List[R
     for a, b in rnd.sample([(a, b) for a in present for b in present if a != b], min(4, len(present) * (len(present) - 1))):
         direction = _direction(stats.centroid[a], stats.centroid[b])
         if direction:
-            q, ans = _mcq(rnd, f"What is the relative position of the {_lower(a)} to the {_lower(b)}?", direction, rnd.sample([d for d in DIRECTIONS if d != direction], 3))
+            q, ans = _mcq(rnd, f"What is the relative position of the {_lower(a)} to the {_lower(b)}?", direction,
+                          rnd.sample([d for d in DIRECTIONS if d != direction], 3))
             rows.append(("mcq", "relative pos", q, ans))
             break
     q = rnd.choice(("Which country does the satellite image capture?", "In which country was this satellite image taken?"))
-    rows.append(("mcq", "country", *_mcq(rnd, q, spec.tile.country, rnd.sample([c for c in COUNTRIES if c != spec.tile.country], 3))))
-    q = rnd.choice(("In which of the following seasons was this satellite image captured?", "During which season was this image acquired?"))
+    other_countries = [c for c in COUNTRIES if c != spec.tile.country]
+    rows.append(("mcq", "country", *_mcq(rnd, q, spec.tile.country, rnd.sample(other_countries, 3))))
+    q = rnd.choice(("In which of the following seasons was this satellite image captured?",
+                    "During which season was this image acquired?"))
     season = SEASON_OPTION[spec.season]
     rows.append(("mcq", "season", *_mcq(rnd, q, season, rnd.sample([s for s in SEASON_OPTION.values() if s != season], 3))))
-    q = rnd.choice(("Which climate zone is captured in the satellite image?", "What is the climate zone of the area shown in the image?"))
-    rows.append(("mcq", "climate zone", *_mcq(rnd, q, spec.climate_zone, rnd.sample([z for z in CLIMATE_ZONES if z != spec.climate_zone], 3))))
+    q = rnd.choice(("Which climate zone is captured in the satellite image?",
+                    "What is the climate zone of the area shown in the image?"))
+    other_zones = [z for z in CLIMATE_ZONES if z != spec.climate_zone]
+    rows.append(("mcq", "climate zone", *_mcq(rnd, q, spec.climate_zone, rnd.sample(other_zones, 3))))
 
     # bounding boxes: a point inside a region, or a class named by reference
     for region in rnd.sample(stats.regions, min(2, len(stats.regions))):
@@ -908,15 +954,20 @@ def _generated_rows(rnd: random.Random, spec: _Spec, stats: _MapStats) -> List[R
     for name in rnd.sample(present, min(2, len(present))):
         regions = [r for r in stats.regions if r.name == name]
         if len(regions) == 1:
-            q = rnd.choice(("Identify a continuous patch of <ref>{}</ref>.", "Point out a patch of <ref>{}</ref> in the image.", "Locate a patch of <ref>{}</ref> present in the image."))
+            q = rnd.choice(("Identify a continuous patch of <ref>{}</ref>.", "Point out a patch of <ref>{}</ref> in the image.",
+                            "Locate a patch of <ref>{}</ref> present in the image."))
             rows.append(("bounding box", "reference", q.format(_lower(name)), box_of(regions[0].extent)))
         else:
             largest = max(regions, key=lambda r: (r.pixels, r.extent))
             if sum(r.pixels == largest.pixels for r in regions) == 1:
-                rows.append(("bounding box", "reference", f"Identify the location of the <ref>largest connected region of {_lower(name)}</ref>.", box_of(largest.extent)))
+                rows.append(("bounding box", "reference",
+                             f"Identify the location of the <ref>largest connected region of {_lower(name)}</ref>.",
+                             box_of(largest.extent)))
 
     if spec.has_caption:
-        rows.append(("captioning", "None", "Describe this satellite image, including the location, season, and observed land cover.", _caption(rnd, spec, stats)))
+        rows.append(("captioning", "None",
+                     "Describe this satellite image, including the location, season, and observed land cover.",
+                     _caption(rnd, spec, stats)))
     if len(rows) > spec.max_rows:
         rows = rnd.sample(rows, spec.max_rows)
     return rows
@@ -987,14 +1038,16 @@ def make_fixture(
             lat, lon = _REAL_LOCATION
             rows = [(i, *rest) for i, *rest in REAL_ROWS]
         else:
-            generated = sorted(_generated_rows(random.Random(f"{seed}:{spec.patch_id}"), spec, _MapStats.of(spec.rects)), key=lambda r: (r[0], r[1]))
+            generated = sorted(_generated_rows(random.Random(f"{seed}:{spec.patch_id}"), spec, _MapStats.of(spec.rects)),
+                               key=lambda r: (r[0], r[1]))
             if next_id < real_ids.stop and next_id + len(generated) > real_ids.start:
                 next_id = real_ids.stop
             rows = [(next_id + i, *r) for i, r in enumerate(generated)]
             next_id += len(generated)
         row_counts[spec.patch_id] = len(rows)
         for id_, typ, category, text, answer in rows:
-            records.append((id_, spec.s1_name, spec.patch_id, text, answer, typ, category, spec.split, lat, lon, spec.tile.country, spec.season, spec.climate_zone))
+            records.append((id_, spec.s1_name, spec.patch_id, text, answer, typ, category, spec.split, lat, lon,
+                            spec.tile.country, spec.season, spec.climate_zone))
     order = np.random.default_rng([seed, 7]).permutation(len(records))
     columns = list(zip(*(records[i] for i in order)))
     table = pa.table({f.name: pa.array(list(c), f.type) for f, c in zip(PARQUET_SCHEMA, columns)}, schema=PARQUET_SCHEMA)

@@ -183,7 +183,8 @@ def test_unknown_or_null_split_is_an_error_naming_the_id(fixture_data, tmp_path,
     """Checked for every row before filtering, like ``type``: not silently dropped when filtering by split."""
     path = write(tmp_path, set_row(fixture_data.table, ROW, split=value))
     valid = re.escape(str(list(ann.SPLITS)))
-    with pytest.raises(ann.AnnotationFileError, match=rf"{FILE}: row ID {ROW} has (a null 'split'|unknown split .*); valid splits are {valid}"):
+    with pytest.raises(ann.AnnotationFileError,
+                       match=rf"{FILE}: row ID {ROW} has (a null 'split'|unknown split .*); valid splits are {valid}"):
         ann.read_selection(path, **READS[read])
 
 

@@ -339,7 +339,8 @@ def test_peak_memory_with_a_2_gib_stray_member_stays_under_1_gb(
         import json, resource, time
         from bentxt.imagery.archives import iter_archive_patches
         start = time.perf_counter()
-        patches = [(name, sorted(bands)) for name, bands in iter_archive_patches({str(archive_with_2gib_stray)!r}, "s2", progress=False)]
+        patches = [(name, sorted(bands))
+                   for name, bands in iter_archive_patches({str(archive_with_2gib_stray)!r}, "s2", progress=False)]
         seconds = time.perf_counter() - start
         print(json.dumps(dict(patches=patches, seconds=seconds, peak_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
         """
@@ -481,5 +482,6 @@ def test_both_decompressors_read_the_same_and_report_damage(fixture_data, tmp_pa
     cut = tmp_path / "cut.tar.zst"
     data = Path(archive).read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(archives.ArchiveError, match=r"cut.tar.zst is damaged or truncated after member BigEarthNet-S2/\S+_B\w+\.tif: "):
+    with pytest.raises(archives.ArchiveError,
+                       match=r"cut.tar.zst is damaged or truncated after member BigEarthNet-S2/\S+_B\w+\.tif: "):
         list(archives.iter_tar([str(cut)]))

@@ -112,7 +112,9 @@ def test_flags_parse_to_the_config_values():
                                      "s2": ["/b/x.tar.gzaa", "/b/x.tar.gzab"]}
     name, options = cli.config_request(args, args.config)
     config = cli._resolve(name, **options)  # every parsed value is a valid config value
-    assert (config.countries, config.point_token, config.image_bands) == (("Portugal", "Austria", "Serbia"), ("", ""), ("B04", "B03", "B02"))
+    assert (config.countries, config.point_token, config.image_bands) == (
+        ("Portugal", "Austria", "Serbia"), ("", ""), ("B04", "B03", "B02")
+    )
 
     args = parser.parse_args(["show", "s1s2-vqa", "--bands", "RGB", "--image-source", "/data/lmdb", "-o", "x.png"])
     assert cli.config_options(args) == {"bands": "RGB", "image_source": "/data/lmdb"}
@@ -383,7 +385,8 @@ def test_show_patch_layout_options_and_errors(tmp_path, capsys):
 
 def test_show_logs_and_bars_unless_quiet(tmp_path, capfd):
     pytest.importorskip("matplotlib")
-    assert cli.main(["--quiet", "show", "s1-binary-bench", "-o", str(tmp_path / "q.png"), "--cache-dir", str(tmp_path / "a")]) == 0
+    args = ["--quiet", "show", "s1-binary-bench", "-o", str(tmp_path / "q.png"), "--cache-dir", str(tmp_path / "a")]
+    assert cli.main(args) == 0
     err = capfd.readouterr().err
     assert "Generating" not in err and "bigearthnet_txt:" not in err and "examples/s" not in err
     datasets.enable_progress_bars()
@@ -473,7 +476,8 @@ def test_export_engine_flags_are_export_only_and_checked_before_any_work(tmp_pat
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-# ----------------------------------------------------------------------------- issue 20: exit codes, plain help, --id in any split
+# ----------------------------------------------------------------------------- issue 20
+# exit codes, plain help, --id in any split
 
 
 def test_a_filter_value_the_data_lacks_is_a_usage_error(tmp_path, capsys):

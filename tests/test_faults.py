@@ -113,7 +113,8 @@ def test_checksum_error_comes_before_the_archive_error(fixture_data, tmp_path, m
     monkeypatch.setattr(sources, "recorded_infos", lambda: {})
     path = data / RELEASE_FILES["s2"]
     path.write_bytes(path.read_bytes()[:-1000])
-    with pytest.raises(sources.ChecksumError, match=rf"BigEarthNet-S2.tar.zst: size {path.stat().st_size} bytes, expected {recorded['s2']['num_bytes']} bytes"):
+    with pytest.raises(sources.ChecksumError, match=rf"BigEarthNet-S2.tar.zst: size {path.stat().st_size} bytes, "
+                                                    rf"expected {recorded['s2']['num_bytes']} bytes"):
         bt.BigEarthNetTxt(config_name="s2-all", data_dir=str(data), cache_dir=str(tmp_path / "c")).download_and_prepare(
             verification_mode="all_checks"
         )
@@ -210,7 +211,8 @@ def _with_column(table: pa.Table, name: str, values) -> pa.Table:
     [
         (lambda t: t.drop_columns(["season"]), r"BigEarthNet.txt.parquet: missing column\(s\) \['season'\]"),
         (lambda t: _with_column(t, "ID", pc.cast(t["ID"], pa.string())), r"column 'ID' has type string, expected int64"),
-        (lambda t: _with_column(t, "latitude", pc.cast(t["latitude"], pa.float32())), r"column 'latitude' has type float, expected double"),
+        (lambda t: _with_column(t, "latitude", pc.cast(t["latitude"], pa.float32())),
+         r"column 'latitude' has type float, expected double"),
     ],
 )
 def test_parquet_schema_errors_name_the_column(change, expected, fixture_data, tmp_path):
@@ -262,8 +264,10 @@ def test_malformed_box_point_or_options_name_the_id(row_id, values, expected, fi
 
 
 def test_unknown_data_files_keys_are_rejected(fixture_data, tmp_path):
-    with pytest.raises(sources.SourceError, match=r"data_files keys \['train'\] are not understood; name each file.*'annotations'"):
-        bt.BigEarthNetTxt(config_name="s2-all", data_files={"train": str(fixture_data.parquet)}, cache_dir=str(tmp_path)).download_and_prepare()
+    with pytest.raises(sources.SourceError,
+                       match=r"data_files keys \['train'\] are not understood; name each file.*'annotations'"):
+        bt.BigEarthNetTxt(config_name="s2-all", data_files={"train": str(fixture_data.parquet)},
+                          cache_dir=str(tmp_path)).download_and_prepare()
 
 
 # ----------------------------------------------------------------------------- 5. interruption
@@ -349,7 +353,8 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
     last = ds["train"][-1]
     patch = larger_fixture.patch(last["patch_id"])
     assert np.array_equal(last["s1"], np.stack([patch.bands["VV"], patch.bands["VH"]]))
-    leftovers = glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True) + glob.glob(str(cache / "**" / ".texts.arrow"), recursive=True)
+    leftovers = (glob.glob(str(cache / "**" / "*.incomplete*"), recursive=True)
+                 + glob.glob(str(cache / "**" / ".texts.arrow"), recursive=True))
     assert [p for p in leftovers if not p.endswith(".lock")] == []  # datasets' own lock files may stay
 
 
@@ -381,8 +386,8 @@ def test_a_bad_lmdb_value_is_a_raster_error_and_skip_invalid_skips_it(fixture_da
     assert f"patch {patch.patch_id} in LMDB {copy}" in error_chain(excinfo), error_chain(excinfo)
     rows = load(skip_invalid=True)
     ids = [r["ID"] for r in rows]
-    assert set(ids) == set(pc.filter(fixture_data.table["ID"], pc.and_(
-        pc.equal(fixture_data.table["split"], "train"), pc.not_equal(fixture_data.table["patch_id"], patch.patch_id))).to_pylist())
+    kept = pc.and_(pc.equal(fixture_data.table["split"], "train"), pc.not_equal(fixture_data.table["patch_id"], patch.patch_id))
+    assert set(ids) == set(pc.filter(fixture_data.table["ID"], kept).to_pylist())
 
 
 def test_skipping_every_pair_is_an_error_naming_the_option(fixture_data, tmp_path):

@@ -266,7 +266,8 @@ def test_parquet_rows(fixture_data: Fixture) -> None:
     for pid, rows in by_patch.items():
         p = fixture_data.patch(pid)
         assert p.rows == len(rows)
-        assert {(r["s1_name"], r["split"], r["country"], r["season"], r["climate_zone"], r["latitude"], r["longitude"]) for r in rows} == {
+        columns = ("s1_name", "split", "country", "season", "climate_zone", "latitude", "longitude")
+        assert {tuple(r[c] for c in columns) for r in rows} == {
             (p.s1_name, p.split, p.country, p.season, p.climate_zone, p.latitude, p.longitude)
         }
         positions = sorted(r["pos"] for r in rows)
@@ -318,12 +319,15 @@ def test_real_patch_rows(fixture_data: Fixture) -> None:
     rows = sorted((r for r in fixture_data.table.to_pylist() if r["patch_id"] == REAL_PATCH_ID), key=lambda r: r["ID"])
     assert [(r["ID"], r["type"], r["category"], r["input"], r["output"]) for r in rows] == list(REAL_ROWS)
     r = rows[0]
-    assert (r["s1_name"], r["split"], r["latitude"], r["longitude"]) == (REAL_S1_NAME, "test", 48.31398981125651, 13.297826045662056)
+    assert (r["s1_name"], r["split"], r["latitude"], r["longitude"]) == (
+        REAL_S1_NAME, "test", 48.31398981125651, 13.297826045662056
+    )
     assert (r["country"], r["season"], r["climate_zone"]) == ("Austria", "Summer", "Temperate, no dry season, warm summer")
     caption = next(r["output"] for r in rows if r["type"] == "captioning")
     assert caption.startswith(
-        'This satellite image, captured during the summer season in Austria, showcases a diverse landscape within the "temperate, '
-        'no dry season, warm summer" climate zone. The dominant feature is the broad-leaved forest, covering approximately 586,000 square meters,'
+        'This satellite image, captured during the summer season in Austria, showcases a diverse landscape within '
+        'the "temperate, no dry season, warm summer" climate zone. The dominant feature is the broad-leaved forest, '
+        'covering approximately 586,000 square meters,'
     )
     assert 80 <= len(caption.split()) <= 130
     m = fixture_data.patch(REAL_PATCH_ID).reference_map

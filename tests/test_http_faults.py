@@ -203,5 +203,6 @@ def test_a_stalled_server_is_reported_and_resumed_after_the_timeout(fixture_data
         thread.join(timeout=5)
     assert gets[0] == 0 and gets[1] > 0  # resumed where the stall began
     assert re.search(r"Archive http://127\.0\.0\.1:\d+/BigEarthNet-S2\.tar\.zst: no data for 0 s at byte \d+ of "
-                     rf"{len(data)} \(a stalled server or connection\); reconnecting \[1/5\] \(BENTXT_HTTP_TIMEOUT", caplog.text), caplog.text
+                     rf"{len(data)} \(a stalled server or connection\); reconnecting \[1/5\] \(BENTXT_HTTP_TIMEOUT",
+                     caplog.text), caplog.text
     assert archives.HTTP_STALL_TIMEOUT == 60.0  # the default, unless BENTXT_HTTP_TIMEOUT says otherwise

@@ -73,5 +73,6 @@ def test_recorded_split_sizes_are_verified_for_the_release_parquet(fixture_data,
         _builder(fixture_data, tmp_path / "b").download_and_prepare()
     _builder(fixture_data, tmp_path / "c").download_and_prepare(verification_mode="no_checks")
     # filtered selections make no claim about sizes
-    b = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), cache_dir=str(tmp_path / "d"), countries=["Austria"])
+    b = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), cache_dir=str(tmp_path / "d"),
+                          countries=["Austria"])
     b.download_and_prepare()

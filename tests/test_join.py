@@ -40,7 +40,8 @@ def test_select_annotations_groups_texts_by_pair(fixture_data):
     for i, key in enumerate(index.keys):
         ids = index.rows(i)["ID"].to_pylist()
         assert ids == sorted(r["ID"] for r in rows if r["patch_id"] == key)  # a pair's texts by ID
-    s1 = join.select_annotations(resolve_config("s1-vqa", data_dir=str(fixture_data.root)), str(fixture_data.parquet), "train", None)
+    s1 = join.select_annotations(resolve_config("s1-vqa", data_dir=str(fixture_data.root)), str(fixture_data.parquet), "train",
+                                 None)
     assert s1.keys == sorted({r["s1_name"] for r in rows if r["split"] == "train"})  # s1-* configs key on s1_name
 
 
@@ -83,7 +84,8 @@ def test_patch_layout_gives_one_example_per_pair(fixture_data):
     ((key, example),) = list(join.examples(config, index.rows(0), {"s1": "pixels"}))
     assert key == index.keys[0] == example["s1_name"] and example["s1"] == "pixels"
     assert [a["ID"] for a in example["annotations"]] == index.rows(0)["ID"].to_pylist()
-    assert "ID" not in example and set(example["annotations"][0]) == {"ID", "input", "output", "type", "category", "bbox", "point", "options"}
+    assert "ID" not in example
+    assert set(example["annotations"][0]) == {"ID", "input", "output", "type", "category", "bbox", "point", "options"}
 
 
 def test_malformed_text_names_the_row(fixture_data):
@@ -103,8 +105,9 @@ def test_join_report_raises_for_missing_pairs_unless_skipped(caplog):
     config = resolve_config("s2-all")
     report = JoinReport("split train", archive_only=3)
     report.missing["S2A_x_1"] = "archive BigEarthNet-S2.tar.zst"
-    with pytest.raises(MissingPatchError, match=r"split train: 1 image pair\(s\) with texts are missing from the imagery, "
-                                                r"e\.g\. S2A_x_1 \(not in archive BigEarthNet-S2.tar.zst\)\. Pass skip_missing=True"):
+    with pytest.raises(MissingPatchError,
+                       match=r"split train: 1 image pair\(s\) with texts are missing from the imagery, "
+                             r"e\.g\. S2A_x_1 \(not in archive BigEarthNet-S2.tar.zst\)\. Pass skip_missing=True"):
         report.finish(config, pairs=4)
     skipping = resolve_config("s2-all", skip_missing=True)
     with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
@@ -112,7 +115,8 @@ def test_join_report_raises_for_missing_pairs_unless_skipped(caplog):
     assert "split train: 3 image pair(s) joined; 1 missing from the imagery (skipped); 3 imagery patch(es) outside" in caplog.text
     report.add_invalid("S2A_x_2", "band B03 is not a TIFF")
     assert "skipped an image pair: band B03 is not a TIFF" in caplog.text
-    with pytest.raises(EmptySelectionError, match=r"every one of the 2 selected image pair\(s\) was skipped \(1 missing .*, 1 with invalid"):
+    with pytest.raises(EmptySelectionError,
+                       match=r"every one of the 2 selected image pair\(s\) was skipped \(1 missing .*, 1 with invalid"):
         report.finish(resolve_config("s2-all", skip_missing=True, skip_invalid=True), pairs=2)
     assert issubclass(MissingPatchError, ValueError) and issubclass(EmptySelectionError, ValueError)
 
@@ -288,7 +292,8 @@ def test_plan_cache_reports_missing_pairs(tmp_path):
     fx = make_fixture(tmp_path / "fx", seed=3, text_only=1)
     missing = next(p for p in fx.patches if not p.in_archives)
     config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root))
-    with pytest.raises(MissingPatchError, match=rf"config s2-all-{missing.split}: 1 image pair\(s\).*{missing.patch_id} \(not in archive BigEarthNet-S2.tar.zst\)"):
+    with pytest.raises(MissingPatchError, match=rf"config s2-all-{missing.split}: 1 image pair\(s\).*{missing.patch_id} "
+                                                r"\(not in archive BigEarthNet-S2.tar.zst\)"):
         join.plan_cache(config, files_for(config), str(tmp_path / "a"), str(tmp_path / "a.arrow"), 1, None)
     config = resolve_config(f"s2-all-{missing.split}", data_dir=str(fx.root), skip_missing=True)
     plan = join.plan_cache(config, files_for(config), str(tmp_path / "b"), str(tmp_path / "b.arrow"), 1, None)

@@ -75,7 +75,8 @@ def test_folder_reader_refuses_names_links_and_oversized_files(fixture_data, ext
         reader.read("s2", patch.patch_id)
     b02.unlink()
     b02.write_bytes(b"\0" * (max_band_file_bytes("B02") + 1))
-    with pytest.raises(RasterError, match=rf"band B02 .*{max_band_file_bytes('B02') + 1} bytes, more than a B02 band file can hold"):
+    with pytest.raises(RasterError,
+                       match=rf"band B02 .*{max_band_file_bytes('B02') + 1} bytes, more than a B02 band file can hold"):
         reader.read("s2", patch.patch_id)
     b02.unlink()  # a missing band file: read leaves it out, decoding names it
     data = reader.read("s2", patch.patch_id)
@@ -119,7 +120,8 @@ def test_a_value_that_is_not_safetensors_names_the_record(fixture_data, fixture_
     env.close()
     reader = LmdbReader(str(copy))
     try:
-        with pytest.raises(RasterError, match=rf"patch {patch.patch_id} in LMDB .*: the value \(24 bytes\) is not a safetensors record"):
+        with pytest.raises(RasterError,
+                           match=rf"patch {patch.patch_id} in LMDB .*: the value \(24 bytes\) is not a safetensors record"):
             reader.read("s2", patch.patch_id)
     finally:
         reader.close()

@@ -100,7 +100,9 @@ def test_score_groups_by_type_category_country_season():
     assert table["season", "Winter"]["accuracy"] == 0.0
     assert report.missing == 0
     text = report.format()
-    assert text.splitlines()[0].split() == ["group", "value", "n", "accuracy", "iou", "acc@0.5", "bleu4", "rouge_l", "cider_d", "missing"]
+    assert text.splitlines()[0].split() == [
+        "group", "value", "n", "accuracy", "iou", "acc@0.5", "bleu4", "rouge_l", "cider_d", "missing",
+    ]
 
 
 def test_missing_and_unknown_predictions():

@@ -83,13 +83,16 @@ def assert_same_datasets(a, b):
 
 def test_sources_mix_per_sensor(extracted, fixture_data, fixture_lmdb, from_archives, tmp_path):
     files = {"annotations": str(fixture_data.parquet), "s2": str(fixture_data.s2_archive)}
-    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_files=files, image_source={"s1": str(extracted / "BigEarthNet-S1")}, cache_dir=str(tmp_path / "a"))
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_files=files, image_source={"s1": str(extracted / "BigEarthNet-S1")},
+                                cache_dir=str(tmp_path / "a"))
     builder.download_and_prepare()
     assert_same_datasets(builder.as_dataset()["bench"], from_archives["annotation"]["bench"])
     sources = {"s2": str(fixture_lmdb), "s1": str(fixture_data.s1_archive)}
-    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=sources, cache_dir=str(tmp_path / "b"))
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=sources,
+                                cache_dir=str(tmp_path / "b"))
     assert_same_examples(list(builder.as_streaming_dataset(split="train")), from_archives["annotation"]["train"])
-    builder = bt.BigEarthNetTxt(config_name="s2-vqa", data_dir=str(fixture_data.root), image_source=str(fixture_lmdb), cache_dir=str(tmp_path / "c"))
+    builder = bt.BigEarthNetTxt(config_name="s2-vqa", data_dir=str(fixture_data.root), image_source=str(fixture_lmdb),
+                                cache_dir=str(tmp_path / "c"))
     assert builder.config.image_source == str(fixture_lmdb)
 
 
@@ -150,9 +153,11 @@ def test_an_export_is_an_image_source_too(fixture_data, from_archives, tmp_path)
     """The packed export (patch layout) feeds any other config: its arrays are the release's, exactly."""
     from bentxt.export.writer import export
 
-    root = export("s1s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), layout="patch", name="s1s2-all-patch", progress=False)
+    root = export("s1s2-all", str(tmp_path / "export"), data_dir=str(fixture_data.root), layout="patch", name="s1s2-all-patch",
+                  progress=False)
     assert detect(str(root), "s2") == ExportSource((str(root),)) and detect(str(root), "s2").kind == "export"
-    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=str(root), cache_dir=str(tmp_path / "c"))
+    builder = bt.BigEarthNetTxt(config_name="s1s2-all", data_dir=str(fixture_data.root), image_source=str(root),
+                                cache_dir=str(tmp_path / "c"))
     builder.download_and_prepare(num_proc=2)
     for split, reference in from_archives["annotation"].items():
         assert_same_datasets(builder.as_dataset()[split], reference)
@@ -195,7 +200,8 @@ def test_files_are_chosen_option_first_then_data_files_then_data_dir_then_the_re
     named = {"annotations": str(fixture_data.parquet), "s2": str(extracted)}
     files = sources.resolve(_config(data_dir=str(fixture_data.root), data_files=named), ("s1", "s2"))
     assert type(files["s2"]) is FolderSource and type(files["s1"]) is ArchiveSource  # s1 still from data_dir
-    files = sources.resolve(_config(data_dir=str(fixture_data.root), data_files=named, image_source={"s2": str(fixture_lmdb)}), ("s1", "s2"))
+    config = _config(data_dir=str(fixture_data.root), data_files=named, image_source={"s2": str(fixture_lmdb)})
+    files = sources.resolve(config, ("s1", "s2"))
     assert type(files["s2"]) is LmdbSource
     with pytest.raises(sources.SourceError, match=r"image_source must be a path or a dict with keys 's1'/'s2'"):
         sources.resolve(_config(data_dir=str(fixture_data.root), image_source={"s3": str(fixture_lmdb)}), ("s1", "s2"))

@@ -120,7 +120,7 @@ def test_four_configs_of_one_source_share_one_store_with_each_pair_once(four, fi
     assert total <= 1.25 * (pixels + os.path.getsize(fixture_data.parquet)), (total, pixels)
     for builder, _ in prepared.values():
         recorded = json.loads((Path(builder.cache_dir) / cache.STORES_FILE).read_text())
-        assert recorded == {"s2": {"reference": s2.reference, "path": folder}}
+        assert recorded == {"s2": {"reference": s2.reference, "path": folder, "passes": sorted(s2.pass_ranges())}}
 
 
 def test_a_second_config_reads_no_archive(four, fixture_data, monkeypatch):
@@ -344,7 +344,8 @@ def test_a_rebuilt_store_is_never_read_by_rows_of_the_old_one(fixture_data, tmp_
     shutil.rmtree(folder)
     store.forget()
     prepare("s2-captioning-train", fixture_data.root, tmp_path)  # builds the store again: other rows, other generation
-    with pytest.raises(store.StoreError, match=r"of these rows was built again since they were prepared .*Prepare the config\(s\) of these rows again"):
+    with pytest.raises(store.StoreError, match=r"of these rows was built again since they were prepared "
+                                               r".*Prepare the config\(s\) of these rows again"):
         old_rows[0]
     # the config itself is prepared again on its next load (its cache named the old generation)
     _, again = prepare("s2-vqa-test", fixture_data.root, tmp_path)
@@ -470,3 +471,78 @@ def test_a_damaged_text_shard_is_an_error_naming_the_cache_when_loaded(fixture_d
     passes = store.ImageryStore(folder).manifest["passes"]
     _, again = prepare("s2-vqa", fixture_data.root, tmp_path)
     assert again["train"].num_rows > 0 and store.ImageryStore(folder).manifest["passes"] == passes
+
+
+# ----------------------------------------------------------------------------- copies, moves and rebuilds (review)
+
+
+def test_two_copies_of_a_store_that_grew_apart_never_serve_each_others_rows(fixture_data, tmp_path, references):
+    """A copied cache: both copies share the store's generation; rows name the pass that added them, too."""
+    import shutil
+
+    prepare("s2-captioning-train", fixture_data.root, tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    _, in_a = prepare("s2-captioning-validation", fixture_data.root, tmp_path / "a")
+    _, in_b = prepare("s2-captioning-test", fixture_data.root, tmp_path / "b")
+    (a,), (b,) = store_folders(tmp_path / "a"), store_folders(tmp_path / "b")
+    assert store.ImageryStore(a).reference == store.ImageryStore(b).reference  # the same store, copied
+    assert store.ImageryStore(a).tables.names("s2")[-1] != store.ImageryStore(b).tables.names("s2")[-1]
+    both = datasets.concatenate_datasets([tagged(in_a["validation"], "a"), tagged(in_b["test"], "a")])
+    assert wrong_rows(both, references) == 0
+    store.forget()  # as a fresh process would find them: each row in the copy that holds its pass
+    assert wrong_rows(both, references) == 0
+
+
+def test_a_store_rebuilt_while_rows_of_it_are_in_use_is_an_error(fixture_data, tmp_path):
+    import shutil
+
+    _, train = prepare("s2-captioning-train", fixture_data.root, tmp_path)
+    train["train"].with_format("numpy")[0]  # this process has the store open
+    _, validation = prepare("s2-captioning-validation", fixture_data.root, tmp_path)  # appended, not read yet
+    (folder,) = store_folders(tmp_path)
+    shutil.rmtree(folder)
+    prepare("s2-captioning-test", fixture_data.root, tmp_path)  # built again: other pairs under the same rows
+    with pytest.raises(store.StoreError, match="built again"):
+        validation["validation"].with_format("numpy")[0]
+
+
+def test_a_moved_store_is_found_through_bentxt_stores_and_not_built_again(fixture_data, tmp_path, monkeypatch):
+    import shutil
+
+    prepare("s2-vqa-bench", fixture_data.root, tmp_path / "cache")
+    (folder,) = store_folders(tmp_path / "cache")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(folder, moved / os.path.basename(folder))
+    store.forget()
+    monkeypatch.setattr(store, "_KNOWN", {})
+    monkeypatch.setenv(store.STORES_ENV, str(moved))
+    builder, ds = prepare("s2-vqa-bench", fixture_data.root, tmp_path / "cache")  # kept: its store was found
+    assert not store_folders(tmp_path / "cache")  # not built again in the cache
+    _, more = prepare("s2-captioning-bench", fixture_data.root, tmp_path / "cache")  # a new config uses it too
+    assert not store_folders(tmp_path / "cache") and len(os.listdir(moved)) == 1
+    patch = fixture_data.patch(more["bench"][0]["patch_id"])
+    assert np.array_equal(more["bench"].with_format("numpy")[0]["s2_10m"],
+                          np.stack([patch.bands[b] for b in GROUPS["s2_10m"].bands]))
+
+
+def test_to_parquet_keeps_references_and_portable_makes_a_self_contained_file(fixture_data, tmp_path):
+    _, ds = prepare("s2-vqa-bench", fixture_data.root, tmp_path / "cache")
+    ds["bench"].to_parquet(str(tmp_path / "refs.parquet"))
+    bentxt_portable = __import__("bentxt").portable
+    bentxt_portable(ds["bench"]).to_parquet(str(tmp_path / "plain.parquet"))
+    import pyarrow.parquet as pq
+
+    refs = pq.read_table(tmp_path / "refs.parquet").column("s2_10m").combine_chunks()
+    assert refs.field("bytes").null_count == len(refs)  # references, as the README says: the store must stay
+    plain = datasets.Dataset.from_parquet(str(tmp_path / "plain.parquet")).with_format("numpy", dtype=None)
+    assert isinstance(plain.features["s2_10m"], datasets.Array3D)
+    assert np.array_equal(plain[:]["s2_10m"], ds["bench"].with_format("numpy")[:]["s2_10m"])
+
+
+def test_store_all_pairs_does_not_store_a_pair_twice(fixture_data, tmp_path):
+    prepare("s2-captioning-bench", fixture_data.root, tmp_path)
+    prepare("s2-vqa", fixture_data.root, tmp_path, store_all_pairs=True)
+    (folder,) = store_folders(tmp_path)
+    names = store.ImageryStore(folder).tables.names("s2")
+    assert len(names) == len(set(names)) == len([p for p in fixture_data.patches if p.in_archives])

@@ -54,7 +54,8 @@ REAL_ROWS = [
     (
         27529,
         "bounding box",
-        "Provide a bounding box around the land cover class instance found at <point>(0.64, 0.79)</point> in the satellite image.",
+        "Provide a bounding box around the land cover class instance found at <point>(0.64, 0.79)</point> "
+        "in the satellite image.",
         "[0.0 0.37, 1.0 1.0]",
         {"bbox": (0.0, 0.37, 1.0, 1.0), "point": (0.64, 0.79)},
     ),
@@ -714,7 +715,8 @@ def _text_columns(rows, bulk):
 
 
 any_row = (box_rows().map(lambda r: ("bounding box", *r)) | mcq_rows().map(lambda r: ("mcq", *r))
-           | st.tuples(st.sampled_from(["binary", "captioning", "other"]), st.just("Is it?"), st.sampled_from(["yes", "no", "Yes"])))
+           | st.tuples(st.sampled_from(["binary", "captioning", "other"]), st.just("Is it?"),
+                       st.sampled_from(["yes", "no", "Yes"])))
 
 
 @settings(derandomize=True, max_examples=60, deadline=None)

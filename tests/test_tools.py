@@ -98,7 +98,8 @@ def test_normalize_one_example_and_a_python_format_batch():
     assert out["s2_10m"][0, 5, 5] == np.float32((np.float32(1000) - np.float32(438.3720703125)) / np.float32(607.02685546875))
     assert out["s2_10m"][3, 0, 0] == pytest.approx((1000 - 2193.2919921875) / 1369.3717041015625, rel=1e-6)
     assert out["s1"][1, 0, 0] == pytest.approx((-10 + 19.352558135986328) / 5.590505599975586, rel=1e-6)
-    batch = {"ID": [1, 2], "s2_60m": [np.full((2, 20, 20), 361, np.uint16).tolist(), np.full((2, 20, 20), 2241, np.uint16).tolist()]}
+    batch = {"ID": [1, 2],
+             "s2_60m": [np.full((2, 20, 20), 361, np.uint16).tolist(), np.full((2, 20, 20), 2241, np.uint16).tolist()]}
     out = T.Normalize()(batch)
     assert out["s2_60m"].shape == (2, 2, 20, 20) and out["s2_60m"].dtype == np.float32
     assert out["s2_60m"][0, 0, 0, 0] == pytest.approx((361 - 361.0767822265625) / 575.0687255859375, rel=1e-5)
@@ -127,7 +128,8 @@ def test_normalize_with_transform_matches_the_formula(grounding):
     raw = grounding.with_format("numpy", dtype=None)[0:3]
     out = grounding.with_transform(T.Normalize())[0:3]
     for group in B.BAND_GROUPS:
-        expected = (raw[group.name].astype(np.float32) - T.GROUP_MEAN[group.name][:, None, None]) / T.GROUP_STD[group.name][:, None, None]
+        mean, std = T.GROUP_MEAN[group.name][:, None, None], T.GROUP_STD[group.name][:, None, None]
+        expected = (raw[group.name].astype(np.float32) - mean) / std
         assert out[group.name].dtype == np.float32
         np.testing.assert_array_equal(out[group.name], expected)
     assert out["ID"] == raw["ID"].tolist()
@@ -220,10 +222,12 @@ def test_op_then_inverse_is_identity(op, xs, ys, px, py, shape, seed):
 
 RELATIVE = {
     "ID": 1017, "patch_id": "P", "type": "mcq", "category": "relative pos", "output": "d", "bbox": None, "point": None,
-    "input": "What is the relative position of the arable land to the mixed forest? a) to the bottom-left, b) to the left, c) to the right, d) to the top",
+    "input": "What is the relative position of the arable land to the mixed forest? "
+             "a) to the bottom-left, b) to the left, c) to the right, d) to the top",
     "options": ["to the bottom-left", "to the left", "to the right", "to the top"],
 }
-CAPTION = "The dominant feature is the arable land, covering approximately 597,600 square meters, mainly in the centre of the image."
+CAPTION = ("The dominant feature is the arable land, covering approximately 597,600 square meters, "
+           "mainly in the centre of the image.")
 
 
 def test_orientation_rule():
@@ -238,7 +242,9 @@ def test_orientation_rule():
         assert T.orientation_text({"type": "captioning", "output": harmless}) is None
     stripped = dict(grounding_example(), input="Generate a bounding box at (0.36, 0.43) in the satellite image.")
     assert "cannot be rewritten" in T.orientation_text(stripped)
-    assert T.orientation_text({"type": "bounding box", "input": "Locate the <ref>pastures</ref> in the upper left.", "point": None})
+    assert T.orientation_text(
+        {"type": "bounding box", "input": "Locate the <ref>pastures</ref> in the upper left.", "point": None}
+    )
     assert T.orientation_text(grounding_example()) is None
     assert T.orientation_text({"type": "weird"}) == "unknown type 'weird'"
 
@@ -276,7 +282,8 @@ def test_captions_without_directions_are_augmented_with_text_unchanged():
 def test_patch_layout_policies():
     g = grounding_example()
     patch = {k: g[k] for k in ("patch_id", *GROUPS)}
-    patch["annotations"] = [{k: g[k] for k in ("ID", "type", "category", "input", "output", "bbox", "point", "options")}, dict(RELATIVE)]
+    fields = ("ID", "type", "category", "input", "output", "bbox", "point", "options")
+    patch["annotations"] = [{k: g[k] for k in fields}, dict(RELATIVE)]
     out, applied = T.apply_op(patch, "hflip", on_orientation_text="skip")
     assert applied == "identity" and out["annotations"] == patch["annotations"]
     with pytest.raises(T.OrientationTextError, match="annotation ID 1017"):
@@ -408,7 +415,8 @@ def test_plot_patch_layout_picks_the_annotation_and_image_needs_bands():
 
     ex = plot_example()
     patch = {k: ex[k] for k in ("patch_id", "split", "s2_10m", "s1")}
-    patch["annotations"] = [dict(RELATIVE), {k: ex[k] for k in ("ID", "type", "category", "input", "output", "bbox", "point", "options")}]
+    fields = ("ID", "type", "category", "input", "output", "bbox", "point", "options")
+    patch["annotations"] = [dict(RELATIVE), {k: ex[k] for k in fields}]
     assert "A: d) to the top" in plot(patch)._suptitle.get_text()
     fig = plot(patch, annotation=1)
     assert "[0.1 0.2, 0.5 0.9]" in fig._suptitle.get_text() and len(fig.axes[0].patches) == 1
@@ -603,7 +611,8 @@ def test_normalize_works_on_numpy_and_torch_formats(grounding):
     raw = grounding.with_format("numpy")[0:3]
     out = T.normalize(raw)
     for group in B.BAND_GROUPS:
-        expected = (raw[group.name].astype(np.float32) - T.GROUP_MEAN[group.name][:, None, None]) / T.GROUP_STD[group.name][:, None, None]
+        mean, std = T.GROUP_MEAN[group.name][:, None, None], T.GROUP_STD[group.name][:, None, None]
+        expected = (raw[group.name].astype(np.float32) - mean) / std
         assert out[group.name].dtype == np.float32 and out[group.name].shape == raw[group.name].shape
         np.testing.assert_array_equal(out[group.name], expected)
     assert out["ID"] is raw["ID"]  # other columns pass through

@@ -72,7 +72,8 @@ def describe_enospc(err: BaseException, folder: str, needed: Optional[int] = Non
         return err
     free = free_bytes(folder)
     if needed is None:
-        text = f"{what}: the disk of {folder} is full ({_gb(free)} free): free some space, or pass cache_dir= (--cache-dir) on a larger disk"
+        text = (f"{what}: the disk of {folder} is full ({_gb(free)} free): free some space, "
+                f"or pass cache_dir= (--cache-dir) on a larger disk")
     else:
         text = _message(folder, needed, free, what)
     where = f" (writing {err.filename})" if getattr(err, "filename", None) else ""

@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Dict, Iterator, List
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional
 
 from datasets.fingerprint import Hasher
 
@@ -80,12 +80,16 @@ def is_read_only(folder: str) -> bool:
     return "://" not in folder and os.path.isdir(folder) and not os.access(folder, os.W_OK)
 
 
-def write_stores(output_dir: str, references: Dict[str, str], paths: Dict[str, str]) -> None:
-    """Record which imagery stores (and which generation of each) the cache's rows name."""
+def write_stores(output_dir: str, stores: Mapping[str, str], paths: Mapping[str, str],
+                 references: Mapping[str, Iterable[Optional[str]]]) -> None:
+    """Record which imagery stores (generation, and the passes that added the rows) the cache's rows name."""
     if "://" in output_dir:
         return
+    from bentxt.cache import store
+
+    passes = {s: sorted({str(store.split_reference(r)[2]) for r in references[s] if r is not None}) for s in stores}
     with open(os.path.join(output_dir, STORES_FILE), "w") as f:
-        json.dump({s: {"reference": references[s], "path": paths[s]} for s in references}, f, indent=1)
+        json.dump({s: {"reference": stores[s], "path": paths[s], "passes": passes[s]} for s in stores}, f, indent=1)
 
 
 def read_stores(output_dir: str) -> Dict[str, dict]:
@@ -96,35 +100,41 @@ def read_stores(output_dir: str) -> Dict[str, dict]:
         return {}
 
 
+def _current(entry: dict):
+    """The store a recorded entry names, where it is now (where it was, else ``BENTXT_STORES``): None if gone,
+    rebuilt, or a copy without the passes the rows need."""
+    from bentxt.cache import store
+
+    folder, generation, _ = store.split_reference(entry["reference"])
+    found = store.find(folder, os.path.dirname(entry.get("path") or ""))
+    if found is None or found.generation != generation:
+        return None
+    return found if set(entry.get("passes", ())) <= set(found.pass_ranges()) else None
+
+
 def store_paths(output_dir: str) -> List[str]:
-    """Where the stores of a cache's rows were when it was prepared (a hint for the features)."""
-    return [entry["path"] for entry in read_stores(output_dir).values() if "path" in entry]
+    """Where the stores of a cache's rows are now (a hint for the features)."""
+    found = [_current(entry) for entry in read_stores(output_dir).values()]
+    return [s.path for s in found if s is not None]
 
 
 def drop_if_stores_changed(output_dir: str) -> None:
     """A prepared cache whose store is gone or was built again is removed, so that it is prepared anew.
 
     Its rows name the store's generation, so reading them would be an error,
-    never wrong pixels; preparing again is what the user wants. A damaged store
-    (a truncated shard) is an error that names the file.
+    never wrong pixels; preparing again is what the user wants. A store that
+    was moved is found through ``BENTXT_STORES`` and kept. A damaged store (a
+    truncated shard) is an error that names the file.
     """
     if "://" in output_dir or not os.path.isdir(output_dir) or is_read_only(output_dir):
         return  # read-only: nothing to rebuild here; a row of a lost store says so when read
-    from bentxt.cache import store
-
     for sensor, entry in read_stores(output_dir).items():
-        folder, generation = store.split_reference(entry["reference"])
-        path = entry.get("path") or ""
-        try:
-            current = store.ImageryStore(path)
-            same = os.path.basename(path) == folder and current.generation == generation
-        except store.StoreError:
-            same = False
-        if same:
+        current = _current(entry)
+        if current is not None:
             current.check()
             continue
         logger.info("config cache %s: its %s imagery store %s is gone or was built again: preparing the config again",
-                    output_dir, sensor, path)
+                    output_dir, sensor, entry.get("path"))
         shutil.rmtree(output_dir)
         return
 

@@ -19,7 +19,7 @@ import io
 import mmap
 import os
 from functools import lru_cache
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
@@ -28,6 +28,8 @@ import pyarrow as pa
 from bentxt.bands import BandGroup
 from bentxt.errors import BigEarthNetTxtError
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 # ----------------------------------------------------------------------------- the imagery table
@@ -103,7 +105,7 @@ class DirectFile(io.RawIOBase):
         self._placed: List[Tuple[int, int]] = []  # (start, end) in the current buffer: bytes filled before their write
         self.placed_bytes = 0  # written from where they were filled, without a copy
         self._writer = ThreadPoolExecutor(1)
-        self._pending = None
+        self._pending: Optional[Future[None]] = None
 
     def writable(self) -> bool:
         return True
@@ -291,6 +293,7 @@ class ImageryWriter:
                 self._buffers, self._in_place = None, False
             return
         buffers = self._buffers
+        assert buffers is not None  # rows were filled through slots(), which sets the buffers
         if self._in_place and n < self.batch_rows:  # a shorter batch has another layout: from own buffers
             for g in self.groups:
                 self._own[g.name][:n] = buffers[g.name][:n]

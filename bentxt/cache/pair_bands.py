@@ -23,7 +23,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, cast
 
 import datasets
 import numpy as np
@@ -56,7 +56,7 @@ class PairBands:
     img_size: Optional[int] = None
     resample: Optional[str] = None
     decode: bool = True
-    #: store reference -> path: where the stores of the rows were when the dataset was loaded. Only a hint (each
+    #: store path -> reference: where the stores of the rows were when the dataset was loaded. Only a hint (each
     #: row names its store; see bentxt.cache.store.locate), ignored by ``==`` so that configs concatenate.
     stores: Optional[Dict[str, str]] = field(default=None, compare=False, repr=False)
     pa_type: ClassVar[pa.DataType] = pa.struct({
@@ -65,7 +65,7 @@ class PairBands:
     _type: str = field(default=FEATURE_TYPE, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.shape, self.bands = tuple(self.shape), tuple(self.bands)
+        self.shape, self.bands = cast(Tuple[int, int, int], tuple(self.shape)), tuple(self.bands)
         self._register_hints()
 
     def __getstate__(self) -> dict:
@@ -80,8 +80,8 @@ class PairBands:
         self._register_hints()
 
     def _register_hints(self) -> None:
-        for reference, path in (self.stores or {}).items():
-            stores._KNOWN.setdefault(reference, path)
+        for path, reference in (self.stores or {}).items():
+            stores._KNOWN.setdefault(path, reference)
 
     def __call__(self) -> pa.DataType:
         return self.pa_type
@@ -106,23 +106,24 @@ class PairBands:
             return np.frombuffer(value["bytes"], dtype=self.dtype).reshape(self.shape).copy()
         return self.read(value)
 
-    def read(self, value: Mapping[str, object], out: Optional[np.ndarray] = None) -> np.ndarray:
+    def read(self, value: Mapping[str, Any], out: Optional[np.ndarray] = None) -> np.ndarray:
         """The decoded array of one referenced pair, into ``out`` (a slot of a batch) when given."""
         located = {}
         for sensor in self.sensors:
             row, reference = value.get(sensor), value.get(STORE_FIELD[sensor])
             if row is None or reference is None:
                 raise ValueError(f"this row has no {sensor} imagery reference for bands {list(self.bands)}")
-            located[sensor] = (stores.locate(reference), int(row))
+            located[sensor] = (stores.locate(str(reference)), int(str(row)), stores.split_reference(str(reference))[2])
         if self.img_size is None:  # one native group: the store's value itself
             group = GROUP_OF_BAND[self.bands[0]]
-            store, row = located[group.sensor]
-            array = store.take(group, row)
+            store, row, pass_id = located[group.sensor]
+            array = store.take(group, row, pass_id)
             if out is None:
                 return np.array(array)
             out[...] = array
             return out
-        values = {g.name: located[g.sensor][0].take(g, located[g.sensor][1]) for g in _groups_of(self.bands)}
+        values = {g.name: located[g.sensor][0].take(g, *located[g.sensor][1:]) for g in _groups_of(self.bands)}
+        assert self.resample is not None  # given with img_size (bentxt.config)
         return stack_groups(values, self.bands, self.img_size, self.resample, out=out)
 
     def decode_batch(self, values: Sequence[Optional[dict]]) -> np.ndarray:
@@ -209,7 +210,7 @@ def attach(data, store_paths: Iterable[str]):
     hints = {}
     for path in paths:
         try:
-            hints[stores.register(path)] = os.path.abspath(path)
+            hints[os.path.abspath(path)] = stores.register(path)
         except stores.StoreError:  # gone: its rows say so when read
             continue
     if isinstance(data, dict) and not isinstance(data, datasets.Features):  # a DatasetDict

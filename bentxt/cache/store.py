@@ -74,7 +74,9 @@ class StoreError(BigEarthNetTxtError, ValueError):
 # ----------------------------------------------------------------------------- where stores are
 
 
-_KNOWN: Dict[str, str] = {}  # store reference (<folder>.<generation>) -> its path, for every store this process knows
+#: store path -> its reference (<folder>.<generation>), for every store this process knows. Keyed by path: copies of
+#: one store (a copied cache) share a reference, and rows tell them apart by the pass that added them.
+_KNOWN: Dict[str, str] = {}
 
 
 def register(path: str) -> str:
@@ -85,12 +87,12 @@ def register(path: str) -> str:
     only the generation tells them apart.
     """
     found = ImageryStore(path)
-    _KNOWN[found.reference] = found.path
+    _KNOWN[found.path] = found.reference
     return found.reference
 
 
 def known() -> Dict[str, str]:
-    """Store reference -> path, of every store this process knows (pickled with the features that use them)."""
+    """Store path -> reference, of every store this process knows (pickled with the features that use them)."""
     return dict(_KNOWN)
 
 
@@ -104,31 +106,39 @@ def default_root(cache_root: Optional[str] = None) -> str:
 
 
 def search_roots() -> List[str]:
-    roots = [p for p in os.environ.get(STORES_ENV, "").split(os.pathsep) if p]
-    return roots + [default_root()]
+    return env_roots() + [default_root()]
 
 
-def split_reference(reference: str) -> Tuple[str, str]:
-    """``<folder>.<generation>`` -> (folder name, generation)."""
-    folder, _, generation = reference.rpartition(".")
-    if not folder or not generation:
-        raise StoreError(f"{reference!r} is not an imagery store reference (<sensor>-<key>.<generation>)")
-    return folder, generation
+def split_reference(reference: str) -> Tuple[str, str, Optional[str]]:
+    """``<folder>.<generation>[.<pass>]`` -> (folder name, generation, pass or None).
+
+    A store is ``<folder>.<generation>``; a row names the pass that added it
+    too, so that two copies of one store that grew apart (a copied cache) are
+    never mistaken for each other.
+    """
+    parts = reference.split(".")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise StoreError(f"{reference!r} is not an imagery store reference (<sensor>-<key>.<generation>[.<pass>])")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
 _OPEN: Dict[Tuple[int, str], "ImageryStore"] = {}
 
 
 def locate(reference: str) -> "ImageryStore":
-    """The store a row names, checked to be the same generation: never the pixels of another store."""
+    """The store a row names: same generation and holding the row's pass; never the pixels of another store."""
     key = (os.getpid(), reference)
     found = _OPEN.get(key)
     if found is not None:
         return found
-    folder, generation = split_reference(reference)
-    candidates = ([_KNOWN[reference]] if reference in _KNOWN else []) + [os.path.join(r, folder) for r in search_roots()]
-    candidates += [r for r in search_roots() if os.path.basename(r.rstrip("/")) == folder]
-    rebuilt = []
+    folder, generation, pass_id = split_reference(reference)
+    identity = f"{folder}.{generation}"
+    roots = search_roots()
+    candidates = [path for path, known_as in _KNOWN.items() if known_as == identity]
+    candidates += [path for path in _KNOWN if os.path.basename(path) == folder]  # rebuilt there since: said so
+    candidates += [os.path.join(r, folder) for r in roots]
+    candidates += [r for r in roots if os.path.basename(r.rstrip("/")) == folder]
+    rebuilt, lacking = [], []
     for path in dict.fromkeys(candidates):
         if not os.path.isfile(os.path.join(path, MANIFEST)):
             continue
@@ -136,22 +146,49 @@ def locate(reference: str) -> "ImageryStore":
         if found.generation != generation:
             rebuilt.append(f"{path} (generation {found.generation})")
             continue
+        if pass_id is not None and pass_id not in found.pass_ranges():
+            lacking.append(path)  # a copy of the store that did not get this pass
+            continue
         found.check()
-        _KNOWN[reference] = found.path
+        _KNOWN.setdefault(found.path, identity)
         _OPEN[key] = found
         return found
-    if rebuilt:
+    if rebuilt and not lacking:
         raise StoreError(
             f"the imagery store {folder!r} of these rows was built again since they were prepared (the rows name "
             f"generation {generation}, found {rebuilt}): its row numbers changed. Prepare the config(s) of these rows "
             f"again (load_dataset(...) does it), then concatenate or save them again"
         )
+    if lacking:
+        raise StoreError(
+            f"the imagery store {folder!r} was found at {lacking}, but without the pass {pass_id} that added these "
+            f"rows: it is a copy made before that pass (a copied cache that grew apart). Point {STORES_ENV} at the "
+            f"copy these rows were prepared with, or prepare the config again"
+        )
     raise StoreError(
         f"the pixels of these rows are in the imagery store {folder!r}, which was not found (looked in "
-        f"{sorted(set(candidates))}). It was moved or deleted: if moved, set {STORES_ENV}=<the folder holding it> or "
-        f"call bentxt.cache.store.register(<its path>); if deleted, prepare the config again (load_dataset(...) rebuilds "
-        f"it). To keep rows without their store, use bentxt.cache.pair_bands.portable(dataset) before save_to_disk"
+        f"{sorted(set(candidates))}). If it is in another cache_dir or was moved, set {STORES_ENV}=<the folder "
+        f"holding it> (e.g. <cache_dir>/{NAME}/{STORES_DIR}) or call bentxt.cache.store.register(<its path>); if it "
+        f"was deleted, prepare the config again (load_dataset(...) rebuilds it). To keep rows without their store, "
+        f"use bentxt.portable(dataset) before save_to_disk or to_parquet"
     )
+
+
+def env_roots() -> List[str]:
+    return [p for p in os.environ.get(STORES_ENV, "").split(os.pathsep) if p]
+
+
+def find(folder: str, root: str) -> Optional["ImageryStore"]:
+    """An existing store folder of that name: in ``root``, else in a ``BENTXT_STORES`` folder (a moved store).
+
+    Other cache folders are not looked in: a ``cache_dir`` keeps its own store.
+    """
+    paths = [os.path.join(root, folder)] + [os.path.join(r, folder) for r in env_roots()]
+    paths += [r for r in env_roots() if os.path.basename(r.rstrip("/")) == folder]
+    for path in dict.fromkeys(paths):
+        if os.path.isfile(os.path.join(path, MANIFEST)):
+            return ImageryStore(path)
+    return None
 
 
 def forget() -> None:
@@ -171,17 +208,19 @@ class ImageryStore:
         self._manifest: Optional[dict] = None
         self._tables: Optional[ImageryTables] = None
         self._rows: Optional[Dict[str, int]] = None
+        self._passes: Optional[Dict[str, Tuple[int, int]]] = None
 
     # --- creating and reading the manifest
 
     @classmethod
     def for_source(cls, root: str, sensor: str, key: str, source: Mapping[str, object]) -> "ImageryStore":
         """The store of ``sensor`` from the source fingerprinted as ``key``, created (empty) when new."""
+        existing = find(f"{sensor}-{key}", root)  # no lock: another process may hold it for a long pass
+        if existing is not None:
+            register(existing.path)
+            return existing
         path = os.path.join(root, f"{sensor}-{key}")
         store = cls(path)
-        if os.path.isfile(os.path.join(path, MANIFEST)):  # no lock: another process may hold it for a long pass
-            register(path)
-            return store
         os.makedirs(path, exist_ok=True)
         with store.locked():
             if not os.path.isfile(os.path.join(path, MANIFEST)):
@@ -190,6 +229,7 @@ class ImageryStore:
                     "format": FORMAT_VERSION, "sensor": sensor, "generation": uuid.uuid4().hex[:8],
                     "groups": [g.name for g in groups], "source": dict(source), "shards": [], "passes": 0,
                 })
+                _log_replaced(root, store)
         register(path)
         return store
 
@@ -218,8 +258,29 @@ class ImageryStore:
 
     @property
     def reference(self) -> str:
-        """What a text row stores to name this store."""
+        """This store: ``<folder>.<generation>`` (a row's reference adds the pass that added it)."""
         return f"{self.name}.{self.generation}"
+
+    def pass_ranges(self) -> Dict[str, Tuple[int, int]]:
+        """pass -> (first row, end row): the rows each committed pass added (a pass's shards are contiguous)."""
+        if self._passes is None:
+            ranges: Dict[str, Tuple[int, int]] = {}
+            start = 0
+            for shard in self.manifest["shards"]:
+                first, _ = ranges.get(shard["pass"], (start, start))
+                start += shard["rows"]
+                ranges[shard["pass"]] = (first, start)
+            self._passes = ranges
+        return self._passes
+
+    def row_references(self, rows: np.ndarray) -> np.ndarray:
+        """The reference each row's text rows store: ``<folder>.<generation>.<pass>`` (None for -1)."""
+        ranges = sorted((first, end, name) for name, (first, end) in self.pass_ranges().items())
+        ends = np.array([end for _, end, _ in ranges], dtype=np.int64)
+        names = np.array([f"{self.reference}.{name}" for _, _, name in ranges] + [None], dtype=object)
+        which = np.searchsorted(ends, rows, side="right")
+        which[np.asarray(rows) < 0] = len(ranges)
+        return names[which]
 
     @property
     def groups(self) -> Tuple[BandGroup, ...]:
@@ -239,7 +300,7 @@ class ImageryStore:
 
     def refresh(self) -> None:
         """Read the manifest again (another process may have appended)."""
-        self._manifest = self._tables = self._rows = None
+        self._manifest = self._tables = self._rows = self._passes = None
 
     def check(self) -> None:
         """Every shard is there with its recorded size: a truncated or lost file is found now, not mid-training."""
@@ -264,15 +325,30 @@ class ImageryStore:
     def tables(self) -> ImageryTables:
         if self._tables is None:
             files = [os.path.join(self.path, s["file"]) for s in self.manifest["shards"]]
-            self._tables = ImageryTables({self.sensor: files}, expected_rows={self.sensor: [s["rows"] for s in self.manifest["shards"]]})
+            rows = [s["rows"] for s in self.manifest["shards"]]
+            self._tables = ImageryTables({self.sensor: files}, expected_rows={self.sensor: rows})
         return self._tables
 
-    def take(self, group: BandGroup, row: int) -> np.ndarray:
-        """One pair's values of one band group (a view over the memory map)."""
-        if row >= self.tables.num_rows(self.sensor):  # appended by another process since this one looked
-            self.refresh()
-            self.check()
+    def take(self, group: BandGroup, row: int, pass_id: Optional[str] = None) -> np.ndarray:
+        """One pair's values of one band group (a view over the memory map), checked to be in the row's pass."""
+        if pass_id is not None and pass_id not in self.pass_ranges() or row >= self.tables.num_rows(self.sensor):
+            self._reread()  # appended by another process since this one looked
+        if pass_id is not None:
+            first, end = self.pass_ranges().get(pass_id, (0, 0))
+            if not first <= row < end:
+                raise StoreError(f"row {row} is not one that pass {pass_id} added to the imagery store {self.path}: "
+                                 f"the reference does not belong to this store")
         return self.tables.take(self.sensor, group, row)
+
+    def _reread(self) -> None:
+        """The manifest again, refused if the store was built anew meanwhile (other rows under the same numbers)."""
+        generation = self.generation
+        self.refresh()
+        if self.generation != generation:
+            raise StoreError(
+                f"the imagery store {self.path} was built again while these rows were in use (generation "
+                f"{generation}, now {self.generation}): prepare their config(s) again")
+        self.check()
 
     def rows(self) -> Dict[str, int]:
         """Patch name -> row, of every pair in the store."""
@@ -363,18 +439,37 @@ class StorePass:
         """``files``: (path in the pass folder, rows) in row order; ``absent``/``invalid``: what the pass found."""
         manifest = json.loads(json.dumps(self.store.manifest))
         number = manifest["passes"] + 1
+        pass_id = uuid.uuid4().hex[:8]  # what the rows of this pass name, with the store's generation
         kept = [(p, n) for p, n in files if n]
         for k, (path, rows) in enumerate(kept):
             name = f"{manifest['sensor']}-p{number:04d}-{k:05d}-of-{len(kept):05d}.arrow"
             os.replace(path, os.path.join(self.store.path, name))
-            manifest["shards"].append({"file": name, "rows": rows, "bytes": os.path.getsize(os.path.join(self.store.path, name))})
+            size = os.path.getsize(os.path.join(self.store.path, name))
+            manifest["shards"].append({"file": name, "rows": rows, "bytes": size, "pass": pass_id})
         if absent or invalid:
             known = self.store.not_stored()
             self.store._write_json(NOT_STORED, {"absent": sorted(set(known["absent"]) | set(absent)),
                                                 "invalid": {**known["invalid"], **(invalid or {})}})
         manifest["passes"] = number
         self.store._write_manifest(manifest)
-        self.store._tables = self.store._rows = None
+        self.store._tables = self.store._rows = self.store._passes = None
+
+
+def _log_replaced(root: str, new: "ImageryStore") -> None:
+    """A new store of files that an older store was prepared from (they changed since): say the old one can go."""
+    for entry in sorted(os.listdir(root)):
+        path = os.path.join(root, entry)
+        if path == new.path or not entry.startswith(f"{new.sensor}-"):
+            continue
+        try:
+            old = ImageryStore(path)
+            same_files = old.manifest["source"].get("paths") == new.manifest["source"].get("paths")
+        except (StoreError, OSError, KeyError):
+            continue
+        if same_files:
+            logger.info("imagery store %s holds %.1f GB of pixels of an earlier version of %s: remove that folder to "
+                        "free its disk once no prepared config needs it", path, old.nbytes / 1e9,
+                        ", ".join(map(str, new.manifest["source"]["paths"])))
 
 
 def pair_bytes(sensor: str) -> int:

@@ -59,7 +59,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -203,7 +203,7 @@ def export_dataset(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be at least 1")
     job = ex.ExportJob.create(dataset, output_dir, config, name, min_shards, max_shard_bytes, **config_kwargs)
-    limits = dict(min_shards=min_shards, max_shard_bytes=max_shard_bytes, rows_per_group=rows_per_group,
+    limits: Dict[str, Any] = dict(min_shards=min_shards, max_shard_bytes=max_shard_bytes, rows_per_group=rows_per_group,
                   max_row_group_bytes=max_row_group_bytes)
     files, runs, nodes = 0, 0, set()
     with connected(ray_address):
@@ -284,9 +284,9 @@ def plan_kind(job: ex.ExportJob, kind: str, *, min_shards: int, max_shard_bytes:
             bounds.append([(int(position[a] + s), int(position[a] + e)) for s, e in run.bounds])
         specs = job.specs(kind, split, [x for run in bounds for x in run], local.rows_per_group)
         k = 0
-        for (tile, _, _), run in zip(runs, bounds):
-            tasks.append(TileTask(split, tile, tuple(specs[k : k + len(run)])))
-            k += len(run)
+        for (tile, _, _), shards in zip(runs, bounds):
+            tasks.append(TileTask(split, tile, tuple(specs[k : k + len(shards)])))
+            k += len(shards)
     return tasks
 
 
@@ -448,10 +448,14 @@ def _datasource(context: _ReadContext, parts: Sequence[ReadPart]):
             block_bytes = int(getattr(data_context, "target_max_block_size", None) or 128 * 2**20)
             tasks = []
             for part in parts:
+                # ignore: ray's stub says a tuple, yet BlockMetadata converts a list itself (older ray declares a list)
                 meta = BlockMetadata(num_rows=part.rows, size_bytes=int(part.rows * (pixel_bytes + 600)), exec_stats=None,
-                                     input_files=[part.texts_file])
-                tasks.append(ReadTask(lambda part=part: read_part(context, part, block_bytes), meta,
-                                      per_task_row_limit=per_task_row_limit))
+                                     input_files=[part.texts_file])  # type: ignore[arg-type]
+
+                def read_fn(part: ReadPart = part) -> Iterator[pa.Table]:
+                    return read_part(context, part, block_bytes)
+
+                tasks.append(ReadTask(read_fn, meta, per_task_row_limit=per_task_row_limit))
             return tasks
 
     return BigEarthNetTxtExport()

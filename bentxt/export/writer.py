@@ -52,7 +52,7 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 from bentxt.text import annotations as ann
 from bentxt import metadata
 from bentxt.imagery import preview
-from bentxt.config import features_for, resolve_config, text_features
+from bentxt.config import BigEarthNetTxtConfig, features_for, resolve_config, text_features
 from bentxt.export.reader import (DATA_DIR, META_KEY, PAIR_KEY, ImageryIndex, array_columns, config_files, export_url,
                           imagery_of,
                           open_root, pair_starts, pixel_bytes)
@@ -259,7 +259,7 @@ class ExportJob:
 
     root: Path
     name: str
-    config: object
+    config: BigEarthNetTxtConfig
     splits: Mapping[str, datasets.Dataset]
     images: Tuple[str, ...]
     starts: Mapping[str, np.ndarray]  # per split: each pair's first text row, then the row count
@@ -480,7 +480,9 @@ def _info_from_files(folder: Path, features: datasets.Features) -> datasets.Data
     for path in sorted(folder.glob("*.parquet")):
         meta = pq.ParquetFile(path).metadata
         size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        splits.setdefault(SPLIT_FILE.match(path.name)["split"], []).append((meta.num_rows, size))
+        match = SPLIT_FILE.match(path.name)
+        assert match is not None  # the export's parquet files are all shards named by shard_name
+        splits.setdefault(match["split"], []).append((meta.num_rows, size))
     ordered = [s for s in ann.SPLITS if s in splits] + [s for s in splits if s not in ann.SPLITS]
     infos = [datasets.SplitInfo(name=s, num_bytes=sum(b for _, b in splits[s]), shard_lengths=[n for n, _ in splits[s]],
                                 num_examples=sum(n for n, _ in splits[s])) for s in ordered]
@@ -727,7 +729,7 @@ def numpy_batches(
     dataset: Union[datasets.Dataset, datasets.IterableDataset],
     batch_size: int = 64,
     columns: Optional[Sequence[str]] = None,
-) -> Iterator[Dict[str, object]]:
+) -> Iterator[Dict[str, Any]]:
     """Batches of an export (map-style or streaming): ``Array3D`` columns as (B, C, H, W) arrays in their dtype.
 
     Streaming Parquet in the default python format turns every array into
@@ -740,7 +742,7 @@ def numpy_batches(
     if columns is not None:
         dataset = dataset.select_columns(names)
     for table in dataset.with_format("arrow").iter(batch_size=batch_size):
-        batch: Dict[str, object] = {}
+        batch: Dict[str, Any] = {}
         for name in names:
             feature = features[name]
             if isinstance(feature, (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.Array5D)):
@@ -848,7 +850,9 @@ def _save_card(root: Path, data: dict, configs: List[dict], infos: List[dict]) -
     data.update(
         license=metadata.LICENSE,  # the Hub's licence id, cdla-permissive-1.0
         pretty_name="BigEarthNet.txt",
-        task_categories=data.get("task_categories") or ["image-to-text", "visual-question-answering", "zero-shot-object-detection"],
+        task_categories=data.get("task_categories") or [
+            "image-to-text", "visual-question-answering", "zero-shot-object-detection",
+        ],
         tags=data.get("tags") or ["remote-sensing", "earth-observation", "sentinel-1", "sentinel-2", "multispectral", "sar"],
         configs=configs,
         dataset_info=ordered_infos,
@@ -927,7 +931,8 @@ part = split_dataset_by_node(load_dataset(REPO, "{texts[0]}", split="train", str
 ## Files
 
 `data/<config>/<split>-NNNNN-of-MMMMM.parquet`, separate files per split (streaming `bench` reads only the bench
-files). A pair's rows never span two files. A split has at least `min_shards` files (4 by default) when it has that many pairs, and a multiple of it where possible, so
+files). A pair's rows never span two files. A split has at least `min_shards` files (4 by default) when it has that many pairs, \
+and a multiple of it where possible, so
 `split_dataset_by_node` and DataLoader workers get whole files. Files hold at most {MAX_SHARD_BYTES / 1e6:.0f} MB of
 Arrow data and row groups at most {MAX_ROW_GROUP_BYTES / 1e6:.0f} MB (streaming memory grows with the row group), well
 inside the dataset viewer's {VIEWER_MAX_ROW_GROUP_BYTES / 1e6:.0f} MB per `/rows` scan. Every column chunk has an

@@ -1,1 +1,2 @@
-"""The imagery side: where bands live in archives and folders, reading them, GeoTIFF decoding and resampling, map grids, quicklooks."""
+"""The imagery side: where bands live in archives and folders, reading them, GeoTIFF decoding and resampling,
+map grids, quicklooks."""

@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from functools import lru_cache
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Type, Union, cast
 
 import fsspec
 import fsspec.asyn
@@ -42,7 +42,7 @@ from bentxt.bands import SENSOR_BANDS
 from bentxt.errors import BigEarthNetTxtError
 from bentxt.imagery.layout import display_name, parse_member
 from bentxt.imagery.raster import max_band_file_bytes
-from bentxt.imagery.readers import BadBand
+from bentxt.imagery.readers import BadBand, BandData
 
 logger = logging.getLogger("bigearthnet_txt")
 
@@ -68,7 +68,7 @@ class _Truncated(BigEarthNetTxtError, ConnectionError):
 
 
 
-def _transport_errors() -> Tuple[type, ...]:
+def _transport_errors() -> Tuple[Type[BaseException], ...]:
     import aiohttp  # imported late like datasets does: it is slow to import and http-only
 
     return (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, FSTimeoutError)
@@ -114,7 +114,7 @@ class ResumableHTTPStream(io.RawIOBase):
         self.backoff = HTTP_RETRY_BACKOFF if backoff is None else backoff
         self.pos = 0
         self.size: Optional[int] = None  # the file's length, once a response told it
-        self._file = None
+        self._file: Any = None  # the open fsspec file (untyped), None between connections
 
     def readable(self) -> bool:
         return True
@@ -238,6 +238,8 @@ def open_archive(urlpath: str, download_config: Optional[DownloadConfig] = None)
 class _PartsStream(io.RawIOBase):
     """Several files read as one stream (torchgeo's ``.tar.gzaa``, ``.tar.gzab``): no joined copy on disk."""
 
+    _current: Any  # the part being read (what open_archive gives), None between parts
+
     def __init__(self, paths: Sequence[str], download_config: Optional[DownloadConfig]):
         self._paths, self._dlc, self._current = list(paths), download_config, None
 
@@ -313,6 +315,7 @@ class _ZstdProcess(io.RawIOBase):
         self._proc = subprocess.Popen([command, "-dcq", *_zstd_options(command)],
                                       stdin=fd if fd is not None else subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        assert self._proc.stdout is not None  # a pipe
         _widen_pipe(self._proc.stdout.fileno())
         self._error: Optional[BaseException] = None
         self._feeder = None
@@ -321,6 +324,7 @@ class _ZstdProcess(io.RawIOBase):
             self._feeder.start()
 
     def _feed(self, raw) -> None:
+        assert self._proc.stdin is not None  # a pipe when fed by this thread
         try:
             for chunk in iter(lambda: raw.read1(1 << 20), b""):  # read1: data before a failure is kept
                 self._proc.stdin.write(chunk)
@@ -339,7 +343,7 @@ class _ZstdProcess(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        n = self._proc.stdout.readinto(buffer)
+        n = cast(io.FileIO, self._proc.stdout).readinto(buffer)  # bufsize=0: the pipe is an unbuffered FileIO
         if self._bar is not None and self._fd is not None and (not n or time.monotonic() > self._next_update):
             position = os.lseek(self._fd, 0, os.SEEK_CUR)  # the child's position in the shared file
             self._bar.update(position - self._seen)
@@ -354,6 +358,7 @@ class _ZstdProcess(io.RawIOBase):
         if self._error is not None:
             raise self._error
         if self._proc.wait() != 0:
+            assert self._proc.stderr is not None  # a pipe
             message = self._proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
             raise zstandard.ZstdError(f"zstd: {message[-1] if message else 'failed'}")
 
@@ -366,6 +371,7 @@ class _ZstdProcess(io.RawIOBase):
         if self._feeder is not None:
             self._feeder.join()
         for pipe in (self._proc.stdout, self._proc.stderr):
+            assert pipe is not None  # both are pipes
             pipe.close()
         if self._bar is not None and self._fd is not None:
             self._bar.close()
@@ -640,7 +646,7 @@ class _TarReader:
             self._position += got
             n -= got
 
-    def members(self) -> Iterator[Tuple[str, bytes]]:
+    def members(self) -> Iterator[Tuple[str, Union[bytes, Oversized]]]:
         long_name: Optional[str] = None  # from an L header or a pax path, for the next member
         pax_size: Optional[int] = None
         pending = False  # an extended header is waiting for its member
@@ -735,7 +741,7 @@ def _read_tar(
     name: str,
     wanted: Optional[Callable[[str], bool]] = None,
     max_size: Optional[Callable[[str], int]] = None,
-) -> Iterator[Tuple[str, bytes]]:
+) -> Iterator[Tuple[str, Union[bytes, Oversized]]]:
     """``_TarReader`` with its errors turned into ArchiveErrors that name the archive, member and offset."""
     reader = _TarReader(stream, wanted, max_size)
     try:
@@ -757,7 +763,7 @@ def iter_tar(
     wanted: Optional[Callable[[str], bool]] = None,
     max_size: Optional[Callable[[str], int]] = None,
     checksum=None,
-) -> Iterator[Tuple[str, bytes]]:
+) -> Iterator[Tuple[str, Union[bytes, Oversized]]]:
     """Yield ``(member name, bytes)`` for every regular file of one archive, in archive order.
 
     ``paths`` are the parts of one archive (one path for the release's
@@ -792,6 +798,7 @@ def iter_tar(
                 while stream.read(1 << 20):
                     pass
         if checksum is not None:
+            assert isinstance(hashing, _Hashing)
             hashing.finish()
 
 
@@ -832,7 +839,9 @@ class _Hashing(io.RawIOBase):
         super().close()
 
 
-def iter_tar_zst(urlpath: str, download_config: Optional[DownloadConfig] = None) -> Iterator[Tuple[str, bytes]]:
+def iter_tar_zst(
+    urlpath: str, download_config: Optional[DownloadConfig] = None
+) -> Iterator[Tuple[str, Union[bytes, Oversized]]]:
     """One ``.tar.zst`` archive (the release's format)."""
     return iter_tar([urlpath], download_config)
 
@@ -846,13 +855,20 @@ def _sensor_member(member: str, sensor: str) -> Optional[Tuple[str, str, int]]:
     return parsed[1], parsed[2], _MAX_BAND_FILE_BYTES[parsed[2]]
 
 
+def _wanted_member(member: str, sensor: str) -> Tuple[str, str, int]:
+    """:func:`_sensor_member` of a member that ``wanted`` accepted: never None."""
+    parsed = _sensor_member(member, sensor)
+    assert parsed is not None
+    return parsed
+
+
 _MAX_BAND_FILE_BYTES = {band: max_band_file_bytes(band) for bands in SENSOR_BANDS.values() for band in bands}
 
 
 def iter_archive_patches(
     paths: Union[str, Sequence[str]], sensor: str, download_config: Optional[DownloadConfig] = None, progress: bool = True,
     checksum=None,
-) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+) -> Iterator[Tuple[str, BandData]]:
     """Group consecutive band files of one patch: yield ``(patch name, {band: tiff bytes})``.
 
     The release lists a patch's files next to each other (sorted paths), so
@@ -868,18 +884,19 @@ def iter_archive_patches(
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
     current: Optional[str] = None
-    bands: Dict[str, bytes] = {}
+    bands: BandData = {}
     finished = set()
     members = iter_tar(
         paths,
         download_config,
         progress=progress,
         wanted=lambda member: _sensor_member(member, sensor) is not None,
-        max_size=lambda member: _sensor_member(member, sensor)[2],
+        max_size=lambda member: _wanted_member(member, sensor)[2],
         checksum=checksum,
     )
+    data: Union[bytes, Oversized, BadBand]
     for name, data in members:
-        patch, band, _ = _sensor_member(name, sensor)
+        patch, band, _ = _wanted_member(name, sensor)
         if patch != current:
             if current is not None:
                 finished.add(current)

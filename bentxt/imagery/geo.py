@@ -108,8 +108,8 @@ class _Unsupported(BigEarthNetTxtError):
     """The fast tag reader declines; rasterio decides."""
 
 
-def _entries(data: bytes) -> Tuple[str, Dict[int, Tuple[int, int, int, int]]]:
-    """Byte order and ``{tag: (type, count, value field, offset of the entry)}`` of the first IFD."""
+def _entries(data: bytes) -> Tuple[str, Dict[int, Tuple[int, int, int]]]:
+    """Byte order and ``{tag: (type, count, offset of the value field)}`` of the first IFD."""
     if data[:4] == b"II*\x00":
         order = "<"
     elif data[:4] == b"MM\x00*":
@@ -118,7 +118,7 @@ def _entries(data: bytes) -> Tuple[str, Dict[int, Tuple[int, int, int, int]]]:
         raise _Unsupported  # BigTIFF, or not a TIFF: rasterio gives the error
     (ifd,) = struct.unpack_from(order + "I", data, 4)
     (n,) = struct.unpack_from(order + "H", data, ifd)
-    entries = {}
+    entries: Dict[int, Tuple[int, int, int]] = {}
     for i in range(n):
         at = ifd + 2 + 12 * i
         tag, typ, count = struct.unpack_from(order + "HHI", data, at)
@@ -174,7 +174,8 @@ def _rasterio_georef(data: bytes, where: str) -> GeoRef:
         raise GeoError(f"{where}: not a readable GeoTIFF: {err}") from err
     if epsg is None:
         raise GeoError(f"{where}: the GeoTIFF has no CRS with an EPSG code; BigEarthNet band files are in WGS 84 / UTM")
-    return GeoRef(int(epsg), tuple(float(v) for v in transform), int(width), int(height))
+    a, b, c, d, e, f = (float(v) for v in transform)
+    return GeoRef(int(epsg), (a, b, c, d, e, f), int(width), int(height))
 
 
 def georef_from_tiff(data: bytes, where: str = "GeoTIFF data") -> GeoRef:
@@ -303,8 +304,8 @@ def footprint(georef: GeoRef) -> Footprint:
     ys = [top, top, bottom, bottom, (top + bottom) / 2]
     lons, lats = transform(src, dst, xs, ys)
     corners = tuple((float(lon), float(lat)) for lon, lat in zip(lons[:4], lats[:4]))
-    box = tuple(float(v) for v in transform_bounds(src, dst, left, bottom, right, top, densify_pts=21))
-    return Footprint(corners, box, (float(lons[4]), float(lats[4])))
+    west, south, east, north = (float(v) for v in transform_bounds(src, dst, left, bottom, right, top, densify_pts=21))
+    return Footprint(corners, (west, south, east, north), (float(lons[4]), float(lats[4])))
 
 
 # ----------------------------------------------------------------------------- features

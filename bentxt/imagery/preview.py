@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -59,7 +59,7 @@ def preview_sensor(sensors: str | Sequence[str]) -> str:
 
 
 def band_planes(
-    example: Mapping[str, object], bands: Sequence[str], image_bands: Optional[Sequence[str]] = None
+    example: Mapping[str, Any], bands: Sequence[str], image_bands: Optional[Sequence[str]] = None
 ) -> Dict[str, np.ndarray]:
     """Each band's 2-D plane, from the native groups (``s2_10m``, ``s1``, ...) or from an ``image`` stack.
 
@@ -104,7 +104,7 @@ def _channels(planes: Dict[str, np.ndarray], sensor: str) -> Tuple[np.ndarray, .
 
 
 def base_quicklook(
-    example: Mapping[str, object], sensor: str, image_bands: Optional[Sequence[str]] = None, scale: int = SCALE
+    example: Mapping[str, Any], sensor: str, image_bands: Optional[Sequence[str]] = None, scale: int = SCALE
 ) -> Image.Image:
     """The patch's quicklook without annotations (shared by all rows of a patch), enlarged ``scale`` times.
 
@@ -186,7 +186,7 @@ def annotate(
 
 
 def quicklook(
-    example: Mapping[str, object], sensor: str, image_bands: Optional[Sequence[str]] = None
+    example: Mapping[str, Any], sensor: str, image_bands: Optional[Sequence[str]] = None
 ) -> Image.Image:
     """uint8 RGB picture of an example's patch, with its ``bbox``/``point`` (grounding rows) drawn on it.
 

@@ -23,12 +23,12 @@ from bentxt.imagery import raster
 from bentxt.bands import groups_for_sensors
 from bentxt.imagery.layout import NAME_COLUMN, band_path, check_patch_name
 
-BandData = Dict[str, Union[bytes, memoryview, np.ndarray]]
-
-
 class BadBand(str):
     """Band data a reader refused before decoding (e.g. an archive member larger than its band can need, or
     present twice): the reason. Decoding it raises ``RasterError``, so ``skip_invalid`` skips it like any bad file."""
+
+
+BandData = Dict[str, Union[bytes, memoryview, np.ndarray, BadBand]]
 
 
 def band_array(value, band: str, where: str) -> np.ndarray:

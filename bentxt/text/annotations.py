@@ -630,9 +630,8 @@ def _isin(column, values: Sequence[str]) -> np.ndarray:
     if pa.types.is_dictionary(array.type) and array.null_count == 0:
         hit = pc.is_in(array.dictionary, value_set=value_set.cast(array.dictionary.type)).fill_null(False)
         return hit.to_numpy(zero_copy_only=False)[array.indices.to_numpy()]
-    return pc.is_in(array, value_set=value_set.cast(array.type) if _is_string(array.type) else value_set).fill_null(False).to_numpy(
-        zero_copy_only=False
-    )
+    value_set = value_set.cast(array.type) if _is_string(array.type) else value_set
+    return pc.is_in(array, value_set=value_set).fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def _codes(column) -> Optional[np.ndarray]:
@@ -684,6 +683,7 @@ def _radix_argsort(keys: np.ndarray, bits: int) -> np.ndarray:
         digits = ((keys if order is None else keys[order]) >> shift) & 0xFFFF
         step = np.argsort(digits.astype(np.uint16), kind="stable")
         order = step if order is None else order[step]
+    assert order is not None  # bits > 0: at least one pass
     return order
 
 
@@ -937,7 +937,8 @@ def check_pair_names(table: pa.Table, where: str) -> None:
             )
     same = pc.equal(pc.struct_field(s2, "tile"), pc.struct_field(s1, "tile"))
     for axis in ("x", "y"):
-        same = pc.and_(same, pc.equal(pc.cast(pc.struct_field(s2, axis), pa.int64()), pc.cast(pc.struct_field(s1, axis), pa.int64())))
+        same = pc.and_(same, pc.equal(pc.cast(pc.struct_field(s2, axis), pa.int64()),
+                                      pc.cast(pc.struct_field(s1, axis), pa.int64())))
     bad = pc.indices_nonzero(pc.invert(same))
     if len(bad):
         r = int(bad[0].as_py())

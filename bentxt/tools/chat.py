@@ -38,7 +38,7 @@ The function takes one example or a batch (dict of lists), so it works in
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,13 +83,13 @@ def prompt_text(annotation: Mapping[str, object], tags: str = "keep", point_toke
     return f"{words} {hint}" if hint else words
 
 
-def _has_s2(example: Mapping[str, object], image_bands: Optional[Sequence[str]]) -> bool:
+def _has_s2(example: Mapping[str, Any], image_bands: Optional[Sequence[str]]) -> bool:
     if example.get("s2_10m") is not None:
         return True
     return image_bands is not None and all(b in image_bands for b in preview.QUICKLOOK_BANDS["s2"])
 
 
-def _picture(example: Mapping[str, object], sensor: str, image_bands: Optional[Sequence[str]]):
+def _picture(example: Mapping[str, Any], sensor: str, image_bands: Optional[Sequence[str]]):
     """A 120 px (native 10 m grid) uint8 RGB PIL image: S2 true colour or S1 false colour."""
     from PIL import Image
 
@@ -106,7 +106,7 @@ def _picture(example: Mapping[str, object], sensor: str, image_bands: Optional[S
     return Image.fromarray(rgb)
 
 
-def _bands(example: Mapping[str, object], img_size: int = DEFAULT_IMG_SIZE) -> np.ndarray:
+def _bands(example: Mapping[str, Any], img_size: int = DEFAULT_IMG_SIZE) -> np.ndarray:
     """float32 (C, H, W): the example's ``image`` stack, else all native bands in the publisher's order at 120 px."""
     if example.get("image") is not None:
         return np.asarray(example["image"], dtype=np.float32)
@@ -118,7 +118,7 @@ def _bands(example: Mapping[str, object], img_size: int = DEFAULT_IMG_SIZE) -> n
     return raster.stack_groups(groups, order, img_size)
 
 
-def _image(example: Mapping[str, object], image: str, image_bands: Optional[Sequence[str]]):
+def _image(example: Mapping[str, Any], image: str, image_bands: Optional[Sequence[str]]):
     if image == "bands":
         return _bands(example)
     if image == "auto":
@@ -126,7 +126,7 @@ def _image(example: Mapping[str, object], image: str, image_bands: Optional[Sequ
     return _picture(example, _SENSOR_OF_IMAGE[image], image_bands)
 
 
-def _one(example: Mapping[str, object], image: str, tags: str, point_token, ref_token, format_hints: bool,
+def _one(example: Mapping[str, Any], image: str, tags: str, point_token, ref_token, format_hints: bool,
          image_bands: Optional[Sequence[str]], system: Optional[str]) -> dict:
     annotations = example["annotations"] if "annotations" in example else [example]
     if not annotations:
@@ -143,7 +143,7 @@ def _one(example: Mapping[str, object], image: str, tags: str, point_token, ref_
 
 
 def to_chat(
-    example: Mapping[str, object],
+    example: Mapping[str, Any],
     image: str = "auto",
     tags: str = "keep",
     point_token: Optional[Sequence[str]] = None,

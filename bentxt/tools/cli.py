@@ -27,7 +27,7 @@ import sys
 import traceback
 import typing
 from importlib import resources
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union, cast
 
 import numpy as np
 
@@ -107,13 +107,14 @@ HELP: Dict[str, str] = {
     "keep_archives": "keep a copy of archives read from URLs in the download folder (default: read once as they download)",
     "store_all_pairs": "store every pair an archive pass reads in the source's imagery store, not only this config's "
                        "(default: yes from URLs, no from local files)",
-    "image_source": "where the imagery is: PATH for both sensors, or s1=PATH,s2=PATH (archives, extracted folders, an LMDB, an export)",
+    "image_source": "where the imagery is: PATH for both sensors, or s1=PATH,s2=PATH "
+                    "(archives, extracted folders, an LMDB, an export)",
 }
 
 
-def _keyed_paths(value: str, keys: Tuple[str, ...], flag: str) -> Dict[str, object]:
+def _keyed_paths(value: str, keys: Tuple[str, ...], flag: str) -> Dict[str, Union[str, List[str]]]:
     """``k=PATH,k=PATH`` -> ``{k: PATH}`` (a key given twice: a list, e.g. torchgeo's archive parts)."""
-    out: Dict[str, object] = {}
+    out: Dict[str, Union[str, List[str]]] = {}
     for part in value.split(","):
         key, sep, path = part.partition("=")
         key = key.strip()
@@ -123,7 +124,8 @@ def _keyed_paths(value: str, keys: Tuple[str, ...], flag: str) -> Dict[str, obje
             )
         path = path.strip()
         if key in out:
-            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + [path]
+            have = out[key]
+            out[key] = (have if isinstance(have, list) else [have]) + [path]
         else:
             out[key] = path
     return out
@@ -143,7 +145,7 @@ def parse_image_source(value: str) -> object:
     return value
 
 
-def parse_data_files(value: str) -> Dict[str, object]:
+def parse_data_files(value: str) -> Dict[str, Union[str, List[str]]]:
     from bentxt.sources import SOURCE_KEYS
 
     return _keyed_paths(value, SOURCE_KEYS, "--data-files")
@@ -202,19 +204,20 @@ def _add_config_options(p: argparse.ArgumentParser, building: bool, data_dir_hel
         group.add_argument(name, **kwargs)
     files = p.add_argument_group("inputs" + (" and cache" if building else ""))
     files.add_argument("--data-dir", default=None, help=f"folder with BigEarthNet.txt.parquet and the imagery ({data_dir_help})")
-    files.add_argument("--data-files", type=parse_data_files, action="append", default=None, metavar="annotations=PATH,s1=PATH,s2=PATH",
+    files.add_argument("--data-files", type=parse_data_files, action="append", default=None,
+                       metavar="annotations=PATH,s1=PATH,s2=PATH",
                        help="named files, instead of or on top of --data-dir")
     if building:
         files.add_argument("--cache-dir", default=None, help="default: the datasets cache (HF_DATASETS_CACHE)")
         files.add_argument("--num-proc", type=int, default=None, help="processes preparing the cache")
 
 
-def config_options(args) -> Dict[str, object]:
+def config_options(args) -> Dict[str, Any]:
     """The config options given on the command line."""
     return {option: getattr(args, option) for option in cfg.CONFIG_OPTIONS if hasattr(args, option)}
 
 
-def config_request(args, name: str) -> Tuple[str, Dict[str, object]]:
+def config_request(args, name: str) -> Tuple[str, Dict[str, Any]]:
     """(config name, other options): ``--sensor``/``--task``/``--split`` pick the named config they make."""
     options = config_options(args)
     base = _resolve(name)
@@ -303,7 +306,7 @@ def demo(args) -> int:
     split = "test" if "test" in ds else next(iter(ds))
     part = ds[split]
     kinds = part["type"] if "type" in part.column_names else [f"patch {i}" for i in range(part.num_rows)]
-    shown = set()
+    shown: Set[str] = set()
     for i, kind in enumerate(kinds):
         if kind not in shown and len(shown) < args.examples:
             shown.add(kind)
@@ -351,7 +354,7 @@ def known_rows(types, split: str) -> Optional[int]:
     if set(types) == set(cfg.TASKS["all"]):
         return sum(counts.values()) if split == "total" else counts[split]
     values = [KNOWN_TYPE_ROWS.get(t, {}).get(split) for t in types]
-    return None if None in values else sum(values)
+    return None if None in values else sum(cast(List[int], values))
 
 
 def release_counts(config) -> dict:
@@ -392,7 +395,7 @@ def parquet_counts(config, urlpath: str) -> dict:
 
     selection = config.selection()
     columns = sorted({"type", "category", "split", "input", "output", config.key_column} | {c for c, _ in selection.filters})
-    counts = {s: {"rows": 0, "keys": set(), "text_bytes": 0} for s in config.splits}
+    counts: Dict[str, Dict[str, Any]] = {s: {"rows": 0, "keys": set(), "text_bytes": 0} for s in config.splits}
     f, pf = ann.open_parquet(urlpath)
     with f:
         for i in _bar(range(pf.num_row_groups), desc="Reading the annotation parquet", unit=" row groups"):
@@ -462,7 +465,8 @@ def info(args) -> int:
     if not args.config:
         given = config_options(args)
         if given or args.data_dir or args.data_files:
-            raise UsageError(f"{', '.join(flag(o) for o in given) or '--data-dir/--data-files'} need a CONFIG: {PROG} info CONFIG ...")
+            flags = ", ".join(flag(o) for o in given) or "--data-dir/--data-files"
+            raise UsageError(f"{flags} need a CONFIG: {PROG} info CONFIG ...")
         print(f"{len(cfg.CONFIGS)} configs: <sensor>-<task>[-<split>]")
         print("  sensors:", ", ".join(cfg.SENSORS), "  tasks:", ", ".join(cfg.TASKS), "  splits:", ", ".join(cfg.SPLITS))
         for task, types in cfg.TASKS.items():
@@ -569,7 +573,8 @@ def show(args) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
     row = example["annotations"][annotation or 0] if config.layout == "patch" else example
-    print(f"wrote {args.output}: {config.name} split {split} example {i} (ID {row['ID']}, {row['type']}, patch {example['patch_id']})")
+    print(f"wrote {args.output}: {config.name} split {split} example {i} "
+          f"(ID {row['ID']}, {row['type']}, patch {example['patch_id']})")
     return 0
 
 
@@ -629,7 +634,8 @@ def export_command(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- chat-export, score (bentxt/tools/chat.py, bentxt/tools/score.py)
+# ----------------------------------------------------------------------------- chat-export, score
+# (bentxt/tools/chat.py, bentxt/tools/score.py)
 
 
 def chat_export(args) -> int:

@@ -183,7 +183,8 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter:
 
 
 def bleu4(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU-4 with one reference per candidate: clipped n-gram precisions summed over the corpus, geometric mean, brevity penalty.
+    """Corpus BLEU-4 with one reference per candidate: clipped n-gram precisions summed over the corpus,
+    geometric mean, brevity penalty.
 
     0 when some n-gram order has no match (no smoothing), as in sacrebleu and coco-caption.
     """
@@ -235,7 +236,7 @@ def cider_d(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[s
     n_docs = len(references)
     if n_docs == 0:
         return []
-    doc_freq = [Counter() for _ in range(4)]
+    doc_freq: List[Counter[tuple]] = [Counter() for _ in range(4)]
     for ref in references:
         for n in range(4):
             doc_freq[n].update(_ngrams(ref, n + 1).keys())
@@ -290,7 +291,8 @@ class ScoreReport:
             return "\n".join(out)
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
         rows = [header] + lines
-        return "\n".join("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows)
+        return "\n".join("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                         for row in rows)
 
     def plot(self, path: str, metric: str = "accuracy") -> str:
         """A bar chart of ``metric`` per category, country and season (matplotlib, Agg backend: no display needed)."""
@@ -303,7 +305,8 @@ class ScoreReport:
             raise ImportError("the score plot needs matplotlib: pip install 'bigearthnet-txt[plot]'") from err
         groups = [g for g in GROUP_COLUMNS[1:] if any(r["group"] == g and metric in r for r in self.table)]
         if not groups:
-            raise ScoreError(f"no group has the metric {metric!r}; metrics: {sorted({m for r in self.table for m in r if m in METRICS})}")
+            metrics = sorted({m for r in self.table for m in r if m in METRICS})
+            raise ScoreError(f"no group has the metric {metric!r}; metrics: {metrics}")
         fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
         for ax, group in zip(axes[0], groups):
             rows = [r for r in self.table if r["group"] == group and metric in r]
