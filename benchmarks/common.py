@@ -177,6 +177,14 @@ def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+def print_report(rows: Sequence[Row], notes: Sequence[str]) -> None:
+    """The machine, the results table (markdown) and the notes: what every benchmark prints at its end."""
+    print(machine_line())
+    print(format_table(rows, markdown=True))
+    for note in notes:
+        print(f"- {note}")
+
+
 def machine_line() -> str:
     """Machine, software and date, for the README table."""
     import datasets

@@ -32,7 +32,7 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, format_table, log, machine_line, run_child  # noqa: E402
+from benchmarks.common import Row, log, print_report, run_child  # noqa: E402
 
 #: the release (docs/release.md#counts): pairs with texts, pairs in the archives, texts per config
 RELEASE_PAIRS = 464_044
@@ -179,10 +179,7 @@ def main(argv=None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(machine_line())
-    print(format_table(rows, markdown=True))
-    for note in notes:
-        print(f"- {note}")
+    print_report(rows, notes)
     return 0
 
 

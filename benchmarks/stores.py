@@ -29,7 +29,7 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, format_table, log, machine_line, run_child  # noqa: E402
+from benchmarks.common import Row, log, print_report, run_child  # noqa: E402
 from benchmarks.release import RELEASE_PAIRS  # noqa: E402
 
 CONFIGS = ("s1s2-vqa", "s1s2-captioning", "s1s2-grounding", "s1s2-vqa-validation")
@@ -211,10 +211,7 @@ def main(argv=None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(machine_line())
-    print(format_table(rows, markdown=True))
-    for note in notes:
-        print(f"- {note}")
+    print_report(rows, notes)
     return 0
 
 

@@ -304,6 +304,7 @@ class ImageryResult:
     archive_only: int
     invalid: List[Tuple[str, str]]  # (patch name, reason)
     files: List[Tuple[str, int]] = field(default_factory=list)  # (path, rows) in row order
+    positions: List[int] = field(default_factory=list)  # of ``names``, in the source's order
 
 
 def run_imagery_job(job: ImageryJob) -> ImageryResult:
@@ -357,13 +358,15 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
                 if data is None:  # not in a random-access source: reported as missing by the caller
                     continue
                 readers.decode_patch(data, bands, name, job.source.name, out=writer.slots())  # straight into the batch
-                writer.commit(name, (job.part << 32) + ordinal if job.source.sequential else -1)
+                position = (job.part << 32) + ordinal if job.source.sequential else -1
+                writer.commit(name, position)
             except RasterError as err:
                 if not job.skip_invalid:
                     raise
                 result.invalid.append((name, str(err)))
                 continue
             result.names.append(name)
+            result.positions.append(position)
             if writer.bytes_written >= job.max_shard_bytes:
                 result.files[-1] = (result.files[-1][0], writer.close())
                 writer = new_writer()
@@ -533,6 +536,8 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, Any], names:
             written = {name for _, result in mine for name in result.names}
             invalid = {name: reason for _, result in mine for name, reason in result.invalid}
             passes[sensor].commit([f for _, result in mine for f in result.files],
+                                  [n for _, result in mine for n in result.names],
+                                  [p for _, result in mine for p in result.positions],
                                   absent=sorted(to_add[sensor] - written - set(invalid)), invalid=invalid)
             for job, result in mine:
                 report.archive_only += result.archive_only if sensor == config.key_sensor else 0

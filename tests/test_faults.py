@@ -347,7 +347,7 @@ def test_sigkill_never_leaves_a_split_that_loads_as_complete(point, larger_fixtu
     pairs = [p for p in larger_fixture.patches if p.in_archives]
     for sensor, column in (("s2", "patch_id"), ("s1", "s1_name")):
         (folder,) = glob.glob(str(cache / "bigearthnet_txt" / "imagery" / f"{sensor}-*"))
-        assert sorted(os.listdir(folder)) == sorted([".lock", "store.json"] + ImageryStore(folder).manifest_files())
+        assert sorted(os.listdir(folder)) == sorted([".lock", "store.json"] + ImageryStore(folder).committed_files())
         names = ImageryStore(folder).tables.names(sensor)
         assert sorted(names) == sorted(getattr(p, column) for p in pairs)
     last = ds["train"][-1]

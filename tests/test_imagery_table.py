@@ -11,38 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from test_builder import prepare
 from bentxt import bands as B
 from bentxt.cache.imagery_table import ImageryFileError, ImageryTables, ImageryWriter, array3d, array3d_values, imagery_features
 
-REPO = Path(__file__).resolve().parents[1]
 S2_GROUPS = [g for g in B.BAND_GROUPS if g.sensor == "s2"]
-S1 = B.BAND_GROUPS[3]
-
-
-@pytest.fixture(scope="module")
-def vqa(fixture_data, tmp_path_factory):
-    """s1s2-vqa prepared: (builder, DatasetDict)."""
-    return prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa"))
-
-
-@pytest.fixture(scope="module")
-def vqa_patch(fixture_data, tmp_path_factory):
-    return prepare("s1s2-vqa", fixture_data, tmp_path_factory.mktemp("vqa_patch"), layout="patch")
-
-
-def native(fixture, patch_id, group):
-    patch = fixture.patch(str(patch_id))
-    return np.stack([patch.bands[b] for b in group.bands])
-
-
-def folder_bytes(path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def vqa_pairs(fixture):
-    rows = [r for r in fixture.table.to_pylist() if r["type"] in ("binary", "mcq")]
-    return {r["patch_id"]: r["s1_name"] for r in rows}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -310,7 +310,7 @@ def test_a_pass_killed_while_adding_pairs_leaves_the_store_as_it_was(larger, tmp
     entries = set(os.listdir(folder))
     assert not [e for e in entries if e.startswith(".adding-")]
     final = store.ImageryStore(folder)
-    assert entries == {store.MANIFEST, store.LOCK} | set(final.manifest_files())
+    assert entries == {store.MANIFEST, store.LOCK} | set(final.committed_files())
     assert sorted(final.tables.names("s2")) == sorted(p.patch_id for p in larger.patches if p.in_archives)
     assert sum(len(d) for d in ds.values()) == sum(1 for p in larger.patches if p.in_archives for _ in range(p.rows))
 
@@ -546,3 +546,25 @@ def test_store_all_pairs_does_not_store_a_pair_twice(fixture_data, tmp_path):
     (folder,) = store_folders(tmp_path)
     names = store.ImageryStore(folder).tables.names("s2")
     assert len(names) == len(set(names)) == len([p for p in fixture_data.patches if p.in_archives])
+
+
+def test_what_a_store_holds_is_read_from_its_index_not_its_shards(fixture_data, tmp_path, monkeypatch):
+    """A later config learns the store's names and order from the passes' small index files: on a cold disk, reading
+    every batch's names back from the shards costs a random read each (minutes at release scale)."""
+    from bentxt.cache.imagery_table import ImageryTables
+
+    prepare("s2-all-train", fixture_data.root, tmp_path)
+    prepare("s2-all-validation", fixture_data.root, tmp_path)
+    (folder,) = store_folders(tmp_path)
+    expected = store.ImageryStore(folder).tables.names("s2")
+
+    def no_shards(self, sensor):
+        raise AssertionError("the shards were read")
+
+    monkeypatch.setattr(ImageryTables, "_read", no_shards)
+    s2 = store.ImageryStore(folder)
+    assert list(s2.rows()) == expected and len(s2.positions()) == len(expected)
+    (index, *_) = sorted(f for f in s2.committed_files() if f.endswith(".index.arrow"))
+    os.truncate(os.path.join(folder, index), 10)
+    with pytest.raises(store.StoreError, match=rf"{index} has 10 bytes"):
+        store.ImageryStore(folder).check()

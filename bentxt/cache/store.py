@@ -12,6 +12,8 @@ LMDB, an export), every native band group of that sensor::
     <cache>/bigearthnet_txt/imagery/<sensor>-<source key>/
         store.json                             the manifest: generation, source, groups, shards (file, rows, bytes)
         not-stored.json                        pairs known to be absent from, or invalid in, the source
+        <sensor>-p0001.index.arrow             name and source position of each row a pass added (read instead
+                                               of the shards to learn what the store holds)
         <sensor>-p0001-00000-of-00002.arrow    shards (``bentxt.cache.imagery_table`` format), appended pass by pass
         .lock                                  held (flock) by the one process adding pairs
         .adding-<pid>-<nonce>/                 a pass's files until they are committed
@@ -47,6 +49,7 @@ import uuid
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 
 from bentxt.bands import BandGroup, groups_for_sensors
 from bentxt.errors import BigEarthNetTxtError
@@ -209,6 +212,7 @@ class ImageryStore:
         self._tables: Optional[ImageryTables] = None
         self._rows: Optional[Dict[str, int]] = None
         self._passes: Optional[Dict[str, Tuple[int, int]]] = None
+        self._index: Optional[pa.Table] = None
 
     # --- creating and reading the manifest
 
@@ -298,13 +302,17 @@ class ImageryStore:
         """The committed shard files, in row order."""
         return [s["file"] for s in self.manifest["shards"]]
 
+    def committed_files(self) -> List[str]:
+        """Every file the manifest lists: the shards and the passes' index files."""
+        return self.manifest_files() + [entry["file"] for entry in self.manifest.get("indexes", {}).values()]
+
     def refresh(self) -> None:
         """Read the manifest again (another process may have appended)."""
-        self._manifest = self._tables = self._rows = self._passes = None
+        self._manifest = self._tables = self._rows = self._passes = self._index = None
 
     def check(self) -> None:
         """Every shard is there with its recorded size: a truncated or lost file is found now, not mid-training."""
-        for shard in self.manifest["shards"]:
+        for shard in [*self.manifest["shards"], *self.manifest.get("indexes", {}).values()]:
             path = os.path.join(self.path, shard["file"])
             try:
                 size = os.path.getsize(path)
@@ -350,16 +358,37 @@ class ImageryStore:
                 f"{generation}, now {self.generation}): prepare their config(s) again")
         self.check()
 
+    def index(self) -> pa.Table:
+        """``name`` and ``position`` of every row, from the passes' small index files (the shards are not read)."""
+        if self._index is None:
+            order = sorted(self.pass_ranges().items(), key=lambda item: item[1][0])
+            parts = []
+            for pass_id, (first, end) in order:
+                entry = self.manifest.get("indexes", {}).get(pass_id)
+                if entry is None:
+                    raise StoreError(self._damaged(self.path, f"has no index of pass {pass_id}"))
+                path = os.path.join(self.path, entry["file"])
+                try:
+                    with pa.memory_map(path) as source:
+                        table = pa.ipc.open_file(source).read_all()
+                except (OSError, pa.ArrowInvalid) as err:
+                    raise StoreError(self._damaged(path, f"cannot be read ({err})")) from None
+                if table.num_rows != end - first:
+                    raise StoreError(self._damaged(path, f"has {table.num_rows} rows, {end - first} were written"))
+                parts.append(table)
+            schema = pa.schema({"name": pa.string(), "position": pa.int64()})
+            self._index = pa.concat_tables(parts) if parts else schema.empty_table()
+        return self._index
+
     def rows(self) -> Dict[str, int]:
         """Patch name -> row, of every pair in the store."""
         if self._rows is None:
-            names = self.tables.names(self.sensor)
-            self._rows = {name: row for row, name in enumerate(names)}
+            self._rows = {name: row for row, name in enumerate(self.index()["name"].to_pylist())}
         return self._rows
 
     def positions(self) -> np.ndarray:
         """Each row's place in its source's own order (archive order; name order for random-access sources)."""
-        return self.tables.positions(self.sensor)
+        return self.index()["position"].to_numpy()
 
     def not_stored(self) -> dict:
         """``{"absent": [names], "invalid": {name: reason}}``: what earlier passes did not store, and why."""
@@ -409,6 +438,7 @@ class ImageryStore:
     def _remove_leftovers(self) -> None:
         """Under the lock: anything that is neither the manifest, the lock nor a committed shard was left by a killed pass."""
         keep = {MANIFEST, LOCK, NOT_STORED} | {s["file"] for s in self.manifest["shards"]}
+        keep |= {entry["file"] for entry in self.manifest.get("indexes", {}).values()}
         for entry in os.listdir(self.path):
             if entry not in keep:
                 path = os.path.join(self.path, entry)
@@ -434,25 +464,37 @@ class StorePass:
     def __init__(self, store: ImageryStore, folder: str):
         self.store, self.folder = store, folder
 
-    def commit(self, files: Sequence[Tuple[str, int]], absent: Sequence[str] = (),
-               invalid: Optional[Mapping[str, str]] = None) -> None:
-        """``files``: (path in the pass folder, rows) in row order; ``absent``/``invalid``: what the pass found."""
+    def commit(self, files: Sequence[Tuple[str, int]], names: Sequence[str], positions: Sequence[int],
+               absent: Sequence[str] = (), invalid: Optional[Mapping[str, str]] = None) -> None:
+        """``files``: (path in the pass folder, rows) in row order, ``names``/``positions`` of those rows;
+        ``absent``/``invalid``: what the pass found. The names go into a small index file of the pass, so that a
+        later config learns what the store holds without touching the shards (on a cold disk, reading back every
+        batch's names costs a random read each: minutes for the release)."""
         manifest = json.loads(json.dumps(self.store.manifest))
         number = manifest["passes"] + 1
         pass_id = uuid.uuid4().hex[:8]  # what the rows of this pass name, with the store's generation
         kept = [(p, n) for p, n in files if n]
+        if sum(n for _, n in kept) != len(names):
+            raise RuntimeError(f"internal error: {len(names)} names for {sum(n for _, n in kept)} rows")
         for k, (path, rows) in enumerate(kept):
             name = f"{manifest['sensor']}-p{number:04d}-{k:05d}-of-{len(kept):05d}.arrow"
             os.replace(path, os.path.join(self.store.path, name))
             size = os.path.getsize(os.path.join(self.store.path, name))
             manifest["shards"].append({"file": name, "rows": rows, "bytes": size, "pass": pass_id})
+        if kept:
+            index = f"{manifest['sensor']}-p{number:04d}.index.arrow"
+            table = pa.table({"name": pa.array(list(names), pa.string()), "position": pa.array(list(positions), pa.int64())})
+            with pa.OSFile(os.path.join(self.store.path, index), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            size = os.path.getsize(os.path.join(self.store.path, index))
+            manifest.setdefault("indexes", {})[pass_id] = {"file": index, "rows": len(names), "bytes": size}
         if absent or invalid:
             known = self.store.not_stored()
             self.store._write_json(NOT_STORED, {"absent": sorted(set(known["absent"]) | set(absent)),
                                                 "invalid": {**known["invalid"], **(invalid or {})}})
         manifest["passes"] = number
         self.store._write_manifest(manifest)
-        self.store._tables = self.store._rows = self.store._passes = None
+        self.store._tables = self.store._rows = self.store._passes = self.store._index = None
 
 
 def _log_replaced(root: str, new: "ImageryStore") -> None:
