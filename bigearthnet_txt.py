@@ -153,7 +153,7 @@ class BigEarthNetTxt(compat.TableBuilder):
             self.info.splits = expected
         return [
             datasets.SplitGenerator(split, {"texts": plan.texts, "starts": plan.starts, "rows": plan.rows,
-                                            "references": plan.references, "pairs": pairs,
+                                            "references": plan.references, "grids": plan.grids, "pairs": pairs,
                                             "rows_per_table": rows_per_table})
             for split, pairs in plan.shards.items()
         ]
@@ -163,11 +163,11 @@ class BigEarthNetTxt(compat.TableBuilder):
         with cache.spill_dir(spill) as folder:
             yield from join.streamed_examples(self.config, files, split, dlc, folder)
 
-    def _generate_tables(self, texts, starts, rows, references, pairs,
+    def _generate_tables(self, texts, starts, rows, references, grids, pairs,
                          rows_per_table) -> Iterator[Tuple[object, "pa.Table"]]:
         """Preparing: the texts of a shard's pairs as tables, their bands as references into the source's stores."""
         for shard in pairs:
-            tables = join.cached_tables(self.config, self.info.features, texts, starts, rows, references, shard,
+            tables = join.cached_tables(self.config, self.info.features, texts, starts, rows, references, grids, shard,
                                         rows_per_table)
             for k, table in enumerate(tables):
                 yield (int(shard[0]), k), table

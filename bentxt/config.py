@@ -22,6 +22,7 @@ from bentxt.text import annotations as ann
 from bentxt.text import grammar as text
 from bentxt.bands import DEFAULT_IMG_SIZE, GROUP_OF_BAND, groups_for_sensors, resolve_bands
 from bentxt.cache.pair_bands import PairBands
+from bentxt.imagery import geo
 from bentxt.imagery.layout import NAME_COLUMN
 from bentxt.metadata import VERSION
 from bentxt.imagery.raster import check_resample_options
@@ -290,7 +291,7 @@ def image_features(config: BigEarthNetTxtConfig, storage: str = "cache") -> Dict
 
 def features_for(config: BigEarthNetTxtConfig, storage: str = "cache") -> datasets.Features:
     patch = {c: datasets.Value(_value_dtype(c)) for c in ann.PATCH_COLUMNS}
-    images = image_features(config, storage)
+    images = {**image_features(config, storage), **geo.geo_features(config.sensors)}  # the bands, then the map grids
     if config.layout == "patch":
         return datasets.Features({**patch, "annotations": datasets.List(text_features()), **images})
     ordered = {c: (text_features().get(c) or patch[c]) for c in ann.COLUMNS}

@@ -40,7 +40,7 @@ from bentxt.text import annotations as ann
 from bentxt import compat
 from bentxt.cache import diskspace
 from bentxt.cache import lifetime
-from bentxt.imagery import readers
+from bentxt.imagery import geo, readers
 from bentxt.text import grammar as text
 from bentxt.bands import BandGroup, groups_for_sensors
 from bentxt.config import NO_BOX, NO_OPTIONS, NO_POINT, BigEarthNetTxtConfig, TASKS, text_features
@@ -305,6 +305,7 @@ class ImageryResult:
     invalid: List[Tuple[str, str]]  # (patch name, reason)
     files: List[Tuple[str, int]] = field(default_factory=list)  # (path, rows) in row order
     positions: List[int] = field(default_factory=list)  # of ``names``, in the source's order
+    grids: List[Tuple[int, Tuple[float, ...]]] = field(default_factory=list)  # of ``names``: EPSG code, transform
 
 
 def run_imagery_job(job: ImageryJob) -> ImageryResult:
@@ -358,6 +359,7 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
                 if data is None:  # not in a random-access source: reported as missing by the caller
                     continue
                 readers.decode_patch(data, bands, name, job.source.name, out=writer.slots())  # straight into the batch
+                grid = geo.patch_grid(data, job.sensor, name)  # from the tags (~12 us), before the bytes are gone
                 position = (job.part << 32) + ordinal if job.source.sequential else -1
                 writer.commit(name, position)
             except RasterError as err:
@@ -367,6 +369,7 @@ def _run_imagery_job(job: ImageryJob) -> ImageryResult:
                 continue
             result.names.append(name)
             result.positions.append(position)
+            result.grids.append(grid)
             if writer.bytes_written >= job.max_shard_bytes:
                 result.files[-1] = (result.files[-1][0], writer.close())
                 writer = new_writer()
@@ -538,6 +541,7 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, Any], names:
             passes[sensor].commit([f for _, result in mine for f in result.files],
                                   [n for _, result in mine for n in result.names],
                                   [p for _, result in mine for p in result.positions],
+                                  [g for _, result in mine for g in result.grids],
                                   absent=sorted(to_add[sensor] - written - set(invalid)), invalid=invalid)
             for job, result in mine:
                 report.archive_only += result.archive_only if sensor == config.key_sensor else 0
@@ -564,7 +568,7 @@ def _bytes_to_add(source: ImageSource, sensor: str, pairs: int) -> int:
 
 
 def spill_imagery(config: BigEarthNetTxtConfig, sensor: str, source: ImageSource, names: Sequence[str], folder: str,
-                  dlc, report: JoinReport) -> Tuple[ImageryTables, Dict[str, int]]:
+                  dlc, report: JoinReport) -> Tuple[ImageryTables, Dict[str, int], Dict[str, Tuple[int, Tuple[float, ...]]]]:
     """Streaming: one sensor's named pairs into a temporary table (no store: nothing of streaming is kept)."""
     jobs = imagery_jobs(sensor, source, names, folder, 1, dlc, skip_invalid=config.skip_invalid)
     results = run_jobs(jobs, 1)
@@ -573,7 +577,8 @@ def spill_imagery(config: BigEarthNetTxtConfig, sensor: str, source: ImageSource
     for result in results:
         for name, reason in result.invalid:
             report.add_invalid(name, reason)
-    return ImageryTables({sensor: files}), {name: row for row, name in enumerate(written)}
+    grids = {name: grid for result in results for name, grid in zip(result.names, result.grids)}
+    return ImageryTables({sensor: files}), {name: row for row, name in enumerate(written)}, grids
 
 
 # ----------------------------------------------------------------------------- preparing
@@ -639,6 +644,7 @@ class CachePlan:
     rows: Dict[str, np.ndarray]  # sensor -> each pair's row in that sensor's store
     stores: Dict[str, str]  # sensor -> the store (``<folder>.<generation>``)
     references: Dict[str, np.ndarray]  # sensor -> each pair's reference (the store and the pass that added the pair)
+    grids: Dict[str, Tuple[np.ndarray, np.ndarray]]  # sensor -> each pair's EPSG code (n,) and transform (n, 6)
     shards: Dict[str, List[np.ndarray]]  # split -> pair indices per writer shard, in output order
     examples: Dict[str, int]
     store_paths: Dict[str, str]  # sensor -> the store's folder
@@ -736,7 +742,13 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, Any], store_roo
         counts[split] = int(per_pair[ordered].sum())
     identities = {sensor: stores[sensor].reference for sensor in config.sensors}
     references = {sensor: stores[sensor].row_references(rows[sensor]) for sensor in config.sensors}
-    return CachePlan(texts, index.starts, rows, identities, references, shards, counts,
+    grids = {}
+    for sensor in config.sensors:
+        epsg, transforms = stores[sensor].grids()
+        at = np.maximum(rows[sensor], 0)  # (pairs without a row are not written)
+        grids[sensor] = (epsg[at], transforms[at]) if len(epsg) else (np.full(len(at), -1, np.int32),
+                                                                      np.full((len(at), 6), np.nan))
+    return CachePlan(texts, index.starts, rows, identities, references, grids, shards, counts,
                      {s: st.path for s, st in stores.items()})
 
 
@@ -765,7 +777,8 @@ def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stoppe
 
 
 def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np.ndarray,
-                  rows: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], pairs: np.ndarray,
+                  rows: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray],
+                  grids: Mapping[str, Tuple[np.ndarray, np.ndarray]], pairs: np.ndarray,
                   rows_per_table: int = 1000) -> Iterator[pa.Table]:
     """Tables of one writer shard: texts from the selection file, pixels as references to the imagery rows.
 
@@ -790,6 +803,8 @@ def cached_tables(config: BigEarthNetTxtConfig, features, texts: str, starts: np
             pair_rows = {s: r[chunk] for s, r in rows.items()}
             pair_references = {s: r[chunk] for s, r in references.items()}
             images = {c: _references(pair_rows, pair_references, sensors, len(chunk)) for c, sensors in columns.items()}
+            for sensor, (epsg, transforms) in grids.items():
+                images.update(_grid_arrays(geo.grid_columns(sensor, epsg[chunk], transforms[chunk])))
             yield example_table(config, features, _take_rows(batches, first_rows, text_rows), local,
                                 images, parsed=True, schema=schema)
 
@@ -808,6 +823,17 @@ def _take_rows(batches: Sequence[pa.RecordBatch], first_rows: np.ndarray, rows: 
     back = np.empty(len(rows), dtype=np.int64)
     back[order] = np.arange(len(rows))
     return pa.Table.from_batches(parts, schema=batches[0].schema).take(pa.array(back))
+
+
+def _grid_arrays(columns: Mapping[str, np.ndarray]) -> Dict[str, pa.Array]:
+    """Map-grid columns as Arrow: EPSG codes as int32, transforms and bounds as fixed-size lists."""
+    out: Dict[str, pa.Array] = {}
+    for name, values in columns.items():
+        if values.ndim == 1:
+            out[name] = pa.array(values, pa.int32())
+        else:
+            out[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float64()), values.shape[1])
+    return out
 
 
 def _references(rows: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], sensors: Sequence[str],
@@ -838,6 +864,15 @@ def stream_images(config: BigEarthNetTxtConfig, arrays: Mapping[str, np.ndarray]
     return {g.name: np.stack([arrays[b] for b in g.bands]) for g in groups_for_sensors(config.sensors)}
 
 
+def stream_grids(grids: Mapping[str, Tuple[int, Tuple[float, ...]]]) -> Dict[str, object]:
+    """A pair's map-grid columns (``geo.geo_features``) as one streamed example holds them."""
+    out: Dict[str, object] = {}
+    for sensor, (epsg, transform) in sorted(grids.items()):
+        columns = geo.grid_columns(sensor, [epsg], [transform])
+        out.update({k: (int(v[0]) if k.endswith("_epsg") else v[0].tolist()) for k, v in columns.items()})
+    return out
+
+
 def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], split: str, dlc,
                       spill_dir: str) -> Iterator[Tuple[object, dict]]:
     """Stream one split in the driving sensor's order, reading each patch once.
@@ -862,9 +897,10 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], sp
                 logger.info("%s", spill_notice(config.name, split, files[sensor], groups_for_sensors((sensor,)),
                                                len(pair_names[sensor]), spill_dir))
                 spilled = JoinReport(report.scope)  # its archive-only count is not the split's
-                tables, row_of = spill_imagery(config, sensor, files[sensor], pair_names[sensor], spill_dir, dlc, spilled)
+                tables, row_of, grids = spill_imagery(config, sensor, files[sensor], pair_names[sensor], spill_dir, dlc,
+                                                      spilled)
                 report.invalid.update(spilled.invalid)
-                sides[sensor] = _TableSide(tables, groups_for_sensors((sensor,)), row_of)
+                sides[sensor] = _TableSide(tables, groups_for_sensors((sensor,)), row_of, grids)
             else:
                 sides[sensor] = files[sensor].open_reader(wanted)
         driving = files[key]
@@ -895,9 +931,12 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], sp
                 if data is None:
                     continue
                 seen[i] = True
-                arrays = _decode_pair(config, files, sides, {s: pair_names[s][i] for s in config.sensors}, key, data, report)
-                if arrays is not None:
-                    yield from examples(config, index.rows(i), stream_images(config, arrays))
+                decoded = _decode_pair(config, files, sides, {s: pair_names[s][i] for s in config.sensors}, key, data,
+                                       report)
+                if decoded is not None:
+                    arrays, grids = decoded
+                    images = {**stream_images(config, arrays), **stream_grids(grids)}
+                    yield from examples(config, index.rows(i), images)
             for j in np.flatnonzero(~seen):
                 report.missing.setdefault(index.keys[j], driving.name)
         finally:
@@ -913,8 +952,9 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], sp
 class _TableSide:
     """A spilled sensor: its imagery table, read by the pair's row."""
 
-    def __init__(self, tables: ImageryTables, groups: Sequence[BandGroup], rows: Dict[str, int]):
-        self.tables, self.groups, self.rows = tables, groups, rows
+    def __init__(self, tables: ImageryTables, groups: Sequence[BandGroup], rows: Dict[str, int],
+                 grids: Dict[str, Tuple[int, Tuple[float, ...]]]):
+        self.tables, self.groups, self.rows, self.grids = tables, groups, rows, grids
 
     def read(self, sensor: str, name: str):
         row = self.rows.get(name, -1)
@@ -926,11 +966,12 @@ class _TableSide:
         pass
 
 
-def _decode_pair(config, files, sides, names, key, data, report) -> Optional[Dict[str, np.ndarray]]:
-    """Both sensors' wanted bands of one pair; None (and counted) when missing or skipped as invalid."""
+def _decode_pair(config, files, sides, names, key, data, report):
+    """Both sensors' wanted bands and map grids of one pair; None (and counted) when missing or skipped as invalid."""
     wanted = config.wanted_bands()
     try:
         arrays = readers.decode_patch(data, wanted[key], names[key], files[key].name)
+        grids = {key: geo.patch_grid(data, key, names[key])}
         for sensor, side in sides.items():
             other = side.read(sensor, names[sensor])
             if other is None:
@@ -939,9 +980,11 @@ def _decode_pair(config, files, sides, names, key, data, report) -> Optional[Dic
                 report.missing[names[config.key_sensor]] = files[sensor].name
                 return None
             arrays.update(readers.decode_patch(other, wanted[sensor], names[sensor], files[sensor].name))
+            spilled = isinstance(side, _TableSide)  # decoded arrays: the grid was read while spilling
+            grids[sensor] = side.grids[names[sensor]] if spilled else geo.patch_grid(other, sensor, names[sensor])
     except RasterError as err:
         if not config.skip_invalid:
             raise
         report.add_invalid(names[key], str(err))
         return None
-    return arrays
+    return arrays, grids

@@ -155,7 +155,8 @@ def test_task_configs_select_their_types(task, fixture_data, tmp_path):
 
 def test_s1_config_reads_only_s1_in_s1_archive_order(fixture_data, tmp_path):
     _, ds = prepare("s1-binary", fixture_data, tmp_path)
-    assert [k for k in ds["train"].features if k.startswith("s")] == ["s1_name", "split", "season", "s1"]
+    assert [k for k in ds["train"].features if k.startswith("s")] == ["s1_name", "split", "season", "s1", "s1_epsg",
+                                                                       "s1_transform", "s1_bounds"]
     part = ds["train"].with_format("numpy", dtype=None)
     names = [str(n) for n in part["s1_name"]]
     assert names == sorted(names)  # S1 archive order: `_10_5` before `_9_5`

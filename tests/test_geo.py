@@ -159,3 +159,29 @@ def test_geo_features_hold_the_values():
     assert back["s2_bounds"] == [373_200.0, 5_352_000.0, 374_400.0, 5_353_200.0]
     assert back["s1_epsg"] == -1 and all(math.isnan(v) for v in back["s1_bounds"])
     assert REAL_GRID.with_resolution(60) == geo.GeoRef(32633, (60.0, 0.0, 373_200.0, 0.0, -60.0, 5_353_200.0), 20, 20)
+
+
+@pytest.mark.parametrize("source", ["archives", "folders"])
+def test_every_row_carries_its_pairs_grids_prepared_and_streamed(source, fixture_data, extracted, tmp_path):
+    """The columns s1/s2_epsg, _transform, _bounds: read once per pair from the GeoTIFF tags while preparing (kept in
+    the imagery store's index), and while streaming; equal to rasterio's for the real pair."""
+    import bigearthnet_txt as bt
+
+    data_dir = fixture_data.root if source == "archives" else extracted
+    builder = bt.BigEarthNetTxt(config_name="s1s2-captioning", data_dir=str(data_dir), cache_dir=str(tmp_path))
+    builder.download_and_prepare()
+    prepared = builder.as_dataset(split="test").with_format("numpy", dtype=None)
+    streamed = list(builder.as_streaming_dataset(split="test"))
+    folder = FolderReader(str(extracted), {"s2": ("B02",), "s1": ("VV",)})
+    rows = [i for i in range(prepared.num_rows) if prepared[i]["patch_id"] == REAL_PATCH_ID]
+    assert rows
+    for sensor, name, band in (("s2", REAL_PATCH_ID, "B02"), ("s1", REAL_S1_NAME, "VV")):
+        epsg, transform, width, height, bounds = _rasterio(folder.read(sensor, name)[band])
+        assert (width, height) == (geo.GRID_SIZE, geo.GRID_SIZE)
+        for row in (prepared[rows[0]], streamed[rows[0]]):
+            assert int(row[f"{sensor}_epsg"]) == epsg
+            assert np.array_equal(np.asarray(row[f"{sensor}_transform"]), np.array(transform))
+            assert np.array_equal(np.asarray(row[f"{sensor}_bounds"]), np.array(bounds))
+    for i in range(prepared.num_rows):  # every pair's grid, the same both ways
+        for column in ("s2_epsg", "s2_transform", "s1_bounds"):
+            assert np.array_equal(np.asarray(prepared[i][column]), np.asarray(streamed[i][column])), (i, column)

@@ -12,8 +12,8 @@ LMDB, an export), every native band group of that sensor::
     <cache>/bigearthnet_txt/imagery/<sensor>-<source key>/
         store.json                             the manifest: generation, source, groups, shards (file, rows, bytes)
         not-stored.json                        pairs known to be absent from, or invalid in, the source
-        <sensor>-p0001.index.arrow             name and source position of each row a pass added (read instead
-                                               of the shards to learn what the store holds)
+        <sensor>-p0001.index.arrow             name, source position and map grid (EPSG, transform) of each row
+                                               a pass added (read instead of the shards)
         <sensor>-p0001-00000-of-00002.arrow    shards (``bentxt.cache.imagery_table`` format), appended pass by pass
         .lock                                  held (flock) by the one process adding pairs
         .adding-<pid>-<nonce>/                 a pass's files until they are committed
@@ -376,7 +376,8 @@ class ImageryStore:
                 if table.num_rows != end - first:
                     raise StoreError(self._damaged(path, f"has {table.num_rows} rows, {end - first} were written"))
                 parts.append(table)
-            schema = pa.schema({"name": pa.string(), "position": pa.int64()})
+            schema = pa.schema({"name": pa.string(), "position": pa.int64(), "epsg": pa.int32(),
+                                "transform": pa.list_(pa.float64(), 6)})
             self._index = pa.concat_tables(parts) if parts else schema.empty_table()
         return self._index
 
@@ -389,6 +390,12 @@ class ImageryStore:
     def positions(self) -> np.ndarray:
         """Each row's place in its source's own order (archive order; name order for random-access sources)."""
         return self.index()["position"].to_numpy()
+
+    def grids(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Each row's 10 m grid as read from its GeoTIFF while preparing: EPSG codes (n,), transforms (n, 6)."""
+        index = self.index()
+        transforms = index["transform"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return index["epsg"].to_numpy(), transforms.reshape(-1, 6)
 
     def not_stored(self) -> dict:
         """``{"absent": [names], "invalid": {name: reason}}``: what earlier passes did not store, and why."""
@@ -465,8 +472,9 @@ class StorePass:
         self.store, self.folder = store, folder
 
     def commit(self, files: Sequence[Tuple[str, int]], names: Sequence[str], positions: Sequence[int],
-               absent: Sequence[str] = (), invalid: Optional[Mapping[str, str]] = None) -> None:
-        """``files``: (path in the pass folder, rows) in row order, ``names``/``positions`` of those rows;
+               grids: Sequence[Tuple[int, Tuple[float, ...]]], absent: Sequence[str] = (),
+               invalid: Optional[Mapping[str, str]] = None) -> None:
+        """``files``: (path in the pass folder, rows) in row order, ``names``/``positions``/``grids`` of those rows;
         ``absent``/``invalid``: what the pass found. The names go into a small index file of the pass, so that a
         later config learns what the store holds without touching the shards (on a cold disk, reading back every
         batch's names costs a random read each: minutes for the release)."""
@@ -483,7 +491,11 @@ class StorePass:
             manifest["shards"].append({"file": name, "rows": rows, "bytes": size, "pass": pass_id})
         if kept:
             index = f"{manifest['sensor']}-p{number:04d}.index.arrow"
-            table = pa.table({"name": pa.array(list(names), pa.string()), "position": pa.array(list(positions), pa.int64())})
+            table = pa.table({
+                "name": pa.array(list(names), pa.string()), "position": pa.array(list(positions), pa.int64()),
+                "epsg": pa.array([g[0] for g in grids], pa.int32()),
+                "transform": pa.array([list(g[1]) for g in grids], pa.list_(pa.float64(), 6)),
+            })
             with pa.OSFile(os.path.join(self.store.path, index), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             size = os.path.getsize(os.path.join(self.store.path, index))

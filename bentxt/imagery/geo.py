@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import datasets
+import numpy as np
 
 from bentxt.bands import GROUP_OF_BAND, SENSOR_BANDS
 from bentxt.errors import BigEarthNetTxtError
@@ -342,3 +343,45 @@ def geo_values(sensor: str, grid: "GeoRef | NameGeoRef | None") -> Dict[str, obj
         f"{sensor}_transform": list(grid.transform) if grid is not None else [_NAN] * 6,
         f"{sensor}_bounds": list(grid.bounds) if grid is not None else [_NAN] * 4,
     }
+
+
+# ----------------------------------------------------------------------------- per pair, while preparing and streaming
+
+#: the band file whose tags give a patch's grid: each sensor's first 10 m band (all its band files cover one square)
+GRID_BAND = {"s2": "B02", "s1": "VV"}
+#: pixels per side of the 10 m grid the columns describe
+GRID_SIZE = 120
+NO_TRANSFORM = (_NAN,) * 6
+
+
+def patch_grid(data: Optional[Mapping[str, object]], sensor: str, name: str) -> Tuple[int, Tuple[float, ...]]:
+    """(EPSG code, 10 m transform) of one patch, from its GeoTIFF's tags: read once per pair when it is decoded.
+
+    Sources that hold only arrays (a rico-hdl LMDB) give the EPSG code from the
+    name and no transform (NaN): the name does not fix the tile's corner, and it
+    is never guessed. A file without a usable grid gives -1 and NaN.
+    """
+    files = {band: v for band, v in (data or {}).items() if isinstance(v, (bytes, bytearray, memoryview))}
+    value = files.get(GRID_BAND[sensor], next(iter(files.values()), None))  # any band file: all cover the square
+    if value is not None:
+        try:
+            grid = georef_from_tiff(bytes(value), f"patch {name}")
+            grid = grid if grid.resolution == 10 else grid.with_resolution(10)
+            return grid.epsg, tuple(grid.transform)
+        except GeoError:
+            return -1, NO_TRANSFORM
+    try:
+        return georef_from_name(sensor, name).epsg, NO_TRANSFORM
+    except GeoError:
+        return -1, NO_TRANSFORM
+
+
+def grid_columns(sensor: str, epsg, transforms) -> Dict[str, np.ndarray]:
+    """The :func:`geo_features` columns of one sensor, one value per pair (arrays: ``epsg`` (n,), ``transforms``
+    (n, 6)); bounds are the transform applied to the 120 x 120 grid, as rasterio's ``bounds``."""
+    transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 6)
+    a, c, e, f = transforms[:, 0], transforms[:, 2], transforms[:, 4], transforms[:, 5]
+    xs, ys = np.stack([c, c + a * GRID_SIZE]), np.stack([f, f + e * GRID_SIZE])
+    bounds = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], axis=1)
+    return {f"{sensor}_epsg": np.asarray(epsg, dtype=np.int32), f"{sensor}_transform": transforms,
+            f"{sensor}_bounds": bounds}
