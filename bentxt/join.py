@@ -484,6 +484,11 @@ def keeps_every_pair(source: ImageSource, option: Optional[bool]) -> bool:
     return source.sequential and any(is_url(str(p)) for p in source.paths)
 
 
+def _why_every_pair(source: ImageSource, option: Optional[bool]) -> str:
+    reason = "store_all_pairs=True" if option else "it is read from a URL"
+    return f" (and every other pair of the archive: {reason})"
+
+
 def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, Any], names: Mapping[str, Sequence[str]],
                   root: str, num_proc: int, dlc, report: JoinReport,
                   meanwhile: Optional[Callable[[Callable[[], bool]], None]] = None,
@@ -516,7 +521,7 @@ def add_to_stores(config: BigEarthNetTxtConfig, files: Mapping[str, Any], names:
                 keep_all = keeps_every_pair(source, config.store_all_pairs)
                 logger.info(
                     "imagery store %s: adding %d %s pair(s) from %s%s", store.path, len(to_add[sensor]), sensor,
-                    source.name, " (and every other pair of the archive: it is read from a URL)" if keep_all else "")
+                    source.name, _why_every_pair(source, config.store_all_pairs) if keep_all else "")
                 jobs += imagery_jobs(sensor, source, sorted(to_add[sensor]), passes[sensor].folder,
                                      num_proc, dlc, keep_all=keep_all, skip_invalid=config.skip_invalid,
                                      stored=frozenset(have) if keep_all else frozenset(),

@@ -568,3 +568,12 @@ def test_what_a_store_holds_is_read_from_its_index_not_its_shards(fixture_data, 
     os.truncate(os.path.join(folder, index), 10)
     with pytest.raises(store.StoreError, match=rf"{index} has 10 bytes"):
         store.ImageryStore(folder).check()
+
+
+def test_a_new_store_in_a_relative_cache_dir_is_not_called_an_old_one(fixture_data, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="bigearthnet_txt"):
+        prepare("s2-vqa-bench", fixture_data.root, "rel")
+    assert "earlier version" not in caplog.text and len(store_folders(tmp_path / "rel")) == 1

@@ -512,7 +512,7 @@ class StorePass:
 def _log_replaced(root: str, new: "ImageryStore") -> None:
     """A new store of files that an older store was prepared from (they changed since): say the old one can go."""
     for entry in sorted(os.listdir(root)):
-        path = os.path.join(root, entry)
+        path = os.path.abspath(os.path.join(root, entry))
         if path == new.path or not entry.startswith(f"{new.sensor}-"):
             continue
         try:
