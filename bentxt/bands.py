@@ -29,6 +29,11 @@ class BandGroup:
     def shape(self) -> Tuple[int, int, int]:
         return (len(self.bands), self.size, self.size)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one pair's values of this group."""
+        return len(self.bands) * self.size * self.size * np.dtype(self.dtype).itemsize
+
 
 BAND_GROUPS: Tuple[BandGroup, ...] = (
     BandGroup("s2_10m", "s2", ("B02", "B03", "B04", "B08"), 120, "uint16", 10),

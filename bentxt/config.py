@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import datasets
-import numpy as np
 
 from bentxt.text import annotations as ann
 from bentxt.text import grammar as text
@@ -305,7 +304,7 @@ def _value_dtype(column: str) -> str:
 
 def image_bytes_per_pair(config: BigEarthNetTxtConfig) -> int:
     """Bytes of pixels the cache keeps per image pair (the native groups holding a wanted band)."""
-    return sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for s in config.sensors for g in config.stored_groups(s))
+    return sum(g.nbytes for s in config.sensors for g in config.stored_groups(s))
 
 
 def estimate_cache_bytes(config: BigEarthNetTxtConfig, rows: int, patches: int, text_bytes: int) -> int:

@@ -33,7 +33,6 @@ from importlib import resources
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import fsspec
-import numpy as np
 from datasets import SplitDict, SplitInfo
 from datasets.utils.file_utils import xopen
 from datasets.utils.info_utils import VerificationMode
@@ -500,7 +499,7 @@ def spill_notice(config_name: str, split: str, source: ImageSource, groups, pair
     disk and far longer over a network (README, Performance).
     """
     size = sum(s for s in (_size(p) for p in source.paths) if s)
-    per_pair = sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in groups)
+    per_pair = sum(g.nbytes for g in groups)
     return (
         f"streaming {config_name} split {split}: before the first example, all of {source.name} "
         f"({size / 1e9:.1f} GB) is read and the bands of its {pairs} pair(s) of the split are spilled to {spill_dir} "

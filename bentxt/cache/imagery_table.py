@@ -243,7 +243,7 @@ class ImageryWriter:
         self._in_place = False
         self._names: List[str] = []
         self._positions: List[int] = []
-        self._row_bytes = sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in self.groups)
+        self._row_bytes = sum(g.nbytes for g in self.groups)
         self.rows = 0
 
     def slots(self) -> Dict[str, np.ndarray]:
@@ -257,7 +257,7 @@ class ImageryWriter:
     def _reserve(self) -> Dict[str, np.ndarray]:
         if not self._layout:
             return self._own
-        pieces = [(self._layout[g.name], self.batch_rows * g.size * g.size * len(g.bands) * np.dtype(g.dtype).itemsize)
+        pieces = [(self._layout[g.name], self.batch_rows * g.nbytes)
                   for g in self.groups]
         region = self._sink.reserve(self._message_bytes, pieces)
         if region is None:

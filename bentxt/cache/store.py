@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import uuid
+from functools import lru_cache
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -112,6 +113,7 @@ def search_roots() -> List[str]:
     return env_roots() + [default_root()]
 
 
+@lru_cache(maxsize=256)  # parsed for every row read; a dataset names a handful of references
 def split_reference(reference: str) -> Tuple[str, str, Optional[str]]:
     """``<folder>.<generation>[.<pass>]`` -> (folder name, generation, pass or None).
 
@@ -528,7 +530,7 @@ def _log_replaced(root: str, new: "ImageryStore") -> None:
 
 def pair_bytes(sensor: str) -> int:
     """Bytes one pair takes in a sensor's store: its native groups, plus ~2 % of Arrow list offsets."""
-    return int(sum(int(np.prod(g.shape)) * np.dtype(g.dtype).itemsize for g in groups_for_sensors((sensor,))) * 1.02)
+    return int(sum(g.nbytes for g in groups_for_sensors((sensor,))) * 1.02)
 
 
 def source_key(source_fingerprint: object, paths: Sequence[str]) -> str:
