@@ -127,6 +127,15 @@ def m_text(ctx: Context) -> List[Row]:
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in res["steps"].items())
         ctx.notes.append(f"{label}: {res['rows']:,} rows / {res['patches']:,} pairs, table {res['table_mb']:,.0f} MB, "
                          f"Arrow pool peak {res['arrow_peak_mb']:,.0f} MB; {steps}")
+    log("text: s1s2-all as preparing does it (texts left in the file, then parsed into the texts file)")
+    res = run_child("benchmarks.textscale:measure_prepare_texts", {"path": str(path), "config": "s1s2-all",
+                                                                   "work": str(ctx.work)})
+    rows.append(Row("5. text s1s2-all, preparing: selected, checked, grouped", res["select_seconds"], base["seconds"], "s",
+                    higher_is_better=False, absolute_max=10, target_text="< 10 s"))
+    rows.append(Row("5. text s1s2-all, preparing: + parsed texts file in pair order", res["seconds"], None, "s",
+                    higher_is_better=False))
+    rows.append(Row("5. text s1s2-all, preparing: peak RSS", res["peak_rss_mb"], base["peak_rss_mb"], "MB",
+                    higher_is_better=False, absolute_max=1500, target_text="< 1.5 GB"))
     ctx.notes.append(f"text baseline: pd.read_parquet + isin filters, {base['rows']:,} rows (no grouping)")
     return rows
 

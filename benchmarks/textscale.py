@@ -488,3 +488,33 @@ def measure_stream_start(path: str, config: str, split: str) -> dict:
     t0 = time.perf_counter()
     index = join.select_annotations(cfg, path, split, None)
     return {"seconds": time.perf_counter() - t0, "rows": index.table.num_rows, "patches": len(index)}
+
+
+def measure_prepare_texts(path: str, config: str, work: str, in_memory: bool = False) -> dict:
+    """The whole text side of preparing a config: select, check, group, then the parsed texts file in pair order.
+
+    What ``download_and_prepare`` does with the texts before it joins them to
+    the imagery store (``join.plan_cache``: ``select_annotations(...,
+    texts_later=True)`` then ``write_texts``). ``in_memory`` times the route
+    before the texts were left in the parquet (the whole sorted table in
+    memory, then parsed a chunk at a time), for an A/B in the same run.
+    """
+    import os
+
+    import bigearthnet_txt as bt
+    from bentxt import join
+    from bentxt.join import preparing_memory_pool
+
+    cfg = bt.BigEarthNetTxt.builder_configs[config]
+    out = os.path.join(work, f"texts-{config}-{'memory' if in_memory else 'later'}.arrow")
+    with preparing_memory_pool():
+        t0 = time.perf_counter()
+        index = join.select_annotations(cfg, path, None, None, texts_later=not in_memory)
+        selected = time.perf_counter() - t0
+        join.write_texts(cfg, index if not in_memory else index.table, out)
+        seconds = time.perf_counter() - t0
+    size = os.path.getsize(out)
+    rows = pa.ipc.open_file(pa.memory_map(out)).metadata  # noqa: F841 (the file must open)
+    os.remove(out)
+    return {"seconds": seconds, "select_seconds": selected, "write_seconds": seconds - selected, "rows": len(index.table),
+            "patches": len(index), "texts_mb": size / 1e6}

@@ -29,7 +29,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import datasets
 import numpy as np
@@ -78,16 +78,26 @@ class EmptySelectionError(BigEarthNetTxtError, ValueError):
 
 
 def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc,
-                       filters_checked: bool = False) -> ann.PatchIndex:
-    """Read, check and group the config's rows; filter values are validated against the data first."""
+                       filters_checked: bool = False, texts_later: bool = False) -> ann.PatchIndex:
+    """Read, check and group the config's rows; filter values are validated against the data first.
+
+    ``texts_later`` (preparing): ``input`` / ``output`` stay in the parquet
+    until :func:`write_texts` parses them into the texts file, so memory holds
+    only the per-row codes, IDs and pair columns (~0.5 GB for s1s2-all at
+    full scale instead of ~2.5 GB).
+    """
     if not filters_checked:
         check_filters(config, urlpath, dlc)
-    # sorted while reading: the bulky text columns are placed straight into sorted order (< 3 GB for s1s2-all)
-    table = ann.read_selection(urlpath, config.selection(split), download_config=dlc, sort_by=config.key_column)
+    selection, key = config.selection(split), config.key_column
+    later = None
+    if texts_later:
+        table, later = ann.read_sorted_selection(urlpath, selection, key, download_config=dlc)
+    else:  # sorted while reading: the bulky text columns are placed straight into sorted order
+        table = ann.read_selection(urlpath, selection, download_config=dlc, sort_by=key)
     where = display_name(urlpath)
     if not table.num_rows:
         raise EmptySelectionError(f"{where}: config {config.name!r} selects no text: {describe_selection(config, split)}")
-    index = ann.group_by_patch(table, config.key_column)
+    index = ann.group_by_patch(table, key, later)
     ann.check_patch_pairs(index, where)
     ann.check_pair_names(index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1])), where)
     return index
@@ -660,7 +670,10 @@ def log_estimate(config: BigEarthNetTxtConfig, index: ann.PatchIndex) -> None:
     from bentxt.config import estimate_cache_bytes
 
     rows, patches = index.table.num_rows, len(index)
-    text_bytes = sum(int(pc.sum(pc.binary_length(_plain(index.table[c]))).as_py() or 0) for c in ("input", "output"))
+    if index.texts is not None:  # still in the parquet: from its footer
+        text_bytes = index.texts.text_bytes()
+    else:
+        text_bytes = sum(int(pc.sum(pc.binary_length(_plain(index.table[c]))).as_py() or 0) for c in ("input", "output"))
     logger.info(
         "config %s (layout=%s): %d annotations on %d image pairs; estimated Arrow cache size %.2f GB",
         config.name, config.layout, rows, patches, estimate_cache_bytes(config, rows, patches, text_bytes) / 1e9,
@@ -691,13 +704,13 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, Any], store_roo
         return firsts[column]
 
     def read_texts(stopped: Callable[[], bool]) -> None:
-        index = selected["index"] = select_annotations(config, urlpath, None, dlc, filters_checked=True)
+        index = selected["index"] = select_annotations(config, urlpath, None, dlc, filters_checked=True, texts_later=True)
         log_estimate(config, index)
         for sensor in config.sensors if wanted else ():  # never wrong unless a bug: such a pair would be "missing"
             extra = set(first(NAME_COLUMN[sensor])) - set(wanted[NAME_COLUMN[sensor]])
             if extra:
                 raise RuntimeError(f"internal error: {len(extra)} selected {sensor} pair(s) missed by the name pass")
-        write_texts(config, index.table, texts, stopped)
+        write_texts(config, index, texts, stopped)
 
     # A source seen before (its stores hold pairs): the texts first, then only what the stores lack (usually
     # nothing). A new source: a quick names-only pass starts the imagery workers, the texts are read meanwhile.
@@ -757,15 +770,25 @@ def plan_cache(config: BigEarthNetTxtConfig, files: Mapping[str, Any], store_roo
                      {s: st.path for s, st in stores.items()})
 
 
-def write_texts(config: BigEarthNetTxtConfig, table: pa.Table, path: str, stopped: Callable[[], bool] = lambda: False,
-                rows_per_chunk: int = 100_000) -> None:
+def write_texts(config: BigEarthNetTxtConfig, rows: Union[pa.Table, ann.PatchIndex], path: str,
+                stopped: Callable[[], bool] = lambda: False, rows_per_chunk: int = 100_000) -> None:
     """The selection's texts, parsed and checked (:func:`text_columns`), with their pair columns, to an Arrow file.
 
     Runs while the imagery workers run (:func:`run_jobs`), so the text side of
     preparing costs no time of its own; a bad text row stops the imagery pass
     at once, and a failed imagery job (``stopped()``) stops this between
-    chunks. Written in chunks: memory follows a chunk, not the selection.
+    chunks. Written in chunks: memory follows a chunk, not the selection. An
+    index whose texts are still in the parquet (``select_annotations(...,
+    texts_later=True)``) has them decoded, parsed and placed in its order by
+    ``SortedTexts.write``, on two threads.
     """
+    if isinstance(rows, ann.PatchIndex):
+        if rows.texts is not None:
+            rows.texts.write(path, partial(text_columns, config), rows.table.select(list(ann.PATCH_COLUMNS)), stopped,
+                             batch_rows=rows_per_chunk)
+            return
+        rows = rows.table
+    table = rows
     writer = None
     try:
         for offset in range(0, max(table.num_rows, 1), rows_per_chunk):

@@ -160,6 +160,65 @@ def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixtur
     assert os.path.exists(plan.texts)
 
 
+@pytest.mark.parametrize("name,split", [("s1s2-all", None), ("s2-vqa", "train"), ("s1-grounding", None),
+                                        ("s2-captioning", "bench")])
+@pytest.mark.parametrize("slice_rows,threads", [(1, 1), (7, 2), (1 << 20, 2)])
+def test_texts_left_in_the_parquet_are_written_like_the_texts_read_whole(fixture_data, tmp_path, name, split, slice_rows,
+                                                                          threads):
+    """Preparing keeps only the light columns in memory: the texts file must be byte for byte the in-memory path's."""
+    config = resolve_config(name, data_dir=str(fixture_data.root))
+    whole = join.select_annotations(config, str(fixture_data.parquet), split, None)
+    light = join.select_annotations(config, str(fixture_data.parquet), split, None, texts_later=True)
+    assert light.texts is not None and whole.texts is None
+    assert "input" not in light.table.column_names and "output" not in light.table.column_names
+    assert light.keys == whole.keys and light.starts.tolist() == whole.starts.tolist()
+    assert light.table.to_pylist() == whole.table.drop_columns(["input", "output"]).to_pylist()
+    expected, got = str(tmp_path / "whole.arrow"), str(tmp_path / "light.arrow")
+    join.write_texts(config, whole, expected, rows_per_chunk=5)
+    light.texts.write(got, lambda rows: join.text_columns(config, rows), light.table.select(list(join.ann.PATCH_COLUMNS)),
+                      slice_rows=slice_rows, batch_rows=5, threads=threads)
+    assert not os.path.exists(got + ".slices")
+    with pa.memory_map(expected) as a, pa.memory_map(got) as b:
+        want, have = pa.ipc.open_file(a), pa.ipc.open_file(b)
+        assert all(have.get_batch(i).num_rows <= 5 for i in range(have.num_record_batches))
+        have, want = have.read_all(), want.read_all()
+    assert have.schema == want.schema and have.num_rows == want.num_rows
+    for column in want.column_names:
+        if column in ("bbox", "point"):  # NaN where a row has none: NaN equal to NaN
+            np.testing.assert_array_equal(np.array(have[column].to_pylist(), float), np.array(want[column].to_pylist(), float))
+        else:
+            assert have[column].equals(want[column]), column
+    if name == "s1s2-all":  # the size estimate is the footer's average per row: near for a selection of every kind
+        text_bytes = sum(len(r["input"].encode()) + len(r["output"].encode())
+                         for r in whole.table.select(["input", "output"]).to_pylist())
+        assert 0.5 * text_bytes < light.texts.text_bytes() < 2 * text_bytes  # page headers weigh on 139 rows
+
+
+def test_texts_left_in_the_parquet_stop_when_asked_and_leave_no_slices(fixture_data, tmp_path):
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None, texts_later=True)
+    path = str(tmp_path / "texts.arrow")
+    join.write_texts(config, index, path, stopped=lambda: True)
+    assert not os.path.exists(path) and not os.path.exists(path + ".slices")
+
+
+def test_a_null_text_left_in_the_parquet_is_an_error_naming_the_row(fixture_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(fixture_data.parquet)
+    bad_id = table["ID"][3].as_py()
+    output = table["output"].to_pylist()
+    output[3] = None
+    path = str(tmp_path / "nulls.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("output"), "output", pa.array(output, pa.string())),
+                   path, write_statistics=False)
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, path, None, None, texts_later=True)
+    with pytest.raises(join.ann.AnnotationFileError, match=f"row ID {bad_id} has a null 'output'"):
+        join.write_texts(config, index, str(tmp_path / "texts.arrow"))
+    assert not os.path.exists(str(tmp_path / "texts.arrow.slices"))
+
+
 def test_texts_file_holds_the_parsed_texts_in_selection_order_in_any_chunking(fixture_data, tmp_path):
     """The texts are parsed while the imagery is written: the file must equal one parse of the whole selection."""
     config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))

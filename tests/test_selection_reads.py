@@ -101,3 +101,107 @@ def test_the_radix_sort_of_pair_codes_and_ids_is_numpys_stable_argsort():
         assert found.tolist() == np.argsort(keys, kind="stable").tolist()
     order = ann._sort_order(pa.array(["b", "a", "b", "a"]).dictionary_encode(), pa.array([4, 9, 1, 2]))
     assert order.to_pylist() == [3, 1, 2, 0]
+
+
+def test_duplicate_ids_marked_first_give_the_counted_answer():
+    """No repeat: decided by the marks alone; a repeat (anywhere, any integer type) gives the exact IDs, ascending."""
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(np.arange(7, 3007, dtype=np.int64))
+    chunks = [ids[:0], *np.array_split(ids, 5), ids[:0]]  # empty chunks too
+    assert ann.duplicate_ids(chunks).dtype == np.int64 and ann.duplicate_ids(chunks).tolist() == []
+    assert ann.duplicate_ids(ids).tolist() == []
+    repeated = ids.copy()
+    repeated[[10, 2000]] = repeated[[2999, 5]]  # one repeat in the same chunk as its first, one across chunks
+    expected = sorted({int(repeated[2999]), int(repeated[5])})
+    assert ann.duplicate_ids(np.array_split(repeated, 5)).tolist() == expected
+    assert ann.duplicate_ids(repeated).tolist() == expected
+    # as many marks as IDs needs distinct IDs: a missing ID beside a repeated one is still a repeat
+    gap = np.array([5, 6, 6, 8], dtype=np.int64)
+    assert ann.duplicate_ids([gap[:2], gap[2:]]).tolist() == [6]
+    # narrow and unsigned types: the differences to the lowest ID do not wrap
+    assert ann.duplicate_ids([np.array([-100, 100, 27], dtype=np.int8), np.array([27], dtype=np.int8)]).tolist() == [27]
+    assert ann.duplicate_ids([np.array([-100, 100, 27], dtype=np.int8)]).tolist() == []
+    top = np.array([2**40 + 1, 2**40 + 3, 2**40 + 2], dtype=np.uint64)
+    assert ann.duplicate_ids([top]).tolist() == []
+    assert ann.duplicate_ids([top, top[:1]]).tolist() == [2**40 + 1]
+    assert ann.duplicate_ids([top.astype(np.uint16) - np.uint16(2**16 - 5), top.astype(np.uint16)]).tolist() == []
+
+
+@pytest.fixture()
+def many_groups(fixture_data, tmp_path):
+    """The fixture with 16-row groups, and masks keeping some rows of some groups (one group entirely)."""
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pq.read_table(fixture_data.parquet), path, row_group_size=16)
+    meta = pq.ParquetFile(path).metadata
+    rng = np.random.default_rng(4)
+    masks = [rng.random(meta.row_group(g).num_rows) < 0.3 for g in range(meta.num_row_groups)]
+    masks[1][:] = False
+    masks[2][:] = True
+    assert meta.num_row_groups > 4
+    return path, masks
+
+
+def test_row_groups_read_on_threads_equal_the_serial_read(many_groups, monkeypatch):
+    path, masks = many_groups
+    f, pf = ann.open_parquet(str(path), read_dictionary=ann._FEW_VALUES)
+    columns = ["patch_id", "country", "latitude", "input"]
+    whole = pq.read_table(path, columns=columns, read_dictionary=ann._FEW_VALUES)
+    expected = whole.filter(pa.array(np.concatenate(masks)))
+    opened = []
+    original = ann.open_parquet
+    monkeypatch.setattr(ann, "open_parquet", lambda *a, **k: opened.append(k) or original(*a, **k))
+    with f:
+        serial = ann._read_selected(pf, columns, masks, "x")
+        assert not opened
+        threaded = ann._read_selected(pf, columns, masks, "x", urlpath=str(path))
+        assert 1 <= len(opened) <= 2  # one handle per thread, opened like pf (dictionary columns as dictionaries)
+        chunks = ann._read_selected_chunks(pf, "output", masks, "x", urlpath=str(path), threads=3)
+        assert 2 <= len(opened) <= 5
+    assert all(sorted(k["read_dictionary"]) == sorted(ann._FEW_VALUES) for k in opened)
+    for c in columns:
+        assert serial[c].type == threaded[c].type == expected[c].type
+        assert serial[c].equals(ann._one_array(expected[c])) and threaded[c].equals(serial[c])
+    assert len(chunks) == sum(1 for m in masks if m.any())
+    assert pa.concat_arrays(chunks).equals(ann._one_array(pq.read_table(path, columns=["output"])["output"].filter(
+        pa.array(np.concatenate(masks)))))
+
+
+def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):
+    """Without footer null counts, the row groups are checked as decoded; the error is the first in file order."""
+    path, masks = many_groups
+    table = pq.read_table(path)
+    bounds = np.cumsum([0] + [len(m) for m in masks])
+    late, early = int(bounds[5]) + 1, int(bounds[3]) + 2  # a null in group 5 and one in group 3
+    masks[3][2] = masks[5][1] = True
+    patch = table["patch_id"].to_pylist()
+    patch[late] = patch[early] = None
+    bad = tmp_path / "nulls.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("patch_id"), "patch_id", pa.array(patch, pa.string())),
+                   bad, row_group_size=16, write_statistics=False)
+    row = table["ID"][early].as_py()
+    f, pf = ann.open_parquet(str(bad), read_dictionary=ann._FEW_VALUES)
+    with f:
+        for urlpath in (None, str(bad)):
+            with pytest.raises(ann.AnnotationFileError, match=rf"^x: row ID {row} has a null 'patch_id'; the release"):
+                ann._read_selected(pf, ["s1_name", "patch_id"], masks, "x", urlpath=urlpath)
+            with pytest.raises(ann.AnnotationFileError, match=rf"^x: row ID {row} has a null 'patch_id'; the release"):
+                ann._read_selected_chunks(pf, "patch_id", masks, "x", urlpath=urlpath)
+
+
+@pytest.mark.parametrize("merge_every", [1, 2, 100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_names_encoded_row_group_by_row_group_equal_the_plain_names(fixture_data, monkeypatch, merge_every, threads):
+    """The pair names are hashed as they are read and merged every few row groups: same values, one dictionary."""
+    monkeypatch.setattr(ann, "_MERGE_EVERY", merge_every)
+    path = str(fixture_data.parquet)
+    pf = pq.ParquetFile(path)
+    assert pf.num_row_groups > merge_every + threads or merge_every == 100
+    selection = ann.Selection(types=("mcq", "binary"))
+    masks = [selection.mask(pf.read_row_group(g, columns=["type", "split"])) for g in range(pf.num_row_groups)]
+    masks[1][:] = False  # a row group with no selected row
+    got = ann._read_selected_encoded(pf, ["patch_id", "s1_name"], masks, "x", threads=threads)
+    plain = pq.read_table(path, columns=["patch_id", "s1_name"]).filter(pa.array(np.concatenate(masks)))
+    for column in ("patch_id", "s1_name"):
+        assert pa.types.is_dictionary(got[column].type)
+        assert len(got[column].dictionary) == len(set(got[column].dictionary.to_pylist()))  # one entry per name
+        assert got[column].to_pylist() == plain[column].to_pylist()

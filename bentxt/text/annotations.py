@@ -25,12 +25,14 @@ name the file and the row ``ID``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -252,6 +254,33 @@ def read_selection(
     download_config: Optional[DownloadConfig] = None,
     sort_by: Optional[str] = None,
 ) -> pa.Table:
+    """The selected rows (see :func:`_read_selection`); every column in memory."""
+    return _read_selection(urlpath, selection, columns, download_config, sort_by)[0]
+
+
+def read_sorted_selection(
+    urlpath: str, selection: Selection, sort_by: str, download_config: Optional[DownloadConfig] = None
+) -> Tuple[pa.Table, "SortedTexts"]:
+    """The selected rows sorted by ``(sort_by, ID)``, without ``input`` / ``output``, and how to write those later.
+
+    For preparing: the bulky texts (~1.5 GB of 2 GB at full scale) never sit
+    in memory; :meth:`SortedTexts.write` decodes them row group by row group,
+    parses each block and places it in the same sorted order in an Arrow file.
+    Checks and errors are :func:`read_selection`'s.
+    """
+    table, later = _read_selection(urlpath, selection, None, download_config, sort_by, defer=True)
+    assert later is not None
+    return table, later
+
+
+def _read_selection(
+    urlpath: str,
+    selection: Selection,
+    columns: Optional[Sequence[str]] = None,
+    download_config: Optional[DownloadConfig] = None,
+    sort_by: Optional[str] = None,
+    defer: bool = False,
+) -> Tuple[pa.Table, Optional["SortedTexts"]]:
     """The selected rows, read row group by row group so peak memory follows the selection, not the file.
 
     Columns in ``DICTIONARY_COLUMNS`` come back dictionary-encoded with a
@@ -293,6 +322,8 @@ def read_selection(
       (:func:`_drop_identical_duplicates`).
     """
     columns = list(columns or COLUMNS)
+    if defer and sort_by is None:
+        raise ValueError("defer=True needs sort_by: the bulky columns are written later in that order")
     if sort_by is not None and sort_by not in columns:
         raise ValueError(f"sort_by={sort_by!r} is not among the columns read {columns}")
     f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
@@ -329,8 +360,12 @@ def read_selection(
             del rg
         kept = _drop_identical_duplicates(pf, ids, masks, where)  # updates masks; None: nothing dropped
         del ids
+        if defer:  # the bulky columns stay in the file until SortedTexts.write
+            columns = [c for c in columns if c not in _HEAVY_COLUMNS]
+            heavy = []
         if not any(m.any() for m in masks):
-            return pa.schema([(c, COLUMNS[c]) for c in columns]).empty_table()
+            empty = pa.schema([(c, COLUMNS[c]) for c in columns]).empty_table()
+            return empty, (SortedTexts(urlpath, download_config, masks, np.zeros(0, np.int32), where) if defer else None)
         table = {c: _concat(parts.pop(c)) for c in ruled}
         if kept is not None:
             keep_selected = pa.array(kept)
@@ -339,10 +374,14 @@ def read_selection(
         # the other columns, selected rows only (masks are final now); a sparse selection (bench: 0.16 % of
         # the rows) reads its bulky columns in the same pass: the sorted placement below pays off for large ones
         if _is_sparse(masks):
-            table.update(_read_selected(pf, rest + heavy, masks, where))
+            table.update(_read_selected(pf, rest + heavy, masks, where, urlpath, download_config))
             light, heavy = light + heavy, []
+        elif defer:  # preparing: the per-pair names hashed a row group at a time, never ~1 GB of plain strings
+            names = [c for c in rest if c in _NAME_COLUMNS]
+            table.update(_read_selected_encoded(pf, names, masks, where))
+            table.update(_read_selected(pf, [c for c in rest if c not in names], masks, where, urlpath, download_config))
         else:
-            table.update(_read_selected(pf, rest, masks, where))
+            table.update(_read_selected(pf, rest, masks, where, urlpath, download_config))
         if sort_by is None:
             # every per-pair name costs a hash per row: two at a time (Arrow releases the GIL)
             encode = [c for c in light if c in DICTIONARY_COLUMNS]
@@ -350,8 +389,8 @@ def read_selection(
                 for c, encoded in zip(encode, pool.map(sorted_dictionary, [table[c] for c in encode])):
                     table[c] = encoded
             for c in heavy:
-                table[c] = _concat(_read_selected_chunks(pf, c, masks, where))
-            return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata)
+                table[c] = _concat(_read_selected_chunks(pf, c, masks, where, urlpath, download_config))
+            return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata), None
         # sorted: hash only the key; the other names follow its pair codes
         by_pair = sort_by in DICTIONARY_COLUMNS
         if by_pair:
@@ -369,15 +408,20 @@ def read_selection(
         # fits beside what is read so far); the largest last, straight into its sorted place
         heavy.sort(key=lambda c: _column_bytes(pf, c))
         for c in heavy[:-1]:
-            column = _concat(_read_selected_chunks(pf, c, masks, where))
+            column = _concat(_read_selected_chunks(pf, c, masks, where, urlpath, download_config))
             table[c] = column if order is None else column.take(order)
             del column
-    if heavy:
+    later = None
+    if heavy or defer:
         n = len(table["ID"])
         source = (order.to_numpy() if order is not None else np.arange(n)).astype(np.int32 if n < 2**31 else np.int64)
         del order
-        table[heavy[-1]] = _read_in_order(urlpath, download_config, heavy[-1], masks, source, slice_rows=_SLICE_ROWS, where=where)
-    return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata)
+        if defer:
+            later = SortedTexts(urlpath, download_config, masks, source, where)
+        else:
+            table[heavy[-1]] = _read_in_order(urlpath, download_config, heavy[-1], masks, source, slice_rows=_SLICE_ROWS,
+                                              where=where)
+    return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata), later
 
 
 def _column_bytes(pf: pq.ParquetFile, column: str) -> int:
@@ -415,19 +459,7 @@ def _read_in_order(
     """
     where = where or display_name(urlpath)
     n = len(source)
-    small = np.int32 if n < 2**31 else np.int64  # index arrays: 4 bytes a row at full scale
-    counts = np.array([int(m.sum()) for m in masks])
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    groups = [g for g in range(len(masks)) if counts[g]]
-    n_slices = max(1, -(-n // slice_rows))
-    width = len(masks)
-    # (slice, row group) of every output row; a stable sort keeps output order within each pair
-    bucket = (np.arange(n, dtype=small) // slice_rows) * width + (np.searchsorted(bounds, source, side="right") - 1).astype(small)
-    if n_slices * width <= np.iinfo(np.uint16).max:  # numpy's stable sort of 16-bit keys is a radix sort: O(n)
-        bucket = bucket.astype(np.uint16)
-    by_bucket = np.argsort(bucket, kind="stable").astype(small)
-    edges = np.searchsorted(bucket[by_bucket], np.arange(n_slices * width + 1))
-    del bucket
+    bounds, groups, n_slices, width, by_bucket, edges = _slice_buckets(masks, source, slice_rows)
     local = threading.local()
     opened: list = []
 
@@ -474,10 +506,7 @@ def _read_in_order(
         got = [pieces.pop((k, g)) for g in groups if (k, g) in pieces]
         joined = _concat(got)
         del got
-        placed = by_bucket[edges[k * width] : edges[(k + 1) * width]] - k * slice_rows  # output position of each joined row
-        inverse = np.empty(len(placed), dtype=np.int64)
-        inverse[placed] = np.arange(len(placed))
-        part = joined.take(pa.array(inverse))
+        part = joined.take(_slice_order(by_bucket, edges, k, width, slice_rows))
         del joined
         if string:
             a, b = k * slice_rows, k * slice_rows + len(part)
@@ -490,6 +519,185 @@ def _read_in_order(
     if string:
         return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     return pa.chunked_array(chunks)
+
+
+def _slice_buckets(masks: List[np.ndarray], source: np.ndarray, slice_rows: int):
+    """Where each output row comes from, grouped by (output slice, row group).
+
+    ``source``: output row -> selected row in file order. Returns ``bounds``
+    (first selected row of each row group), the row groups holding selected
+    rows, the number of slices, the number of row groups, ``by_bucket`` (output
+    rows ordered by (slice, row group), output order kept within each) and
+    ``edges`` (where each (slice, row group) bucket starts in ``by_bucket``).
+    """
+    n = len(source)
+    small = np.int32 if n < 2**31 else np.int64  # index arrays: 4 bytes a row at full scale
+    counts = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    groups = [g for g in range(len(masks)) if counts[g]]
+    n_slices = max(1, -(-n // slice_rows))
+    width = len(masks)
+    bucket = (np.arange(n, dtype=small) // slice_rows) * width + (np.searchsorted(bounds, source, side="right") - 1).astype(small)
+    if n_slices * width <= np.iinfo(np.uint16).max:  # numpy's stable sort of 16-bit keys is a radix sort: O(n)
+        bucket = bucket.astype(np.uint16)
+    by_bucket = np.argsort(bucket, kind="stable").astype(small)
+    edges = np.searchsorted(bucket[by_bucket], np.arange(n_slices * width + 1))
+    return bounds, groups, n_slices, width, by_bucket, edges
+
+
+def _slice_order(by_bucket: np.ndarray, edges: np.ndarray, k: int, width: int, slice_rows: int) -> pa.Array:
+    """Indices putting slice ``k``'s pieces (concatenated in row-group order) into output order."""
+    placed = by_bucket[edges[k * width] : edges[(k + 1) * width]] - k * slice_rows  # output position of each joined row
+    inverse = np.empty(len(placed), dtype=np.int64)
+    inverse[placed] = np.arange(len(placed))
+    return pa.array(inverse)
+
+
+#: what :meth:`SortedTexts.write` decodes for its ``parse`` callback: the texts and what parsing them needs
+PARSE_COLUMNS: Tuple[str, ...] = ("ID", "type", "category", "input", "output")
+
+
+class SortedTexts:
+    """The bulky columns of a sorted selection, left in the parquet until :meth:`write` places them, parsed, in order.
+
+    Made by :func:`read_sorted_selection`. ``source`` maps each output row
+    (the sorted light table's row) to its selected row in file order; the
+    masks say which rows of each row group are selected.
+    """
+
+    def __init__(self, urlpath: str, download_config: Optional[DownloadConfig], masks: List[np.ndarray],
+                 source: np.ndarray, where: str):
+        self.urlpath, self.download_config, self.masks, self.source, self.where = urlpath, download_config, masks, source, where
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def text_bytes(self) -> int:
+        """``input`` + ``output`` bytes of the selected rows, estimated from the footer (for the size estimate)."""
+        f, pf = open_parquet(self.urlpath, self.download_config)
+        with f:
+            meta = pf.metadata
+            index = [pf.schema_arrow.get_field_index(c) for c in _HEAVY_COLUMNS]
+            total = 0.0
+            for g, mask in enumerate(self.masks):
+                if len(mask) and mask.any():
+                    # PLAIN strings: a 4-byte length before each value
+                    size = sum(meta.row_group(g).column(j).total_uncompressed_size - 4 * len(mask) for j in index)
+                    total += max(size, 0) * mask.sum() / len(mask)
+        return int(total)
+
+    def write(self, path: str, parse: Callable[[pa.Table], Mapping[str, pa.Array]], extra: pa.Table,
+              stopped: Callable[[], bool] = lambda: False, slice_rows: int = _SLICE_ROWS, batch_rows: int = 100_000,
+              threads: int = 2) -> None:
+        """An Arrow file of ``extra``'s columns (already sorted) and the parsed texts, in the sorted order.
+
+        Two steps, ``threads`` at a time (Arrow and the parser's bulk
+        expressions release the GIL):
+
+        1. each row group holding selected rows is decoded once
+           (``PARSE_COLUMNS``), and its selected rows are cut into one piece per
+           output slice of ``slice_rows``, appended to that slice's Arrow stream
+           in a folder beside ``path``;
+        2. each slice is read back and put in order, and its batches of
+           ``batch_rows`` are parsed by ``parse`` (rows -> columns) and
+           appended to ``path`` with their rows of ``extra``. Then the slice's
+           stream is deleted.
+
+        Memory: a few row groups, then one slice of raw texts and a few
+        parsed batches. Disk: the raw texts once, beside the file being
+        written. ``stopped()`` is asked between row groups and batches (a
+        failed imagery pass stops this). A null text is an error naming the
+        row ID.
+        """
+        n = len(self.source)
+        if n == 0:  # nothing selected: the caller has said which option emptied the selection
+            return
+        if extra.num_rows != n:
+            raise ValueError(f"extra has {extra.num_rows} rows, the selection {n}")
+        bounds, groups, n_slices, width, by_bucket, edges = _slice_buckets(self.masks, self.source, slice_rows)
+        spill = path + ".slices"
+        os.makedirs(spill, exist_ok=True)
+        local = threading.local()
+        opened: list = []
+
+        def cut(g: int) -> Dict[int, pa.Table]:
+            if not hasattr(local, "pf"):
+                local.f, local.pf = open_parquet(self.urlpath, self.download_config)
+                opened.append(local.f)
+            rows = local.pf.read_row_group(g, columns=list(PARSE_COLUMNS))
+            for column in _HEAVY_COLUMNS:
+                if rows[column].null_count:  # the footer had no null counts (else read_selection has reported it)
+                    _report_nulls(local.pf, g, column, self.where)
+            if not self.masks[g].all():
+                rows = rows.filter(pa.array(self.masks[g]))
+            pieces = {}
+            for k in range(n_slices):
+                a, b = edges[k * width + g], edges[k * width + g + 1]
+                if b > a:
+                    pieces[k] = rows.take(pa.array(self.source[by_bucket[a:b]] - bounds[g]))
+            return pieces
+
+        writers: Dict[int, Any] = {}
+        out = None
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for pieces in _bounded_map(pool, cut, groups, threads, stopped):
+                    for k, piece in pieces.items():
+                        if k not in writers:
+                            writers[k] = pa.ipc.new_stream(os.path.join(spill, f"{k}.arrow"), piece.schema)
+                        writers[k].write_table(piece)
+                if stopped():
+                    return
+                for writer in writers.values():
+                    writer.close()
+                for k in range(n_slices):
+                    name = os.path.join(spill, f"{k}.arrow")
+                    with pa.memory_map(name) as source:
+                        rows = pa.ipc.open_stream(source).read_all().take(_slice_order(by_bucket, edges, k, width, slice_rows))
+                    os.remove(name)
+                    first = k * slice_rows
+                    batches = [rows.slice(a, batch_rows) for a in range(0, rows.num_rows, batch_rows)]
+                    del rows
+                    for j, parsed in enumerate(_bounded_map(pool, lambda batch: dict(parse(batch)), batches, threads, stopped)):
+                        texts = extra.slice(first + j * batch_rows, len(next(iter(parsed.values()))))
+                        table = pa.table({**{c: texts[c] for c in texts.column_names}, **parsed})
+                        if out is None:
+                            out = pa.ipc.new_file(path, table.schema)
+                        out.write_table(table)
+                    if stopped():
+                        return
+                    del batches
+                    pa.default_memory_pool().release_unused()
+        finally:
+            for writer in writers.values():
+                with contextlib.suppress(Exception):
+                    writer.close()
+            if out is not None:
+                out.close()
+            for handle in opened:
+                handle.close()
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, window: int,
+                 stopped: Callable[[], bool]) -> Iterable:
+    """``fn`` over ``items`` on ``pool``, results in order, at most ``window + 1`` in flight (results never pile up).
+
+    Stops submitting when ``stopped()``; what is in flight is then cancelled or awaited.
+    """
+    pending: List[Any] = []
+    try:
+        for item in items:
+            if stopped():
+                return
+            pending.append(pool.submit(fn, item))
+            if len(pending) > window:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 #: read dictionary-encoded straight from the parquet (a handful of values: cheap for the reader)
@@ -506,35 +714,111 @@ def _is_sparse(masks: List[np.ndarray]) -> bool:
     return sum(int(m.sum()) for m in masks) <= total * SPARSE_SHARE
 
 
-def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray],
-                   where: str) -> Dict[str, pa.Array]:
-    """Some columns' selected rows, one read per row group that holds any (a null is an error naming the row ID)."""
-    parts: Dict[str, list] = {c: [] for c in columns}
+def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray], where: str,
+                   urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
+                   threads: int = 2) -> Dict[str, pa.Array]:
+    """Some columns' selected rows, one read per row group that holds any (a null is an error naming the row ID).
+
+    With ``urlpath`` (the file ``pf`` reads), row groups are decoded ``threads``
+    at a time, each thread with its own handle (:func:`_map_row_groups`).
+    """
     if not columns:
         return {}
-    for i, keep in enumerate(masks):
-        if keep.any():
-            rg = pf.read_row_group(i, columns=list(columns))
-            for c in columns:
-                if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
-                    _report_nulls(pf, i, c, where)
-            chosen = rg if keep.all() else rg.filter(pa.array(keep))
-            for c in columns:
-                parts[c].extend(chosen[c].chunks)
-            del rg, chosen
+    columns = list(columns)
+
+    def read(handle: pq.ParquetFile, i: int) -> pa.Table:
+        rg = handle.read_row_group(i, columns=columns)
+        for c in columns:
+            if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
+                _report_nulls(handle, i, c, where)
+        return rg if masks[i].all() else rg.filter(pa.array(masks[i]))
+
+    parts: Dict[str, list] = {c: [] for c in columns}
+    for chosen in _map_row_groups(pf, _groups_with_rows(masks), read, urlpath, download_config, threads):
+        for c in columns:
+            parts[c].extend(chosen[c].chunks)
+        del chosen
     return {c: _concat(parts.pop(c)) for c in columns}
 
 
-def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet") -> list:
-    """One column's selected rows, one chunk per row group (a null is an error naming the row ID)."""
+#: the per-pair names: ~55 bytes a row as plain strings, one value per image pair
+_NAME_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name")
+#: encoded row groups of a name column merged into one dictionary at a time (:func:`_read_selected_encoded`)
+_MERGE_EVERY = 6
+
+
+def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray],
+                           where: str, threads: int = 2) -> Dict[str, pa.Array]:
+    """String columns' selected rows, dictionary-encoded one row group at a time, then given one dictionary.
+
+    At full scale the two pair names are ~1 GB as plain strings, and twice
+    that while the row groups' pieces are joined: the peak of the text side.
+    Encoded as they are read, only a row group's strings exist at a time;
+    each row group's distinct names (a pair's rows are scattered, so they
+    repeat from row group to row group) are merged into one dictionary every
+    ``_MERGE_EVERY`` row groups. Full scale: 1.2 GB peak for the selection
+    instead of 2.0 GB (benchmarks/textside.py).
+    Hashing runs on ``threads`` (Arrow releases the GIL): each decoded row
+    group is encoded on the pool while the next one is read.
+    """
+    parts: Dict[str, list] = {c: [] for c in columns}  # per column: the encoded row groups (futures) not merged yet
+
+    def encode(column: pa.Array) -> pa.Array:
+        return column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+
+    def merge(c: str, keep: int) -> None:
+        """Unify all but the last ``keep`` encoded row groups into one chunk: the row groups' distinct names
+        repeat each other (a pair's rows are scattered), so they are merged before they pile up."""
+        done, parts[c] = parts[c][: len(parts[c]) - keep], parts[c][len(parts[c]) - keep :]
+        chunks = pa.chunked_array([chunk.result() for chunk in done]).unify_dictionaries().chunks
+        del done
+        merged = pa.DictionaryArray.from_arrays(pa.concat_arrays([chunk.indices for chunk in chunks]), chunks[0].dictionary)
+        del chunks
+        future: Future = Future()
+        future.set_result(merged)
+        parts[c].insert(0, future)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, keep in enumerate(masks):
+            if keep.any():
+                rg = pf.read_row_group(i, columns=list(columns))
+                for c in columns:
+                    if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
+                        _report_nulls(pf, i, c, where)
+                chosen = rg if keep.all() else rg.filter(pa.array(keep))
+                del rg
+                for c in columns:
+                    parts[c].append(pool.submit(encode, _one_array(chosen[c])))
+                del chosen
+                for c in columns:
+                    if len(parts[c]) > _MERGE_EVERY + threads:  # a few merges at full scale; the newest still encoding
+                        merge(c, threads)
+                    elif len(parts[c]) > threads:  # at most ``threads`` row groups' plain strings wait for their encoding
+                        parts[c][-threads - 1].result()
+    out = {}
+    for c in columns:
+        merge(c, 0)
+        out[c] = parts.pop(c)[0].result()
+    return out
+
+
+def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
+                          urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
+                          threads: int = 2) -> list:
+    """One column's selected rows, one chunk per row group (a null is an error naming the row ID).
+
+    With ``urlpath``, row groups are decoded ``threads`` at a time, as in :func:`_read_selected`.
+    """
+
+    def read(handle: pq.ParquetFile, i: int) -> list:
+        col = handle.read_row_group(i, columns=[column])[column]
+        if col.null_count:  # the footer had no null counts (else read_selection has reported it)
+            _report_nulls(handle, i, column, where)
+        return (col if masks[i].all() else col.filter(pa.array(masks[i]))).chunks
+
     chunks = []
-    for i, keep in enumerate(masks):
-        if keep.any():
-            col = pf.read_row_group(i, columns=[column])[column]
-            if col.null_count:  # the footer had no null counts (else read_selection has reported it)
-                _report_nulls(pf, i, column, where)
-            chunks.extend((col if keep.all() else col.filter(pa.array(keep))).chunks)
-            del col
+    for part in _map_row_groups(pf, _groups_with_rows(masks), read, urlpath, download_config, threads):
+        chunks.extend(part)
     return chunks
 
 
@@ -777,17 +1061,24 @@ def check_splits(table: pa.Table, where: str) -> None:
 def duplicate_ids(ids: Union[np.ndarray, Sequence[np.ndarray]]) -> np.ndarray:
     """The IDs that occur more than once, ascending, from one array or a list of chunks (one per row group).
 
-    IDs in a dense range (the release's) are counted (``np.bincount``, one
-    int64 per possible ID); others are sorted once and neighbours compared.
-    At full scale (9.55 M int64) the concatenated IDs (76 MB, changed in
-    place) and the counts (76 MB) are the temporaries.
+    IDs in a dense range (the release's) are first marked in one bool per
+    possible ID, chunk by chunk (no copy of the IDs): as many marks as IDs
+    means none repeats (~0.05 s at full scale, 9.55 M IDs: 10 MB of marks).
+    Only otherwise are they counted (``np.bincount``, one int64 per possible
+    ID); IDs outside a dense range are sorted once and neighbours compared.
     """
     chunks = [ids] if isinstance(ids, np.ndarray) else list(ids)
+    chunks = [c for c in chunks if len(c)]
     if not chunks:
         return np.zeros(0, dtype=np.int64)
+    n = sum(len(c) for c in chunks)
+    if all(c.dtype.kind in "iu" for c in chunks):
+        low, high = min(int(c.min()) for c in chunks), max(int(c.max()) for c in chunks)
+        if high - low < 4 * n and _all_distinct(chunks, low, high - low + 1, n):
+            return np.zeros(0, dtype=np.int64)
     values = np.concatenate(chunks)  # a copy (the chunks may be views of Arrow buffers): changed in place
-    if not len(values):
-        return np.zeros(0, dtype=np.int64)
+    if values.dtype.kind in "iu" and values.dtype.itemsize < 8:
+        values = values.astype(np.int64)  # a narrow type's differences to the lowest ID could wrap
     low, high = int(values.min()), int(values.max())
     if values.dtype.kind in "iu" and high - low < 4 * len(values):
         # IDs in a dense range (the release: 1..9,553,962): one count per possible ID, ~20x faster than sorting
@@ -955,6 +1246,7 @@ class PatchIndex:
     table: pa.Table
     keys: List[str]  # image-pair keys in sort order
     starts: np.ndarray  # int64, len(keys) + 1 boundaries
+    texts: Optional[SortedTexts] = None  # the bulky columns, not in ``table`` (``read_sorted_selection``)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -970,16 +1262,20 @@ class PatchIndex:
         return {k: i for i, k in enumerate(self.keys)}
 
 
-def group_by_patch(table: pa.Table, key: str) -> PatchIndex:
+def group_by_patch(table: pa.Table, key: str, texts: Optional[SortedTexts] = None) -> PatchIndex:
     """Sort once by (key, ID) and find the run boundaries on integer codes.
 
     A table that is sorted already (``read_selection(..., sort_by=key)``) is
     kept as it is (no copy); otherwise it is reordered, one copy of the table.
+    ``texts``: the bulky columns still to be written in this table's order
+    (``read_sorted_selection``), so the table must be sorted already.
     """
     if len(table) == 0:
-        return PatchIndex(table, [], np.zeros(1, dtype=np.int64))
+        return PatchIndex(table, [], np.zeros(1, dtype=np.int64), texts)
     codes = _codes(table[key])
     order = _sort_order(table[key], table["ID"], codes)
+    if order is not None and texts is not None:
+        raise RuntimeError("internal error: a table read with its texts deferred must come sorted by (key, ID)")
     if order is not None:
         table = pa.Table.from_arrays([_one_array(column).take(order) for column in table.columns], schema=table.schema)
         codes = None if codes is None else codes[order.to_numpy()]
@@ -995,7 +1291,7 @@ def group_by_patch(table: pa.Table, key: str) -> PatchIndex:
         inner = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     starts = np.concatenate([[0], inner, [len(table)]]).astype(np.int64)
     keys = col.take(pa.array(starts[:-1])).to_pylist()
-    return PatchIndex(table, keys, starts)
+    return PatchIndex(table, keys, starts, texts)
 
 
 def check_patch_pairs(index: PatchIndex, where: str) -> None:
@@ -1058,3 +1354,57 @@ def check_filter_values(requested: Mapping[str, Optional[Iterable[str]]], presen
                 f"{option}={list(values)}: {unknown} not found in column {column!r} of the annotations "
                 f"(for the selected task types). Valid values: {present[column]}"
             )
+
+
+def _all_distinct(chunks: Sequence[np.ndarray], low: int, size: int, n: int) -> bool:
+    """True when the ``n`` integer IDs in ``chunks`` (all in ``low .. low + size - 1``) are distinct: one mark per ID."""
+    mark = np.zeros(size, dtype=bool)
+    for c in chunks:
+        mark[(c if c.dtype == np.uint64 else c.astype(np.int64, copy=False)) - low] = True  # int8 differences could wrap
+    return int(np.count_nonzero(mark)) == n
+
+
+def _groups_with_rows(masks: List[np.ndarray]) -> List[int]:
+    """The row groups holding a selected row."""
+    return [i for i, keep in enumerate(masks) if keep.any()]
+
+
+def _map_row_groups(pf: pq.ParquetFile, groups: Sequence[int], read: Callable[[pq.ParquetFile, int], Any],
+                    urlpath: Optional[str], download_config: Optional[DownloadConfig], threads: int) -> Iterable[Any]:
+    """``read(handle, g)`` for each row group ``g`` of ``groups``, results in that order.
+
+    Without ``urlpath`` (or with one thread, or one row group) on ``pf``, one
+    after the other. Otherwise ``threads`` at a time (Arrow releases the GIL
+    while decoding), each thread with its own handle on ``urlpath``, opened
+    like ``pf`` (the same columns read as dictionaries): a ``ParquetFile`` is
+    not safe to read from two threads at once (its pre-buffered ranges are
+    shared). A failing row group raises when its turn comes, so the error is
+    the one a serial read would raise first; row groups not started yet are
+    then skipped.
+    """
+    if urlpath is None or threads < 2 or len(groups) < 2:
+        for g in groups:
+            yield read(pf, g)
+        return
+    dictionary = [f.name for f in pf.schema_arrow if pa.types.is_dictionary(f.type)]
+    local = threading.local()
+    opened: list = []
+    lock = threading.Lock()
+
+    def run(g: int):
+        if not hasattr(local, "pf"):
+            local.f, local.pf = open_parquet(urlpath, download_config, read_dictionary=dictionary or None)
+            with lock:
+                opened.append(local.f)
+        return read(local.pf, g)
+
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        futures: List[Any] = [pool.submit(run, g) for g in groups]
+        for k, future in enumerate(futures):
+            futures[k] = None  # the caller holds the result from here on
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for handle in opened:
+            handle.close()
