@@ -514,7 +514,10 @@ def measure_prepare_texts(path: str, config: str, work: str, in_memory: bool = F
         join.write_texts(cfg, index if not in_memory else index.table, out)
         seconds = time.perf_counter() - t0
     size = os.path.getsize(out)
-    rows = pa.ipc.open_file(pa.memory_map(out)).metadata  # noqa: F841 (the file must open)
+    with pa.memory_map(out) as source:  # the whole selection, parsed
+        reader = pa.ipc.open_file(source)
+        written = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    assert written == len(index.table), (written, len(index.table))
     os.remove(out)
     return {"seconds": seconds, "select_seconds": selected, "write_seconds": seconds - selected, "rows": len(index.table),
             "patches": len(index), "texts_mb": size / 1e6}

@@ -68,6 +68,22 @@ def pytest_unconfigure(config) -> None:
         shutil.rmtree(_RUN_DIR / name, ignore_errors=True)
 
 
+@pytest.fixture
+def row_group_reads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every ``ParquetFile.read_row_group`` call of the test, as (row group, columns read)."""
+    import pyarrow.parquet as pq
+
+    calls: list = []
+    original = pq.ParquetFile.read_row_group
+
+    def spy(self, i, columns=None, **kwargs):
+        calls.append((i, tuple(columns or ())))
+        return original(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     return make_fixture(tmp_path_factory.mktemp("bentxt_fixture"), seed=0)

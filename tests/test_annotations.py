@@ -279,16 +279,9 @@ def test_builder_reports_bad_parquet_rows(fixture_data, tmp_path, case, expected
     assert re.search(expected, chain(excinfo)), chain(excinfo)
 
 
-def test_rules_read_no_extra_columns_from_a_good_file(fixture_data, monkeypatch):
+def test_rules_read_no_extra_columns_from_a_good_file(fixture_data, row_group_reads):
     """On a good file the checks use what the selection reads anyway: no row group is decoded twice."""
-    calls = []
-    original = pq.ParquetFile.read_row_group
-
-    def spy(self, i, columns=None, **kwargs):
-        calls.append((i, tuple(columns or ())))
-        return original(self, i, columns=columns, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    calls = row_group_reads
     ann.read_selection(str(fixture_data.parquet), ann.Selection(), sort_by="patch_id")
     groups = pq.ParquetFile(fixture_data.parquet).num_row_groups
     ruled = ("ID", "category", "split", "type")  # every row: the rules' columns; then the others, each once

@@ -24,18 +24,6 @@ SELECTIONS = {
 }
 
 
-def spy_reads(monkeypatch):
-    calls = []
-    original = pq.ParquetFile.read_row_group
-
-    def spy(self, i, columns=None, **kwargs):
-        calls.append((i, tuple(columns or ())))
-        return original(self, i, columns=columns, **kwargs)
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
-    return calls
-
-
 def plain(table: pa.Table) -> pa.Table:
     return pa.table({c: ann._decoded(ann._one_array(table[c])) for c in table.column_names})
 
@@ -59,7 +47,7 @@ def test_sparse_and_dense_reads_give_the_same_table(fixture_data, monkeypatch, n
     assert plain(dense).equals(expected.select(dense.column_names))
 
 
-def test_a_file_sorted_by_split_reads_names_and_texts_of_the_bench_row_groups_only(fixture_data, tmp_path, monkeypatch):
+def test_a_file_sorted_by_split_reads_names_and_texts_of_the_bench_row_groups_only(fixture_data, tmp_path, row_group_reads):
     whole = pq.read_table(fixture_data.parquet)
     order = pc.sort_indices(whole, [("split", "ascending"), ("ID", "ascending")])
     path = tmp_path / "by_split.parquet"
@@ -69,7 +57,7 @@ def test_a_file_sorted_by_split_reads_names_and_texts_of_the_bench_row_groups_on
     bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     with_bench = {g for g in range(meta.num_row_groups) if (split_of[bounds[g]:bounds[g + 1]] == "bench").any()}
     assert 0 < len(with_bench) < meta.num_row_groups
-    calls = spy_reads(monkeypatch)
+    calls = row_group_reads
     table = ann.read_selection(str(path), SELECTIONS["bench"], sort_by="patch_id")
     ruled = ("ID", "category", "split", "type")
     assert {i for i, columns in calls if columns == ruled} == set(range(meta.num_row_groups))  # the rules: every row
@@ -199,7 +187,7 @@ def test_names_encoded_row_group_by_row_group_equal_the_plain_names(fixture_data
     selection = ann.Selection(types=("mcq", "binary"))
     masks = [selection.mask(pf.read_row_group(g, columns=["type", "split"])) for g in range(pf.num_row_groups)]
     masks[1][:] = False  # a row group with no selected row
-    got = ann._read_selected_encoded(pf, ["patch_id", "s1_name"], masks, "x", threads=threads)
+    got = ann._read_selected_encoded(pf, ["patch_id", "s1_name"], masks, "x", urlpath=path, threads=threads)
     plain = pq.read_table(path, columns=["patch_id", "s1_name"]).filter(pa.array(np.concatenate(masks)))
     for column in ("patch_id", "s1_name"):
         assert pa.types.is_dictionary(got[column].type)

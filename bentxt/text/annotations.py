@@ -30,9 +30,9 @@ import logging
 import os
 import shutil
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -378,7 +378,7 @@ def _read_selection(
             light, heavy = light + heavy, []
         elif defer:  # preparing: the per-pair names hashed a row group at a time, never ~1 GB of plain strings
             names = [c for c in rest if c in _NAME_COLUMNS]
-            table.update(_read_selected_encoded(pf, names, masks, where))
+            table.update(_read_selected_encoded(pf, names, masks, where, urlpath, download_config))
             table.update(_read_selected(pf, [c for c in rest if c not in names], masks, where, urlpath, download_config))
         else:
             table.update(_read_selected(pf, rest, masks, where, urlpath, download_config))
@@ -460,16 +460,11 @@ def _read_in_order(
     where = where or display_name(urlpath)
     n = len(source)
     bounds, groups, n_slices, width, by_bucket, edges = _slice_buckets(masks, source, slice_rows)
-    local = threading.local()
-    opened: list = []
 
-    def decode(g: int) -> Dict[Tuple[int, int], pa.Array]:
-        if not hasattr(local, "pf"):
-            local.f, local.pf = open_parquet(urlpath, download_config)
-            opened.append(local.f)
-        col = _one_array(local.pf.read_row_group(g, columns=[column])[column])
+    def decode(handle: pq.ParquetFile, g: int) -> Dict[Tuple[int, int], pa.Array]:
+        col = _one_array(handle.read_row_group(g, columns=[column])[column])
         if col.null_count:  # the footer had no null counts (else read_selection has reported it)
-            _report_nulls(local.pf, g, column, where)
+            _report_nulls(handle, g, column, where)
         if not masks[g].all():
             col = col.filter(pa.array(masks[g]))
         out = {}
@@ -480,13 +475,8 @@ def _read_in_order(
         return out
 
     pieces: Dict[Tuple[int, int], pa.Array] = {}
-    try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for part in pool.map(decode, groups):
-                pieces.update(part)
-    finally:
-        for handle in opened:
-            handle.close()
+    for part in _map_row_groups(None, groups, decode, urlpath, download_config, threads):
+        pieces.update(part)
     # one string array: its offsets are known from the pieces' lengths; the data buffer is filled a
     # slice at a time while the pieces are freed (untouched pages of np.empty cost no memory)
     string = all(pa.types.is_string(p.type) and p.null_count == 0 for p in pieces.values())
@@ -617,17 +607,12 @@ class SortedTexts:
         bounds, groups, n_slices, width, by_bucket, edges = _slice_buckets(self.masks, self.source, slice_rows)
         spill = path + ".slices"
         os.makedirs(spill, exist_ok=True)
-        local = threading.local()
-        opened: list = []
 
-        def cut(g: int) -> Dict[int, pa.Table]:
-            if not hasattr(local, "pf"):
-                local.f, local.pf = open_parquet(self.urlpath, self.download_config)
-                opened.append(local.f)
-            rows = local.pf.read_row_group(g, columns=list(PARSE_COLUMNS))
+        def cut(handle: pq.ParquetFile, g: int) -> Dict[int, pa.Table]:
+            rows = handle.read_row_group(g, columns=list(PARSE_COLUMNS))
             for column in _HEAVY_COLUMNS:
                 if rows[column].null_count:  # the footer had no null counts (else read_selection has reported it)
-                    _report_nulls(local.pf, g, column, self.where)
+                    _report_nulls(handle, g, column, self.where)
             if not self.masks[g].all():
                 rows = rows.filter(pa.array(self.masks[g]))
             pieces = {}
@@ -640,16 +625,16 @@ class SortedTexts:
         writers: Dict[int, Any] = {}
         out = None
         try:
+            for pieces in _map_row_groups(None, groups, cut, self.urlpath, self.download_config, threads, stopped=stopped):
+                for k, piece in pieces.items():
+                    if k not in writers:
+                        writers[k] = pa.ipc.new_stream(os.path.join(spill, f"{k}.arrow"), piece.schema)
+                    writers[k].write_table(piece)
+            if stopped():
+                return
+            for writer in writers.values():
+                writer.close()
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                for pieces in _bounded_map(pool, cut, groups, threads, stopped):
-                    for k, piece in pieces.items():
-                        if k not in writers:
-                            writers[k] = pa.ipc.new_stream(os.path.join(spill, f"{k}.arrow"), piece.schema)
-                        writers[k].write_table(piece)
-                if stopped():
-                    return
-                for writer in writers.values():
-                    writer.close()
                 for k in range(n_slices):
                     name = os.path.join(spill, f"{k}.arrow")
                     with pa.memory_map(name) as source:
@@ -674,8 +659,6 @@ class SortedTexts:
                     writer.close()
             if out is not None:
                 out.close()
-            for handle in opened:
-                handle.close()
             shutil.rmtree(spill, ignore_errors=True)
 
 
@@ -747,59 +730,47 @@ _NAME_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name")
 _MERGE_EVERY = 6
 
 
-def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray],
-                           where: str, threads: int = 2) -> Dict[str, pa.Array]:
+def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray], where: str,
+                           urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
+                           threads: int = 2) -> Dict[str, pa.Array]:
     """String columns' selected rows, dictionary-encoded one row group at a time, then given one dictionary.
 
     At full scale the two pair names are ~1 GB as plain strings, and twice
     that while the row groups' pieces are joined: the peak of the text side.
-    Encoded as they are read, only a row group's strings exist at a time;
-    each row group's distinct names (a pair's rows are scattered, so they
-    repeat from row group to row group) are merged into one dictionary every
+    Each row group is decoded and encoded on its thread
+    (:func:`_map_row_groups`), so only a few row groups' strings exist at a
+    time; their distinct names (a pair's rows are scattered, so they repeat
+    from row group to row group) are merged into one dictionary every
     ``_MERGE_EVERY`` row groups. Full scale: 1.2 GB peak for the selection
     instead of 2.0 GB (benchmarks/textside.py).
-    Hashing runs on ``threads`` (Arrow releases the GIL): each decoded row
-    group is encoded on the pool while the next one is read.
     """
-    parts: Dict[str, list] = {c: [] for c in columns}  # per column: the encoded row groups (futures) not merged yet
+    columns = list(columns)
 
-    def encode(column: pa.Array) -> pa.Array:
-        return column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    def read(handle: pq.ParquetFile, i: int) -> Dict[str, pa.Array]:
+        rg = handle.read_row_group(i, columns=columns)
+        for c in columns:
+            if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
+                _report_nulls(handle, i, c, where)
+        chosen = rg if masks[i].all() else rg.filter(pa.array(masks[i]))
+        del rg
+        encoded = {}
+        for c in columns:
+            column = _one_array(chosen[c])
+            encoded[c] = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        return encoded
 
-    def merge(c: str, keep: int) -> None:
-        """Unify all but the last ``keep`` encoded row groups into one chunk: the row groups' distinct names
-        repeat each other (a pair's rows are scattered), so they are merged before they pile up."""
-        done, parts[c] = parts[c][: len(parts[c]) - keep], parts[c][len(parts[c]) - keep :]
-        chunks = pa.chunked_array([chunk.result() for chunk in done]).unify_dictionaries().chunks
-        del done
-        merged = pa.DictionaryArray.from_arrays(pa.concat_arrays([chunk.indices for chunk in chunks]), chunks[0].dictionary)
-        del chunks
-        future: Future = Future()
-        future.set_result(merged)
-        parts[c].insert(0, future)
+    def merged(chunks: List[pa.Array]) -> pa.Array:
+        chunks = pa.chunked_array(chunks).unify_dictionaries().chunks
+        return pa.DictionaryArray.from_arrays(pa.concat_arrays([chunk.indices for chunk in chunks]), chunks[0].dictionary)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for i, keep in enumerate(masks):
-            if keep.any():
-                rg = pf.read_row_group(i, columns=list(columns))
-                for c in columns:
-                    if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
-                        _report_nulls(pf, i, c, where)
-                chosen = rg if keep.all() else rg.filter(pa.array(keep))
-                del rg
-                for c in columns:
-                    parts[c].append(pool.submit(encode, _one_array(chosen[c])))
-                del chosen
-                for c in columns:
-                    if len(parts[c]) > _MERGE_EVERY + threads:  # a few merges at full scale; the newest still encoding
-                        merge(c, threads)
-                    elif len(parts[c]) > threads:  # at most ``threads`` row groups' plain strings wait for their encoding
-                        parts[c][-threads - 1].result()
-    out = {}
-    for c in columns:
-        merge(c, 0)
-        out[c] = parts.pop(c)[0].result()
-    return out
+    parts: Dict[str, List[pa.Array]] = {c: [] for c in columns}
+    for encoded in _map_row_groups(pf, _groups_with_rows(masks), read, urlpath, download_config, threads):
+        for c in columns:
+            parts[c].append(encoded[c])
+            if len(parts[c]) > _MERGE_EVERY:
+                parts[c] = [merged(parts[c])]
+        del encoded
+    return {c: merged(parts.pop(c)) for c in columns}
 
 
 def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
@@ -1369,42 +1340,54 @@ def _groups_with_rows(masks: List[np.ndarray]) -> List[int]:
     return [i for i, keep in enumerate(masks) if keep.any()]
 
 
-def _map_row_groups(pf: pq.ParquetFile, groups: Sequence[int], read: Callable[[pq.ParquetFile, int], Any],
-                    urlpath: Optional[str], download_config: Optional[DownloadConfig], threads: int) -> Iterable[Any]:
+def _map_row_groups(pf: Optional[pq.ParquetFile], groups: Sequence[int], read: Callable[[pq.ParquetFile, int], Any],
+                    urlpath: Optional[str], download_config: Optional[DownloadConfig], threads: int,
+                    read_dictionary: Optional[Sequence[str]] = None,
+                    stopped: Callable[[], bool] = lambda: False) -> Iterator[Any]:
     """``read(handle, g)`` for each row group ``g`` of ``groups``, results in that order.
 
-    Without ``urlpath`` (or with one thread, or one row group) on ``pf``, one
-    after the other. Otherwise ``threads`` at a time (Arrow releases the GIL
-    while decoding), each thread with its own handle on ``urlpath``, opened
-    like ``pf`` (the same columns read as dictionaries): a ``ParquetFile`` is
-    not safe to read from two threads at once (its pre-buffered ranges are
-    shared). A failing row group raises when its turn comes, so the error is
-    the one a serial read would raise first; row groups not started yet are
-    then skipped.
+    The one way row groups are decoded on threads here. Without ``urlpath``
+    (or with one thread, or one row group), one after the other on ``pf``.
+    Otherwise ``threads`` at a time (Arrow releases the GIL while decoding),
+    each thread with its own handle on ``urlpath``, opened like ``pf`` (the
+    same columns read as dictionaries; ``read_dictionary`` when there is no
+    ``pf``): a ``ParquetFile`` is not safe to read from two threads at once
+    (its pre-buffered ranges are shared). At most ``threads + 1`` results
+    wait for the caller, so decoded row groups never pile up. A failing row
+    group raises when its turn comes, so the error is the one a serial read
+    would raise first; row groups not started yet are then skipped, as they
+    are once ``stopped()``.
     """
+    if pf is not None:
+        read_dictionary = [f.name for f in pf.schema_arrow if pa.types.is_dictionary(f.type)]
     if urlpath is None or threads < 2 or len(groups) < 2:
-        for g in groups:
-            yield read(pf, g)
+        own = None
+        if pf is None:
+            assert urlpath is not None, "a ParquetFile or its urlpath"
+            own, pf = open_parquet(urlpath, download_config, read_dictionary=read_dictionary or None)
+        try:
+            for g in groups:
+                if stopped():
+                    return
+                yield read(pf, g)
+        finally:
+            if own is not None:
+                own.close()
         return
-    dictionary = [f.name for f in pf.schema_arrow if pa.types.is_dictionary(f.type)]
     local = threading.local()
     opened: list = []
     lock = threading.Lock()
 
     def run(g: int):
         if not hasattr(local, "pf"):
-            local.f, local.pf = open_parquet(urlpath, download_config, read_dictionary=dictionary or None)
+            local.f, local.pf = open_parquet(urlpath, download_config, read_dictionary=read_dictionary or None)
             with lock:
                 opened.append(local.f)
         return read(local.pf, g)
 
-    pool = ThreadPoolExecutor(max_workers=threads)
     try:
-        futures: List[Any] = [pool.submit(run, g) for g in groups]
-        for k, future in enumerate(futures):
-            futures[k] = None  # the caller holds the result from here on
-            yield future.result()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield from _bounded_map(pool, run, groups, threads, stopped)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         for handle in opened:
             handle.close()
