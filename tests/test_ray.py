@@ -121,6 +121,8 @@ def environment(tmp_path_factory):
     patch.setenv("TMPDIR", sessions)
     patch.setenv("RAY_gcs_server_port_wait_time_s", "120")  # the GCS start-up wait, generous on a busy machine
     patch.delenv("RAY_ADDRESS", raising=False)
+    # Ray writes the token of a new local cluster to ~/.ray/auth_token (Path.home(): HOME): a home of the run's own
+    patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     try:
         yield cache
     finally:
