@@ -49,6 +49,7 @@ from make_fixtures import Fixture, make_fixture, write_lmdb  # noqa: E402
 # Everything a test run writes stays in the checkout: tempfile users (ours, datasets', subprocesses) get
 # .pytest-tmp/tmp instead of /tmp, removed at the end of the session.
 _TMP = _RUN_DIR / "tmp"
+_DEFAULT_BASETEMP = (Path(__file__).resolve().parents[1] / ".pytest-tmp" / "base").resolve()
 
 
 def pytest_configure(config) -> None:
@@ -56,6 +57,10 @@ def pytest_configure(config) -> None:
     import tempfile
 
     _TMP.mkdir(parents=True, exist_ok=True)
+    # setup.cfg's --basetemp=.pytest-tmp/base is the default run's: another run folder gets its own (pytest empties
+    # the basetemp when it starts, so two runs sharing one would remove each other's files)
+    if os.environ.get("BENTXT_TEST_DIR") and Path(config.option.basetemp or "").resolve() == _DEFAULT_BASETEMP:
+        config.option.basetemp = str(_RUN_DIR / "base")
     os.environ["TMPDIR"] = str(_TMP)
     tempfile.tempdir = str(_TMP)
 
