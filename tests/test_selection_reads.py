@@ -193,3 +193,81 @@ def test_names_encoded_row_group_by_row_group_equal_the_plain_names(fixture_data
         assert pa.types.is_dictionary(got[column].type)
         assert len(got[column].dictionary) == len(set(got[column].dictionary.to_pylist()))  # one entry per name
         assert got[column].to_pylist() == plain[column].to_pylist()
+
+
+@pytest.mark.parametrize("key,other", [("patch_id", "s1_name"), ("s1_name", "patch_id")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pair_names_hashed_once_equal_the_plain_names(many_groups, row_group_reads, key, other, threads):
+    """The key is hashed once; the other name takes the key's codes: same values, a sorted dictionary each."""
+    path, masks = many_groups
+    f, pf = ann.open_parquet(str(path), read_dictionary=ann._FEW_VALUES)
+    with f:
+        got = ann._read_pair_names(pf, key, [other], masks, "x", urlpath=str(path), threads=threads)
+    plain_names = pq.read_table(path, columns=[key, other]).filter(pa.array(np.concatenate(masks)))
+    for column in (key, other):
+        assert pa.types.is_dictionary(got[column].type) and ann._is_normalized(got[column].dictionary)
+        assert got[column].to_pylist() == plain_names[column].to_pylist()
+    # the other name is never hashed: one value per pair, its codes a renumbering of the key's
+    pairs = set(zip(got[key].indices.to_pylist(), got[other].indices.to_pylist()))
+    assert len(got[other].dictionary) == len(got[key].dictionary) == len(pairs) == len({k for k, _ in pairs})
+    groups = sorted(g for g, m in enumerate(masks) if m.any())
+    # the key once, the other name twice (its values, then the check), only row groups holding a selected row
+    assert sorted(row_group_reads) == sorted([(g, (key,)) for g in groups] + 2 * [(g, (other,)) for g in groups])
+
+
+def test_a_pair_whose_rows_disagree_on_its_s1_name_is_reported_as_when_read_whole(fixture_data, tmp_path, monkeypatch):
+    """The derived S1 codes only hold when every row agrees: otherwise the names are hashed and the row is named."""
+    from bentxt import join
+    from bentxt.config import resolve_config
+
+    table = pq.read_table(fixture_data.parquet)
+    s1 = table["s1_name"].to_pylist()
+    pair = table["patch_id"][40].as_py()
+    rows = [i for i, p in enumerate(table["patch_id"].to_pylist()) if p == pair]
+    assert len(rows) > 1
+    s1[rows[-1]] = s1[rows[-1]] + "_0"  # one row of the pair names another S1 patch
+    path = str(tmp_path / "two-s1.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("s1_name"), "s1_name", pa.array(s1)), path,
+                   row_group_size=16)
+    fallback = []
+    encoded = ann._read_selected_encoded
+    monkeypatch.setattr(ann, "_read_selected_encoded", lambda *a, **k: fallback.append(a[1]) or encoded(*a, **k))
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    messages = []
+    for later in (True, False):
+        with pytest.raises(ann.AnnotationFileError, match=rf"gives s1_name='[^']+' for image pair {pair}, but row ID") as e:
+            join.select_annotations(config, path, None, None, texts_later=later)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and fallback == [["s1_name"]]
+
+
+def test_sort_order_distinct_keys_by_quicksort_repeated_keys_stable():
+    rng = np.random.default_rng(5)
+    codes = pa.array(rng.integers(0, 300, 20_000).astype(np.int32))
+    ids = rng.permutation(20_000)
+    order = ann._sort_order(codes, pa.array(ids)).to_numpy()
+    assert order.tolist() == np.lexsort((ids, codes.to_numpy())).tolist()
+    repeated = ids % 50  # (code, ID) repeats: the stable order, equal keys in row order
+    order = ann._sort_order(codes, pa.array(repeated)).to_numpy()
+    assert order.tolist() == np.lexsort((repeated, codes.to_numpy())).tolist()
+    assert not ann._strictly_increasing(np.array([1, 3, 3]), np.arange(3))
+    assert ann._strictly_increasing(np.array([3, 1, 2]), np.array([1, 2, 0]), slice_rows=1)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_names_hashed_on_threads_equal_one_hash(monkeypatch, chunked):
+    monkeypatch.setattr(ann, "_THREADED_HASH_ROWS", 10)
+    rng = np.random.default_rng(6)
+    values = pa.array([f"S2B_{i:04d}" for i in rng.integers(0, 400, 5_000)])
+    column = pa.chunked_array([values.slice(a, 700) for a in range(0, 5_000, 700)]) if chunked else values
+    for threads in (1, 2, 3):
+        got = ann.sorted_dictionary(column, threads=threads)
+        assert got.to_pylist() == values.to_pylist() and ann._is_normalized(got.dictionary)
+        assert got.indices.type == pa.int16()
+
+
+def test_pair_keys_of_a_dictionary_column_are_plain_strings():
+    table = pa.table({"patch_id": pa.array(["b", "a", "b"]).dictionary_encode(), "ID": [3, 1, 2]})
+    index = ann.group_by_patch(table, "patch_id")
+    assert index.keys == ["a", "b"] and index.first("patch_id") == ["a", "b"]
+    assert all(type(k) is str for k in index.keys)

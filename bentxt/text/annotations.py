@@ -182,7 +182,7 @@ def open_parquet(
 
 
 
-def _row_groups(pf: pq.ParquetFile, what: str) -> Iterable[int]:
+def _row_groups(pf: pq.ParquetFile, what: str) -> Sequence[int]:
     """Row-group indices behind a progress bar (the release parquet is 466 MB); quiet with datasets' bars off."""
     from datasets.utils import tqdm
 
@@ -339,25 +339,29 @@ def _read_selection(
     masks: List[np.ndarray] = []
     parts: Dict[str, list] = {c: [] for c in ruled}
     ids: List[np.ndarray] = []  # every row's ID, for the duplicate check (8 bytes a row)
-    first_row = 0
+    first_rows = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+
+    def rule(handle: pq.ParquetFile, g: int) -> Tuple[np.ndarray, np.ndarray, Optional[pa.Table]]:
+        rg = handle.read_row_group(g, columns=ruled)
+        # the rules, before filtering (which would drop such rows silently)
+        check_nulls(rg, where, first_row=int(first_rows[g]))
+        _check_unread_nulls(handle, g, ruled, where, int(first_rows[g]))
+        check_types(rg, where)
+        check_splits(rg, where)
+        check_categories(rg, where)
+        keep = selection.mask(rg)
+        chosen = None if not keep.any() else rg if keep.all() else rg.filter(pa.array(keep))
+        return _one_array(rg["ID"]).to_numpy(), keep, chosen
+
     with f:
-        for i in _row_groups(pf, f"Reading {where.rsplit('/', 1)[-1]}"):
-            rg = pf.read_row_group(i, columns=ruled)
-            # the rules, before filtering (which would drop such rows silently)
-            check_nulls(rg, where, first_row=first_row)
-            _check_unread_nulls(pf, i, ruled, where, first_row)
-            check_types(rg, where)
-            check_splits(rg, where)
-            check_categories(rg, where)
-            ids.append(_one_array(rg["ID"]).to_numpy())
-            keep = selection.mask(rg)
+        bar = _row_groups(pf, f"Reading {where.rsplit('/', 1)[-1]}")
+        for row_ids, keep, chosen in _map_row_groups(pf, bar, rule, urlpath, download_config, threads=2):
+            ids.append(row_ids)
             masks.append(keep)
-            if keep.any():
-                chosen = rg if keep.all() else rg.filter(pa.array(keep))
+            if chosen is not None:
                 for c in ruled:
                     parts[c].extend(chosen[c].chunks)
-            first_row += len(rg)
-            del rg
+            del chosen
         kept = _drop_identical_duplicates(pf, ids, masks, where)  # updates masks; None: nothing dropped
         del ids
         if defer:  # the bulky columns stay in the file until SortedTexts.write
@@ -376,10 +380,11 @@ def _read_selection(
         if _is_sparse(masks):
             table.update(_read_selected(pf, rest + heavy, masks, where, urlpath, download_config))
             light, heavy = light + heavy, []
-        elif defer:  # preparing: the per-pair names hashed a row group at a time, never ~1 GB of plain strings
-            names = [c for c in rest if c in _NAME_COLUMNS]
-            table.update(_read_selected_encoded(pf, names, masks, where, urlpath, download_config))
-            table.update(_read_selected(pf, [c for c in rest if c not in names], masks, where, urlpath, download_config))
+        elif defer and sort_by in _NAME_COLUMNS:  # preparing: the key hashed once, the other names never
+            names = [c for c in rest if c in _NAME_COLUMNS and c != sort_by]
+            table.update(_read_pair_names(pf, sort_by, names, masks, where, urlpath, download_config))
+            table.update(_read_selected(pf, [c for c in rest if c not in names and c != sort_by], masks, where, urlpath,
+                                        download_config))
         else:
             table.update(_read_selected(pf, rest, masks, where, urlpath, download_config))
         if sort_by is None:
@@ -735,14 +740,13 @@ def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: Li
                            threads: int = 2) -> Dict[str, pa.Array]:
     """String columns' selected rows, dictionary-encoded one row group at a time, then given one dictionary.
 
-    At full scale the two pair names are ~1 GB as plain strings, and twice
-    that while the row groups' pieces are joined: the peak of the text side.
-    Each row group is decoded and encoded on its thread
-    (:func:`_map_row_groups`), so only a few row groups' strings exist at a
-    time; their distinct names (a pair's rows are scattered, so they repeat
-    from row group to row group) are merged into one dictionary every
-    ``_MERGE_EVERY`` row groups. Full scale: 1.2 GB peak for the selection
-    instead of 2.0 GB (benchmarks/textside.py).
+    The way of :func:`_read_pair_names` when a pair's rows disagree on a
+    name, so that :func:`check_patch_pairs` can name the row: no plain copy
+    of the column (~0.5 GB at full scale) ever exists. Each row group is
+    decoded and encoded on its thread (:func:`_map_row_groups`); the
+    dictionaries are merged every ``_MERGE_EVERY`` row groups. Slow where a
+    pair's rows are scattered (a row group's dictionary is nearly as long as
+    the row group, so names are hashed twice) but only a broken file comes here.
     """
     columns = list(columns)
 
@@ -771,6 +775,69 @@ def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: Li
                 parts[c] = [merged(parts[c])]
         del encoded
     return {c: merged(parts.pop(c)) for c in columns}
+
+
+def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks: List[np.ndarray], where: str,
+                     urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
+                     threads: int = 2) -> Dict[str, pa.Array]:
+    """The selected rows' pair names, dictionary-encoded by pair: ``key`` hashed once, ``others`` never hashed.
+
+    A pair's rows are scattered, so a row group holds nearly as many distinct
+    names as rows (206,001 in 270,479 at full scale): encoding row groups
+    apart and merging their dictionaries hashed every name twice (5.5 of 15 s
+    of the s1s2-all text side). Here the key is decoded plain (~0.5 GB at full
+    scale, the only plain copy) and hashed once, one half of the file per
+    thread. Every other name (one value per pair, e.g. ``s1_name``) takes the
+    key's codes as its indices: one pass on threads takes each pair's value
+    from one of its rows, a second checks every row against it. A column that
+    disagrees anywhere is read with :func:`_read_selected_encoded` instead,
+    so :func:`check_patch_pairs` names the row.
+    """
+    chunks = _read_selected_chunks(pf, key, masks, where, urlpath, download_config, threads)
+    out = {key: sorted_dictionary(pa.chunked_array(chunks, pf.schema_arrow.field(key).type), threads=threads)}
+    del chunks
+    if not others:
+        return out
+    codes = out[key].indices.to_numpy()
+    some_row = np.empty(len(out[key].dictionary), dtype=np.int64)
+    some_row[codes] = np.arange(len(codes))  # one row of each pair (whichever write wins)
+    groups = _groups_with_rows(masks)
+    first = dict(zip(groups, np.cumsum([0] + [int(masks[g].sum()) for g in groups])))  # first selected row of each
+
+    def decode(handle: pq.ParquetFile, g: int) -> Dict[str, pa.Array]:
+        rg = handle.read_row_group(g, columns=list(others))
+        for c in others:
+            if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
+                _report_nulls(handle, g, c, where)
+        return {c: _one_array(rg[c] if masks[g].all() else rg[c].filter(pa.array(masks[g]))) for c in others}
+
+    def values_of_pairs(handle: pq.ParquetFile, g: int) -> Dict[str, Tuple[np.ndarray, pa.Array]]:
+        mine = codes[first[g] : first[g] + int(masks[g].sum())]
+        rows = np.flatnonzero(some_row[mine] == first[g] + np.arange(len(mine)))
+        return {c: (mine[rows], column.take(pa.array(rows))) for c, column in decode(handle, g).items()}
+
+    def agrees(handle: pq.ParquetFile, g: int) -> Dict[str, bool]:
+        mine = pa.array(codes[first[g] : first[g] + int(masks[g].sum())])
+        return {c: pc.all(pc.equal(column, per_pair[c].take(mine))).as_py() for c, column in decode(handle, g).items()}
+
+    found: Dict[str, list] = {c: [] for c in others}
+    for part in _map_row_groups(pf, groups, values_of_pairs, urlpath, download_config, threads):
+        for c in others:
+            found[c].append(part[c])
+    per_pair = {}
+    for c in others:
+        pairs = np.concatenate([p for p, _ in found[c]])
+        assert len(pairs) == len(some_row), "one value per pair"  # every dictionary value of a fresh hash is used
+        per_pair[c] = _concat([v for _, v in found[c]]).take(pa.array(np.argsort(pairs)))
+    del found
+    same = dict.fromkeys(others, True)
+    for part in _map_row_groups(pf, groups, agrees, urlpath, download_config, threads):
+        same = {c: same[c] and part[c] for c in others}
+    indices = out[key].indices
+    for c in others:
+        out[c] = (sorted_dictionary(pa.DictionaryArray.from_arrays(indices, per_pair[c])) if same[c]
+                  else _read_selected_encoded(pf, [c], masks, where, urlpath, download_config, threads)[c])
+    return out
 
 
 def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
@@ -836,17 +903,14 @@ def sorted_dictionary(column, threads: int = 1) -> pa.Array:
     narrowest signed type that fits. Encoding a plain column hashes every value
     once (~0.3 us a row); a per-pair name would otherwise cost ~50 bytes a row.
     """
-    array = _one_array(column)
-    if not pa.types.is_dictionary(array.type):
-        if threads > 1 and len(array) >= 1 << 20:  # hash parts on several threads; concatenating unifies them
-            cuts = np.linspace(0, len(array), threads + 1).astype(int)
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                parts = list(pool.map(lambda ab: pc.dictionary_encode(array.slice(ab[0], ab[1] - ab[0])), zip(cuts, cuts[1:])))
-            array = pa.concat_arrays(parts)
-            del parts
-        else:
-            array = pc.dictionary_encode(array)
+    if not pa.types.is_dictionary(column.type):
+        array = _hash_encode(column, threads)
+    else:
+        array = _one_array(column)
     dictionary = array.dictionary
+    width = pa.from_numpy_dtype(_index_dtype(len(dictionary)))
+    if array.indices.type == width and _is_normalized(dictionary):  # the common case, ~100x cheaper than hashing
+        return array
     if dictionary.null_count or len(pc.unique(dictionary)) != len(dictionary):  # rare: merge duplicates first
         values = pc.unique(dictionary.drop_null())
         indices = pc.index_in(dictionary, value_set=values).take(array.indices)
@@ -863,6 +927,32 @@ def sorted_dictionary(column, threads: int = 1) -> pa.Array:
     else:
         indices = pa.array(rank[array.indices.to_numpy()])
     return pa.DictionaryArray.from_arrays(indices, dictionary.take(pa.array(order)))
+
+
+#: fewer rows are hashed on one thread (:func:`_hash_encode`)
+_THREADED_HASH_ROWS = 1 << 20
+
+
+def _hash_encode(column, threads: int) -> pa.DictionaryArray:
+    """``dictionary_encode`` on ``threads`` runs of rows; chunks are never combined (a plain copy is ~0.5 GB at full scale).
+
+    Each run is hashed once on its thread; concatenating the runs unifies their dictionaries.
+    """
+    pieces = list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+    n = sum(len(p) for p in pieces)
+    if threads < 2 or n < _THREADED_HASH_ROWS:
+        return pc.dictionary_encode(_one_array(column))
+    if len(pieces) < threads:  # cut one array into slices
+        array = _one_array(column)
+        cuts = np.linspace(0, n, threads + 1).astype(int)
+        runs = [[array.slice(a, b - a)] for a, b in zip(cuts, cuts[1:])]
+    else:  # runs of whole chunks, about equal in rows
+        ends = np.searchsorted(np.cumsum([len(p) for p in pieces]), np.linspace(0, n, threads + 1)[1:-1]) + 1
+        bounds = [0, *ends.tolist(), len(pieces)]
+        runs = [pieces[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(lambda run: pc.dictionary_encode(pa.chunked_array(run, column.type)).combine_chunks(), runs))
+    return _concat(parts)
 
 
 def _index_dtype(size: int) -> type:
@@ -923,7 +1013,12 @@ def _sort_order(key, ids, codes: Optional[np.ndarray] = None) -> Optional[pa.Arr
         # one stable integer sort of (code, ID) packed into an int64, in as few bits as they need
         id_bits = max(1, high - low).bit_length()
         packed = (codes.astype(np.int64) << id_bits) | (id_values.astype(np.int64) - low)
-        return pa.array(_radix_argsort(packed, key_bits + id_bits))
+        # distinct keys (unique IDs, as read_selection leaves them) need no stable sort: numpy's vectorised
+        # quicksort is ~1.8x faster than the radix sort at full scale; a repeated (key, ID) takes the stable one
+        order = np.argsort(packed)
+        if not _strictly_increasing(packed, order):
+            order = _radix_argsort(packed, key_bits + id_bits)
+        return pa.array(order)
     return pa.array(np.lexsort((id_values, codes)))
 
 
@@ -942,6 +1037,15 @@ def _radix_argsort(keys: np.ndarray, bits: int) -> np.ndarray:
     return order
 
 
+def _strictly_increasing(values: np.ndarray, order: np.ndarray, slice_rows: int = 1 << 20) -> bool:
+    """``values[order]`` strictly ascending? A slice at a time, so no sorted copy of ``values`` exists."""
+    for a in range(0, len(order) - 1, slice_rows):
+        taken = values[order[a : a + slice_rows + 1]]
+        if not (taken[1:] > taken[:-1]).all():
+            return False
+    return True
+
+
 def _is_sorted(codes: np.ndarray, id_values: np.ndarray, slice_rows: int = 1 << 20) -> bool:
     """Rows ascending by (code, ID)? Checked a slice at a time to keep the temporaries small."""
     for a in range(0, len(codes) - 1, slice_rows):
@@ -954,6 +1058,11 @@ def _is_sorted(codes: np.ndarray, id_values: np.ndarray, slice_rows: int = 1 << 
 
 def _decoded(array: pa.Array) -> pa.Array:
     return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
+
+
+def _pylist(column) -> list:
+    """Python values; a dictionary column decoded first (its ``to_pylist`` is ~20x slower: 1 s for the 464,044 pair names)."""
+    return _decoded(_one_array(column)).to_pylist()
 
 
 def _used_values(column) -> Optional[List[str]]:
@@ -1227,7 +1336,7 @@ class PatchIndex:
 
     def first(self, column: str) -> list:
         """The per-pair value of ``column`` (taken from each pair's first row)."""
-        return self.table[column].take(pa.array(self.starts[:-1])).to_pylist()
+        return _pylist(self.table[column].take(pa.array(self.starts[:-1])))
 
     def position(self) -> Dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -1261,7 +1370,7 @@ def group_by_patch(table: pa.Table, key: str, texts: Optional[SortedTexts] = Non
     else:
         inner = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     starts = np.concatenate([[0], inner, [len(table)]]).astype(np.int64)
-    keys = col.take(pa.array(starts[:-1])).to_pylist()
+    keys = _pylist(col.take(pa.array(starts[:-1])))
     return PatchIndex(table, keys, starts, texts)
 
 
