@@ -784,8 +784,17 @@ def write_texts(config: BigEarthNetTxtConfig, rows: Union[pa.Table, ann.PatchInd
     """
     if isinstance(rows, ann.PatchIndex):
         if rows.texts is not None:
-            rows.texts.write(path, partial(text_columns, config), rows.table.select(list(ann.PATCH_COLUMNS)), stopped,
-                             batch_rows=rows_per_chunk)
+            # the raw texts are spilled beside the file while it is written: about their size twice (~3 GB at
+            # full scale) is needed at once, on top of the imagery pass writing to the same disk meanwhile
+            folder, needed = os.path.dirname(os.path.abspath(path)), 2 * rows.texts.text_bytes()
+            what = (f"config {config.name}: writing {len(rows.table):,} parsed texts (the texts file and, while it "
+                    f"is written, a spill of the raw texts beside it)")
+            diskspace.check_free_space(folder, needed, what)
+            try:
+                rows.texts.write(path, partial(text_columns, config), rows.table.select(list(ann.PATCH_COLUMNS)),
+                                 stopped, batch_rows=rows_per_chunk)
+            except OSError as err:
+                raise diskspace.describe_enospc(err, folder, needed, what) from err
             return
         rows = rows.table
     table = rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -422,3 +423,29 @@ def test_preparing_allocates_through_jemalloc_and_gives_pyarrows_default_back(mo
             assert pa.default_memory_pool().backend_name == "mimalloc"
     finally:
         pa.set_memory_pool(before)
+
+
+def test_texts_left_in_the_parquet_need_room_for_the_file_and_its_spill(fixture_data, tmp_path, monkeypatch):
+    """Too little disk for the texts file and the raw texts spilled beside it: an error naming both, nothing written."""
+    from bentxt.cache import diskspace
+
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None, texts_later=True)
+    needed = 2 * index.texts.text_bytes()
+    path = str(tmp_path / "texts.arrow")
+    monkeypatch.setattr(diskspace, "free_bytes", lambda folder: needed - 1)
+    with pytest.raises(diskspace.DiskFullError, match=rf"config s1s2-all: writing {index.table.num_rows:,} parsed texts "
+                                                      rf"\(the texts file and, while it is written, a spill .* in "
+                                                      rf"{re.escape(str(tmp_path))}, but only"):
+        join.write_texts(config, index, path)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(diskspace, "free_bytes", lambda folder: needed)
+    join.write_texts(config, index, path)
+    assert os.listdir(tmp_path) == ["texts.arrow"]
+    # a disk that fills while writing (others write to it meanwhile): the same message
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index.texts, "write", full)
+    with pytest.raises(diskspace.DiskFullError, match=rf"writing {index.table.num_rows:,} parsed texts"):
+        join.write_texts(config, index, str(tmp_path / "again.arrow"))

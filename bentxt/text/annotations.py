@@ -289,7 +289,7 @@ def _read_selection(
     column one chunk), or sorted by ``(sort_by, ID)`` exactly as
     :func:`group_by_patch` sorts them, which then has nothing left to do. When
     sorting, only the key is hashed (on two threads), the other per-pair names
-    follow its codes, and the bulky ``input`` / ``output`` columns are read
+    follow its codes (preparing: :func:`_read_pair_names`), and the bulky ``input`` / ``output`` columns are read
     after the order is known: the smaller whole, then reordered; the largest
     row group by row group on two threads straight into its sorted place
     (:func:`_read_in_order`), so no unsorted copy of it ever exists and the
@@ -303,7 +303,8 @@ def _read_selection(
     - no nulls (:func:`check_nulls`): Arrow keeps a null count per decoded
       column, so the columns read cost nothing. The first pass reads only
       the rules' columns (``ID``, ``type``, ``category``, ``split``) and the
-      filters' of every row; the other columns (pair names, coordinates,
+      filters' of every row (two row groups at a time, errors in file
+      order); the other columns (pair names, coordinates,
       ``input`` / ``output``) are read only in row groups that hold a
       selected row, and are checked from the footer's per-row-group null
       counts (free; a row group reported to hold nulls is read, its ``ID``
