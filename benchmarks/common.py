@@ -91,13 +91,17 @@ print("@@RESULT@@" + json.dumps(result))
 """
 
 
-def run_child(target: str, kwargs: Optional[dict] = None, one_core: bool = False, timeout: float = 1800) -> dict:
+def run_child(target: str, kwargs: Optional[dict] = None, one_core: bool = False, timeout: float = 1800,
+              root: Optional[str] = None) -> dict:
     """Run ``module:function(**kwargs)`` in a fresh interpreter; its JSON result plus ``peak_rss_mb``.
 
     ``one_core`` pins the child to one CPU (and one Arrow / torch thread)
-    before anything heavy is imported.
+    before anything heavy is imported. ``root``: another checkout of the
+    project whose code (and benchmarks) the child runs instead, for an A/B
+    against older code in the same run.
     """
-    code = _CHILD.format(paths=PATHS, target=target, one_core=one_core)
+    paths = PATHS if root is None else [str(Path(root).resolve()), str(Path(root).resolve() / "tests")]
+    code = _CHILD.format(paths=paths, target=target, one_core=one_core)
     env = dict(os.environ, OMP_NUM_THREADS="1") if one_core else None
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(kwargs or {})], capture_output=True, text=True, timeout=timeout, env=env

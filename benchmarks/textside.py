@@ -1,6 +1,6 @@
 """The text side at full scale (9,553,962 rows), each target against ``pd.read_parquet`` of the same file.
 
-    python -m benchmarks.textside [--work DIR] [--repeat 2] [--layout hf|pyarrow] [--ab]
+    python -m benchmarks.textside [--work DIR] [--repeat 2] [--layout hf|pyarrow] [--ab] [--against CHECKOUT]
 
 The file is ``benchmarks/textscale.py``'s release-sized stand-in, laid out as
 ``datasets`` writes Parquet (``--layout hf``: ~100 MB row groups, page index,
@@ -15,6 +15,9 @@ is a child process (its peak RSS is its own):
   the peak RSS of both; ``--ab`` adds the route before (every column in memory, then parsed), same run;
 - streaming starts: ``select_annotations`` for one split, what a stream does before its first
   archive read: ``s2-vqa-bench`` (15 k texts), ``s1s2-all-bench``, ``s2-vqa`` train (the largest split).
+
+``--against CHECKOUT`` runs every measurement but the baseline with the code of another checkout too (e.g. a
+``git worktree`` of an older commit), interleaved with ours, so a change is measured within one hour of the VM.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--layout", choices=("hf", "pyarrow"), default="hf")
     parser.add_argument("--ab", action="store_true", help="also the text side with every column in memory (before)")
+    parser.add_argument("--against", help="another checkout of the project: each measurement run with its code too")
     args = parser.parse_args(argv)
     base = Path(args.work) / "text" / "BigEarthNet.txt.parquet"
     info = run_child("benchmarks.textscale:ensure", {"path": str(base)})
@@ -53,8 +57,14 @@ def main(argv=None) -> int:
             runs.append(("s1s2-all in memory", "benchmarks.textscale:measure_prepare_texts", dict(prepare, in_memory=True)))
         runs += [(f"{c} {s}", "benchmarks.textscale:measure_stream_start", {"path": str(path), "config": c, "split": s})
                  for c, s in STARTS]
+        children = []
         for name, target, kwargs in runs:
-            res = run_child(target, kwargs)
+            ours = [(name, target, kwargs, None)]
+            if args.against and name != "pandas":  # the other checkout's code too, in turns second and first
+                ours.append((f"{name} [{Path(args.against).name}]", target, kwargs, args.against))
+            children += ours if k % 2 == 0 else ours[::-1]
+        for name, target, kwargs, root in children:
+            res = run_child(target, kwargs, root=root)
             results.setdefault(name, []).append(res)
             steps = f" (selected and grouped in {res['select_seconds']:.2f} s)" if "select_seconds" in res else ""
             log(f"run {k + 1}: {name}: {res['seconds']:.2f} s{steps}, peak RSS {res['peak_rss_mb']:,.0f} MB, "

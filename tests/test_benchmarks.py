@@ -72,3 +72,20 @@ def test_release_benchmark_smoke(tmp_path):
     for line in ("prepare s1s2-all num_proc=2", "peak extra disk while preparing", "release projection, s1s2-vqa cache",
                  "cache s1s2-vqa / (patch layout + parquet)"):
         assert line in out.stdout, out.stdout
+
+
+def test_a_child_runs_the_code_of_another_checkout_when_asked(tmp_path):
+    """``--against``: the same measurement with an older checkout's code, in a fresh interpreter."""
+    import shutil
+
+    from benchmarks.common import run_child
+
+    other = tmp_path / "older-checkout"
+    (other / "benchmarks").mkdir(parents=True)
+    (other / "benchmarks" / "__init__.py").write_text("")
+    shutil.copy(ROOT / "benchmarks" / "common.py", other / "benchmarks" / "common.py")
+    (other / "benchmarks" / "probe.py").write_text("import benchmarks\n\ndef where():\n    return {'file': benchmarks.__file__}\n")
+    got = run_child("benchmarks.probe:where", root=str(other))
+    assert Path(got["file"]).resolve() == (other / "benchmarks" / "__init__.py").resolve() and got["peak_rss_mb"] > 0
+    with pytest.raises(RuntimeError, match="benchmarks.probe:where failed"):  # our checkout has no probe
+        run_child("benchmarks.probe:where")
