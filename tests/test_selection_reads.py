@@ -271,3 +271,30 @@ def test_pair_keys_of_a_dictionary_column_are_plain_strings():
     index = ann.group_by_patch(table, "patch_id")
     assert index.keys == ["a", "b"] and index.first("patch_id") == ["a", "b"]
     assert all(type(k) is str for k in index.keys)
+
+
+@pytest.mark.parametrize("stored", [("patch_id", "s1_name"), ("patch_id",), ("s1_name",)])
+@pytest.mark.parametrize("config_name", ["s1s2-all", "s1-all", "s1s2-all-bench", "s1-all-bench"])
+def test_pair_names_stored_as_dictionaries_are_read_as_when_read_whole(fixture_data, tmp_path, monkeypatch, stored,
+                                                                      config_name):
+    """A file written from categoricals: each row group's dictionary holds the unselected rows' names too."""
+    from bentxt import join
+    from bentxt.config import resolve_config
+
+    monkeypatch.setattr(ann, "SPARSE_SHARE", 0.0)  # the bench selection read as a large one
+    table = pq.read_table(fixture_data.parquet)
+    for column in stored:
+        table = table.set_column(table.schema.get_field_index(column), column, table[column].dictionary_encode())
+    path = str(tmp_path / "categorical.parquet")
+    pq.write_table(table, path, row_group_size=16)
+    assert all(pa.types.is_dictionary(pq.ParquetFile(path).schema_arrow.field(c).type) for c in stored)
+    config = resolve_config(config_name, data_dir=str(fixture_data.root))
+    later, whole = (join.select_annotations(config, path, None, None, texts_later=t) for t in (True, False))
+    assert later.keys == whole.keys and later.starts.tolist() == whole.starts.tolist()
+    got = plain(later.table)
+    assert got.equals(plain(whole.table).select(got.column_names))
+    key = config.key_column
+    expected = pq.read_table(fixture_data.parquet)
+    expected = expected.filter(pa.array(config.selection(None).mask(expected)))
+    expected = expected.sort_by([(key, "ascending"), ("ID", "ascending")])
+    assert got.equals(expected.select(got.column_names))

@@ -792,10 +792,15 @@ def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks:
     key's codes as its indices: one pass on threads takes each pair's value
     from one of its rows, a second checks every row against it. A column that
     disagrees anywhere is read with :func:`_read_selected_encoded` instead,
-    so :func:`check_patch_pairs` names the row.
+    so :func:`check_patch_pairs` names the row. A name the file stores as a
+    dictionary (written from categoricals) is decoded first: a row group's
+    dictionary also holds its unselected rows' names, codes no selected row
+    uses, so no row would give their pair's value.
     """
-    chunks = _read_selected_chunks(pf, key, masks, where, urlpath, download_config, threads)
-    out = {key: sorted_dictionary(pa.chunked_array(chunks, pf.schema_arrow.field(key).type), threads=threads)}
+    chunks = [_decoded(c) for c in _read_selected_chunks(pf, key, masks, where, urlpath, download_config, threads)]
+    kind = pf.schema_arrow.field(key).type
+    kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    out = {key: sorted_dictionary(pa.chunked_array(chunks, kind), threads=threads)}
     del chunks
     if not others:
         return out
@@ -810,7 +815,7 @@ def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks:
         for c in others:
             if rg[c].null_count:  # the footer had no null counts (else read_selection has reported it)
                 _report_nulls(handle, g, c, where)
-        return {c: _one_array(rg[c] if masks[g].all() else rg[c].filter(pa.array(masks[g]))) for c in others}
+        return {c: _decoded(_one_array(rg[c] if masks[g].all() else rg[c].filter(pa.array(masks[g])))) for c in others}
 
     def values_of_pairs(handle: pq.ParquetFile, g: int) -> Dict[str, Tuple[np.ndarray, pa.Array]]:
         mine = codes[first[g] : first[g] + int(masks[g].sum())]
