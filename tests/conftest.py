@@ -75,17 +75,22 @@ def pytest_unconfigure(config) -> None:
 
 @pytest.fixture
 def row_group_reads(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every ``ParquetFile.read_row_group`` call of the test, as (row group, columns read)."""
+    """Every row group decoded in the test, as (row group, columns read): whole, or in batches (one entry per row group)."""
     import pyarrow.parquet as pq
 
     calls: list = []
-    original = pq.ParquetFile.read_row_group
+    original, batches = pq.ParquetFile.read_row_group, pq.ParquetFile.iter_batches
 
     def spy(self, i, columns=None, **kwargs):
         calls.append((i, tuple(columns or ())))
         return original(self, i, columns=columns, **kwargs)
 
+    def batch_spy(self, *args, row_groups=None, columns=None, **kwargs):
+        calls.extend((i, tuple(columns or ())) for i in row_groups or ())
+        return batches(self, *args, row_groups=row_groups, columns=columns, **kwargs)
+
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", batch_spy)
     return calls
 
 

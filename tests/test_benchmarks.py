@@ -84,7 +84,8 @@ def test_a_child_runs_the_code_of_another_checkout_when_asked(tmp_path):
     (other / "benchmarks").mkdir(parents=True)
     (other / "benchmarks" / "__init__.py").write_text("")
     shutil.copy(ROOT / "benchmarks" / "common.py", other / "benchmarks" / "common.py")
-    (other / "benchmarks" / "probe.py").write_text("import benchmarks\n\ndef where():\n    return {'file': benchmarks.__file__}\n")
+    probe = "import benchmarks\n\n\ndef where():\n    return {'file': benchmarks.__file__}\n"
+    (other / "benchmarks" / "probe.py").write_text(probe)
     got = run_child("benchmarks.probe:where", root=str(other))
     assert Path(got["file"]).resolve() == (other / "benchmarks" / "__init__.py").resolve() and got["peak_rss_mb"] > 0
     with pytest.raises(RuntimeError, match="benchmarks.probe:where failed"):  # our checkout has no probe

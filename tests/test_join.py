@@ -163,7 +163,7 @@ def test_plan_cache_writes_each_pair_once_and_points_texts_at_it(planned, fixtur
 
 @pytest.mark.parametrize("name,split", [("s1s2-all", None), ("s2-vqa", "train"), ("s1-grounding", None),
                                         ("s2-captioning", "bench")])
-@pytest.mark.parametrize("slice_rows,threads", [(1, 1), (7, 2), (1 << 20, 2)])
+@pytest.mark.parametrize("slice_rows,threads", [(1, 1), (7, 2), (1 << 20, 2), (None, 2)])
 def test_texts_left_in_the_parquet_are_written_like_the_texts_read_whole(fixture_data, tmp_path, name, split, slice_rows,
                                                                           threads):
     """Preparing keeps only the light columns in memory: the texts file must be byte for byte the in-memory path's."""

@@ -298,3 +298,42 @@ def test_pair_names_stored_as_dictionaries_are_read_as_when_read_whole(fixture_d
     expected = expected.filter(pa.array(config.selection(None).mask(expected)))
     expected = expected.sort_by([(key, "ascending"), ("ID", "ascending")])
     assert got.equals(expected.select(got.column_names))
+
+
+@pytest.mark.parametrize("share", ["none", "sparse", "dense", "all"])
+def test_selected_rows_of_a_row_group_decoded_in_batches_equal_the_filtered_row_group(many_groups, monkeypatch, share):
+    """A sparsely selected row group is decoded a batch at a time (memory), with the same rows as one filter."""
+    path, _ = many_groups
+    pf = pq.ParquetFile(path)
+    batched = []
+    original = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, *a, **k: batched.append(k) or original(self, *a, **k))
+    columns = ["ID", "input", "output"]
+    rng = np.random.default_rng(7)
+    sparse = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        mask = {"none": np.zeros(n, bool), "sparse": rng.random(n) < 0.2, "dense": rng.random(n) < 0.8,
+                "all": np.ones(n, bool)}[share]
+        mask[-1] = share != "none"  # a kept row in the last, short batch
+        sparse += bool(mask.mean() < ann._BATCHED_DECODE_SHARE)
+        got = ann._read_rows(pf, g, columns, mask, "x", batch_rows=5)  # 16-row groups: 4 batches, the last of 1 row
+        assert got.equals(ann._read_rows(pf, g, columns, mask, "x"))  # whole row groups, filtered
+        expected = pf.read_row_group(g, columns=columns).filter(pa.array(mask))
+        assert got.schema == expected.schema and got.equals(expected)
+    assert len(batched) == sparse and (sparse > 0) == (share in ("none", "sparse"))
+
+
+def test_a_null_in_an_unselected_row_of_a_batched_row_group_is_still_reported(fixture_data, tmp_path, monkeypatch):
+    """Without footer null counts the decoded rows are the check: a batch is checked before it is filtered."""
+    table = pq.read_table(fixture_data.parquet)
+    output = table["output"].to_pylist()
+    output[21] = None  # row group 1 (16 rows each), its 6th row: the second batch
+    bad = tmp_path / "null-unselected.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("output"), "output", pa.array(output, pa.string())), bad,
+                   row_group_size=16, write_statistics=False)
+    mask = np.zeros(16, dtype=bool)
+    mask[0] = True  # sparse: decoded in batches; the null row is not selected
+    pf = pq.ParquetFile(bad)
+    with pytest.raises(ann.AnnotationFileError, match=rf"^x: row ID {table['ID'][21].as_py()} has a null 'output'"):
+        ann._read_rows(pf, 1, ["ID", "output"], mask, "x", batch_rows=4)
