@@ -600,13 +600,13 @@ class SortedTexts:
 
         Memory: a few row groups, then one slice of raw texts twice (as
         spilled and in order) and a few parsed batches. A slice is
-        ``_SPILL_SLICE_BATCHES`` parse batches unless ``slice_rows`` is given:
-        slices of 1 Mi rows held a config's 463,932 captions (~0.4 GB of long
-        texts) in one slice, and a second config peaked at 1.55-1.75 GB
-        instead of 1.35-1.46 GB; smaller slices cost ~10 % more time here. Disk: the raw texts once, beside the file being
-        written. ``stopped()`` is asked between row groups and batches (a
-        failed imagery pass stops this). A null text is an error naming the
-        row ID.
+        ``_SPILL_SLICE_BATCHES`` parse batches unless ``slice_rows`` is
+        given: slices of 1 Mi rows held a config's 463,932 captions (~0.4 GB
+        of long texts) in one slice, and a second config peaked at 1.55-1.9
+        GB instead of 1.3-1.4 GB; smaller slices cost ~10 % more time here.
+        Disk: the raw texts once, beside the file being written. ``stopped()``
+        is asked between row groups and batches (a failed imagery pass stops
+        this). A null text is an error naming the row ID.
         """
         n = len(self.source)
         if n == 0:  # nothing selected: the caller has said which option emptied the selection
