@@ -449,3 +449,24 @@ def test_texts_left_in_the_parquet_need_room_for_the_file_and_its_spill(fixture_
     monkeypatch.setattr(index.texts, "write", full)
     with pytest.raises(diskspace.DiskFullError, match=rf"writing {index.table.num_rows:,} parsed texts"):
         join.write_texts(config, index, str(tmp_path / "again.arrow"))
+
+
+def test_texts_of_large_row_groups_are_decoded_one_row_group_at_a_time_into_the_same_file(fixture_data, tmp_path,
+                                                                                          monkeypatch):
+    """Row groups holding more texts than _TWO_DECODES_BYTES (1 Mi-row groups) are decoded one at a time: memory."""
+    config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None, texts_later=True)
+    sizes = index.texts._group_text_bytes()
+    assert len(sizes) > 1 and all(s > 0 for s in sizes)
+    assert index.texts.text_bytes() == pytest.approx(sum(sizes), rel=1e-9)  # every row selected
+    decoders = []
+    original = join.ann._map_row_groups
+    monkeypatch.setattr(join.ann, "_map_row_groups", lambda *a, **k: decoders.append(a[5]) or original(*a, **k))
+    files = []
+    for limit in (max(sizes), max(sizes) - 1):
+        monkeypatch.setattr(join.ann, "_TWO_DECODES_BYTES", limit)
+        files.append(str(tmp_path / f"texts-{limit}.arrow"))
+        join.write_texts(config, index, files[-1])
+    assert decoders == [2, 1]
+    with open(files[0], "rb") as a, open(files[1], "rb") as b:
+        assert a.read() == b.read()
