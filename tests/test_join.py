@@ -470,3 +470,18 @@ def test_texts_of_large_row_groups_are_decoded_one_row_group_at_a_time_into_the_
     assert decoders == [2, 1]
     with open(files[0], "rb") as a, open(files[1], "rb") as b:
         assert a.read() == b.read()
+
+
+def test_a_sparse_selection_of_large_row_groups_keeps_two_decoders(fixture_data, tmp_path, monkeypatch):
+    """Decoded in batches, a sparse selection holds only its selected texts: one decoder would only cost time."""
+    config = resolve_config("s2-captioning", data_dir=str(fixture_data.root))
+    index = join.select_annotations(config, str(fixture_data.parquet), None, None, texts_later=True)
+    sizes = index.texts._group_text_bytes()
+    shares = [m.mean() for m in index.texts.masks]
+    assert max(shares) < join.ann._BATCHED_DECODE_SHARE
+    decoders = []
+    original = join.ann._map_row_groups
+    monkeypatch.setattr(join.ann, "_map_row_groups", lambda *a, **k: decoders.append(a[5]) or original(*a, **k))
+    monkeypatch.setattr(join.ann, "_TWO_DECODES_BYTES", max(sizes) - 1)  # whole row groups: too large for two
+    join.write_texts(config, index, str(tmp_path / "texts.arrow"))
+    assert decoders == [2] and os.path.getsize(tmp_path / "texts.arrow") > 0

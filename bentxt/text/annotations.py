@@ -619,10 +619,12 @@ class SortedTexts:
             raise ValueError(f"extra has {extra.num_rows} rows, the selection {n}")
         slice_rows = slice_rows or _SPILL_SLICE_BATCHES * batch_rows
         bounds, groups, n_slices, width, by_bucket, edges = _slice_buckets(self.masks, self.source, slice_rows)
-        # row groups of ~1 Mi rows (pyarrow's default) hold ~150 MB of texts: decoded one at a time, s1s2-all's
-        # text side peaks at 1.5-1.6 GB instead of 1.9-2.1 GB (2-5 s slower); ~100 MB row groups keep two threads
-        sizes = self._group_text_bytes()
-        decoders = threads if max(sizes[g] for g in groups) <= _TWO_DECODES_BYTES else 1
+        # row groups of ~1 Mi rows (pyarrow's default) hold ~150 MB of texts: decoded whole, one at a time
+        # (s1s2-all's text side peaks at 1.5-1.6 GB instead of 1.9-2.1 GB, 2-5 s slower); ~100 MB row groups, and
+        # sparse selections (decoded in batches, their selected texts only held), keep two decoders
+        sizes, shares = self._group_text_bytes(), [m.mean() if len(m) else 0.0 for m in self.masks]
+        held = [sizes[g] * (shares[g] if shares[g] < _BATCHED_DECODE_SHARE else 1.0) for g in groups]
+        decoders = threads if max(held) <= _TWO_DECODES_BYTES else 1
         spill = path + ".slices"
         os.makedirs(spill, exist_ok=True)
 
