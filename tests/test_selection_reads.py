@@ -176,25 +176,6 @@ def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(man
                 ann._read_selected_chunks(pf, "patch_id", masks, "x", urlpath=urlpath)
 
 
-@pytest.mark.parametrize("merge_every", [1, 2, 100])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_names_encoded_row_group_by_row_group_equal_the_plain_names(fixture_data, monkeypatch, merge_every, threads):
-    """The pair names are hashed as they are read and merged every few row groups: same values, one dictionary."""
-    monkeypatch.setattr(ann, "_MERGE_EVERY", merge_every)
-    path = str(fixture_data.parquet)
-    pf = pq.ParquetFile(path)
-    assert pf.num_row_groups > merge_every + threads or merge_every == 100
-    selection = ann.Selection(types=("mcq", "binary"))
-    masks = [selection.mask(pf.read_row_group(g, columns=["type", "split"])) for g in range(pf.num_row_groups)]
-    masks[1][:] = False  # a row group with no selected row
-    got = ann._read_selected_encoded(pf, ["patch_id", "s1_name"], masks, "x", urlpath=path, threads=threads)
-    plain = pq.read_table(path, columns=["patch_id", "s1_name"]).filter(pa.array(np.concatenate(masks)))
-    for column in ("patch_id", "s1_name"):
-        assert pa.types.is_dictionary(got[column].type)
-        assert len(got[column].dictionary) == len(set(got[column].dictionary.to_pylist()))  # one entry per name
-        assert got[column].to_pylist() == plain[column].to_pylist()
-
-
 @pytest.mark.parametrize("key,other", [("patch_id", "s1_name"), ("s1_name", "patch_id")])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pair_names_hashed_once_equal_the_plain_names(many_groups, row_group_reads, key, other, threads):
@@ -229,16 +210,16 @@ def test_a_pair_whose_rows_disagree_on_its_s1_name_is_reported_as_when_read_whol
     path = str(tmp_path / "two-s1.parquet")
     pq.write_table(table.set_column(table.schema.get_field_index("s1_name"), "s1_name", pa.array(s1)), path,
                    row_group_size=16)
-    fallback = []
-    encoded = ann._read_selected_encoded
-    monkeypatch.setattr(ann, "_read_selected_encoded", lambda *a, **k: fallback.append(a[1]) or encoded(*a, **k))
+    hashed = []
+    original = ann._hashed_names
+    monkeypatch.setattr(ann, "_hashed_names", lambda *a, **k: hashed.append(a[1]) or original(*a, **k))
     config = resolve_config("s1s2-all", data_dir=str(fixture_data.root))
     messages = []
     for later in (True, False):
         with pytest.raises(ann.AnnotationFileError, match=rf"gives s1_name='[^']+' for image pair {pair}, but row ID") as e:
             join.select_annotations(config, path, None, None, texts_later=later)
         messages.append(str(e.value))
-    assert messages[0] == messages[1] and fallback == [["s1_name"]]
+    assert messages[0] == messages[1] and hashed == ["patch_id", "s1_name"]  # the S1 name hashed as the fallback
 
 
 def test_sort_order_distinct_keys_by_quicksort_repeated_keys_stable():

@@ -412,7 +412,7 @@ def _read_selection(
                 table[c] = table[c].take(order)
         # smaller bulky columns first, read whole and reordered (fast; a second copy of a small column
         # fits beside what is read so far); the largest last, straight into its sorted place
-        heavy.sort(key=lambda c: _column_bytes(pf, c))
+        heavy.sort(key=lambda c: int(_column_bytes(pf, c).sum()))
         for c in heavy[:-1]:
             column = _concat(_read_selected_chunks(pf, c, masks, where, urlpath, download_config))
             table[c] = column if order is None else column.take(order)
@@ -430,10 +430,11 @@ def _read_selection(
     return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata), later
 
 
-def _column_bytes(pf: pq.ParquetFile, column: str) -> int:
-    """A column's uncompressed size in the file (all row groups)."""
+def _column_bytes(pf: pq.ParquetFile, column: str) -> np.ndarray:
+    """A column's uncompressed size in each row group, from the footer."""
     j = pf.schema_arrow.get_field_index(column)
-    return sum(pf.metadata.row_group(g).column(j).total_uncompressed_size for g in range(pf.num_row_groups))
+    return np.array([pf.metadata.row_group(g).column(j).total_uncompressed_size for g in range(pf.num_row_groups)],
+                    dtype=np.int64)
 
 
 #: output rows per chunk of a bulky column read in sorted order (~100 MB of ``input`` at full scale)
@@ -566,6 +567,7 @@ class SortedTexts:
     def __init__(self, urlpath: str, download_config: Optional[DownloadConfig], masks: List[np.ndarray],
                  source: np.ndarray, where: str):
         self.urlpath, self.download_config, self.masks, self.source, self.where = urlpath, download_config, masks, source, where
+        self._sizes: Optional[List[int]] = None
 
     def __len__(self) -> int:
         return len(self.source)
@@ -576,14 +578,15 @@ class SortedTexts:
                        if len(mask) and mask.any()))
 
     def _group_text_bytes(self) -> List[int]:
-        """``input`` + ``output`` bytes of each whole row group, from the footer."""
-        f, pf = open_parquet(self.urlpath, self.download_config)
-        with f:
-            meta = pf.metadata
-            index = [pf.schema_arrow.get_field_index(c) for c in _HEAVY_COLUMNS]
-            # PLAIN strings: a 4-byte length before each value
-            return [max(sum(meta.row_group(g).column(j).total_uncompressed_size for j in index)
-                        - 4 * len(index) * meta.row_group(g).num_rows, 0) for g in range(meta.num_row_groups)]
+        """``input`` + ``output`` bytes of each whole row group, from the footer (read once: over HTTP it is requests)."""
+        if self._sizes is None:
+            f, pf = open_parquet(self.urlpath, self.download_config)
+            with f:
+                rows = np.array([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)], dtype=np.int64)
+                # PLAIN strings: a 4-byte length before each value
+                sizes = sum(_column_bytes(pf, c) - 4 * rows for c in _HEAVY_COLUMNS)
+            self._sizes = np.maximum(sizes, 0).tolist()
+        return self._sizes
 
     def write(self, path: str, parse: Callable[[pa.Table], Mapping[str, pa.Array]], extra: pa.Table,
               stopped: Callable[[], bool] = lambda: False, slice_rows: Optional[int] = None, batch_rows: int = 100_000,
@@ -780,47 +783,6 @@ def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.nd
 
 #: the per-pair names: ~55 bytes a row as plain strings, one value per image pair
 _NAME_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name")
-#: encoded row groups of a name column merged into one dictionary at a time (:func:`_read_selected_encoded`)
-_MERGE_EVERY = 6
-
-
-def _read_selected_encoded(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray], where: str,
-                           urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
-                           threads: int = 2) -> Dict[str, pa.Array]:
-    """String columns' selected rows, dictionary-encoded one row group at a time, then given one dictionary.
-
-    The way of :func:`_read_pair_names` when a pair's rows disagree on a
-    name, so that :func:`check_patch_pairs` can name the row: no plain copy
-    of the column (~0.5 GB at full scale) ever exists. Each row group is
-    decoded and encoded on its thread (:func:`_map_row_groups`); the
-    dictionaries are merged every ``_MERGE_EVERY`` row groups. Slow where a
-    pair's rows are scattered (a row group's dictionary is nearly as long as
-    the row group, so names are hashed twice) but only a broken file comes here.
-    """
-    columns = list(columns)
-
-    def read(handle: pq.ParquetFile, i: int) -> Dict[str, pa.Array]:
-        chosen = _read_rows(handle, i, columns, masks[i], where)
-        encoded = {}
-        for c in columns:
-            column = _one_array(chosen[c])
-            encoded[c] = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
-        return encoded
-
-    def merged(chunks: List[pa.Array]) -> pa.Array:
-        chunks = pa.chunked_array(chunks).unify_dictionaries().chunks
-        return pa.DictionaryArray.from_arrays(pa.concat_arrays([chunk.indices for chunk in chunks]), chunks[0].dictionary)
-
-    parts: Dict[str, List[pa.Array]] = {c: [] for c in columns}
-    for encoded in _map_row_groups(pf, _groups_with_rows(masks), read, urlpath, download_config, threads):
-        for c in columns:
-            parts[c].append(encoded[c])
-            if len(parts[c]) > _MERGE_EVERY:
-                parts[c] = [merged(parts[c])]
-        del encoded
-    return {c: merged(parts.pop(c)) for c in columns}
-
-
 def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks: List[np.ndarray], where: str,
                      urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
                      threads: int = 2) -> Dict[str, pa.Array]:
@@ -834,36 +796,30 @@ def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks:
     thread. Every other name (one value per pair, e.g. ``s1_name``) takes the
     key's codes as its indices: one pass on threads takes each pair's value
     from one of its rows, a second checks every row against it. A column that
-    disagrees anywhere is read with :func:`_read_selected_encoded` instead,
-    so :func:`check_patch_pairs` names the row. A name the file stores as a
-    dictionary (written from categoricals) is decoded first: a row group's
-    dictionary also holds its unselected rows' names, codes no selected row
-    uses, so no row would give their pair's value.
+    disagrees anywhere is hashed like the key instead (a broken file), so
+    :func:`check_patch_pairs` names the row.
     """
-    chunks = [_decoded(c) for c in _read_selected_chunks(pf, key, masks, where, urlpath, download_config, threads)]
-    kind = pf.schema_arrow.field(key).type
-    kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-    out = {key: sorted_dictionary(pa.chunked_array(chunks, kind), threads=threads)}
-    del chunks
+    out = {key: _hashed_names(pf, key, masks, where, urlpath, download_config, threads)}
     if not others:
         return out
     codes = out[key].indices.to_numpy()
     some_row = np.empty(len(out[key].dictionary), dtype=np.int64)
     some_row[codes] = np.arange(len(codes))  # one row of each pair (whichever write wins)
     groups = _groups_with_rows(masks)
-    first = dict(zip(groups, np.cumsum([0] + [int(masks[g].sum()) for g in groups])))  # first selected row of each
+    starts = np.cumsum([0] + [int(masks[g].sum()) for g in groups])
+    span = {g: (int(starts[i]), int(starts[i + 1])) for i, g in enumerate(groups)}  # among all selected rows
 
     def decode(handle: pq.ParquetFile, g: int) -> Dict[str, pa.Array]:
         rows = _read_rows(handle, g, others, masks[g], where)
         return {c: _decoded(_one_array(rows[c])) for c in others}
 
     def values_of_pairs(handle: pq.ParquetFile, g: int) -> Dict[str, Tuple[np.ndarray, pa.Array]]:
-        mine = codes[first[g] : first[g] + int(masks[g].sum())]
-        rows = np.flatnonzero(some_row[mine] == first[g] + np.arange(len(mine)))
-        return {c: (mine[rows], column.take(pa.array(rows))) for c, column in decode(handle, g).items()}
+        a, b = span[g]
+        rows = np.flatnonzero(some_row[codes[a:b]] == np.arange(a, b))
+        return {c: (codes[a:b][rows], column.take(pa.array(rows))) for c, column in decode(handle, g).items()}
 
     def agrees(handle: pq.ParquetFile, g: int) -> Dict[str, bool]:
-        mine = pa.array(codes[first[g] : first[g] + int(masks[g].sum())])
+        mine = pa.array(codes[slice(*span[g])])
         return {c: pc.all(pc.equal(column, per_pair[c].take(mine))).as_py() for c, column in decode(handle, g).items()}
 
     found: Dict[str, list] = {c: [] for c in others}
@@ -882,8 +838,22 @@ def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks:
     indices = out[key].indices
     for c in others:
         out[c] = (sorted_dictionary(pa.DictionaryArray.from_arrays(indices, per_pair[c])) if same[c]
-                  else _read_selected_encoded(pf, [c], masks, where, urlpath, download_config, threads)[c])
+                  else _hashed_names(pf, c, masks, where, urlpath, download_config, threads))
     return out
+
+
+def _hashed_names(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str, urlpath: Optional[str],
+                  download_config: Optional[DownloadConfig], threads: int) -> pa.DictionaryArray:
+    """A name column's selected rows hashed once (:func:`sorted_dictionary`), its chunks never combined.
+
+    A name the file stores as a dictionary (written from categoricals) is
+    decoded first: a row group's dictionary also holds its unselected rows'
+    names, codes no selected row uses, so no row would give their pair's value.
+    """
+    chunks = [_decoded(c) for c in _read_selected_chunks(pf, column, masks, where, urlpath, download_config, threads)]
+    kind = pf.schema_arrow.field(column).type
+    return sorted_dictionary(pa.chunked_array(chunks, kind.value_type if pa.types.is_dictionary(kind) else kind),
+                             threads=threads)
 
 
 def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
