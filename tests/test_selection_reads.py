@@ -138,6 +138,7 @@ def test_row_groups_read_on_threads_equal_the_serial_read(many_groups, monkeypat
     opened = []
     original = ann.open_parquet
     monkeypatch.setattr(ann, "open_parquet", lambda *a, **k: opened.append(k) or original(*a, **k))
+    monkeypatch.setattr(ann, "usable_cores", lambda: 2)
     with f:
         serial = ann._read_selected(pf, columns, masks, "x")
         assert not opened
@@ -152,6 +153,49 @@ def test_row_groups_read_on_threads_equal_the_serial_read(many_groups, monkeypat
     assert len(chunks) == sum(1 for m in masks if m.any())
     assert pa.concat_arrays(chunks).equals(ann._one_array(pq.read_table(path, columns=["output"])["output"].filter(
         pa.array(np.concatenate(masks)))))
+
+
+def test_row_groups_decoded_at_once_follow_the_cores_and_the_footer_sizes(many_groups, monkeypatch):
+    path, masks = many_groups
+    f, pf = ann.open_parquet(str(path), read_dictionary=ann._FEW_VALUES)
+    columns = ["patch_id", "input"]
+    largest = max(sum(pf.metadata.row_group(g).column(pf.schema_arrow.get_field_index(c)).total_uncompressed_size
+                      for c in columns) for g in range(pf.num_row_groups))
+    for cores, budget, expected in ((6, 1 << 30, 6), (32, 1 << 30, 8), (1, 1 << 30, 2), (6, 3 * largest + 1, 3),
+                                    (6, largest - 1, 2)):
+        monkeypatch.setattr(ann, "usable_cores", lambda: cores)
+        monkeypatch.setattr(ann, "_DECODE_BUDGET", budget)
+        assert ann.decode_threads(pf, columns) == expected, (cores, budget)
+    # six at once: six handles at most, the same rows in the same order as one after the other
+    monkeypatch.setattr(ann, "usable_cores", lambda: 6)
+    monkeypatch.setattr(ann, "_DECODE_BUDGET", 1 << 30)
+    opened, asked = [], []
+    original, original_map = ann.open_parquet, ann._map_row_groups
+    monkeypatch.setattr(ann, "open_parquet", lambda *a, **k: opened.append(k) or original(*a, **k))
+    monkeypatch.setattr(ann, "_map_row_groups", lambda *a: asked.append(a[5]) or original_map(*a))
+    with f:
+        serial = ann._read_selected(pf, columns, masks, "x")
+        threaded = ann._read_selected(pf, columns, masks, "x", urlpath=str(path))
+    assert asked == [6, 6] and 1 <= len(opened) <= 6
+    assert all(threaded[c].equals(serial[c]) for c in columns)
+    # a bench selection (read as a sparse one): its first pass and its one read of the other columns, six at once
+    monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)
+    asked.clear()
+    bench = ann.read_selection(str(path), SELECTIONS["bench"])
+    assert asked == [6, 6]
+    monkeypatch.setattr(ann, "usable_cores", lambda: 2)
+    assert plain(bench).equals(plain(ann.read_selection(str(path), SELECTIONS["bench"]))) and bench.num_rows > 0
+    assert asked[2:] == [2, 2]
+
+
+def test_usable_cores_follow_a_cgroup_quota(tmp_path, monkeypatch):
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(cpu_max))
+    monkeypatch.setattr(ann.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert ann.usable_cores() == 16  # no file: the affinity
+    for text, cores in (("max 100000\n", 16), ("300000 100000\n", 3), ("50000 100000\n", 1), ("garbage", 16)):
+        cpu_max.write_text(text)
+        assert ann.usable_cores() == cores, text
 
 
 def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):

@@ -235,15 +235,25 @@ def splits_present(urlpath: str, selection: Selection, download_config: Optional
 
 def _distinct(urlpath: str, columns: Sequence[str], filter_columns: Sequence[str], keep: Callable[[pa.Table], pa.Array],
               download_config: Optional[DownloadConfig], progress: Optional[str] = None) -> Dict[str, set]:
-    """The distinct values of ``columns`` among the rows ``keep`` marks, row group by row group."""
-    f, pf = open_parquet(urlpath, download_config)
+    """The distinct values of ``columns`` among the rows ``keep`` marks, row group by row group.
+
+    The few-valued columns are read as dictionaries: a streamed split's
+    ``type`` and ``split`` of 9.55 M rows in ~0.1 s instead of ~0.8 s.
+    """
+    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
+    read = sorted(set(columns) | set(filter_columns))
+
+    def distinct(handle: pq.ParquetFile, g: int) -> Dict[str, list]:
+        rg = handle.read_row_group(g, columns=read)
+        mask = keep(rg)
+        return {c: pc.unique(rg[c].filter(mask)).to_pylist() for c in columns}
+
     seen: Dict[str, set] = {c: set() for c in columns}
     with f:
-        for i in _row_groups(pf, progress) if progress else range(pf.num_row_groups):
-            rg = pf.read_row_group(i, columns=sorted(set(columns) | set(filter_columns)))
-            mask = keep(rg)
+        groups = _row_groups(pf, progress) if progress else range(pf.num_row_groups)
+        for values in _map_row_groups(pf, groups, distinct, urlpath, download_config, decode_threads(pf, read)):
             for c in columns:
-                seen[c].update(pc.unique(rg[c].filter(mask)).to_pylist())
+                seen[c].update(values[c])
     return seen
 
 
@@ -356,7 +366,7 @@ def _read_selection(
 
     with f:
         bar = _row_groups(pf, f"Reading {where.rsplit('/', 1)[-1]}")
-        for row_ids, keep, chosen in _map_row_groups(pf, bar, rule, urlpath, download_config, threads=2):
+        for row_ids, keep, chosen in _map_row_groups(pf, bar, rule, urlpath, download_config, decode_threads(pf, ruled)):
             ids.append(row_ids)
             masks.append(keep)
             if chosen is not None:
@@ -760,15 +770,17 @@ def _is_sparse(masks: List[np.ndarray]) -> bool:
 
 def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.ndarray], where: str,
                    urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
-                   threads: int = 2) -> Dict[str, pa.Array]:
+                   threads: Optional[int] = None) -> Dict[str, pa.Array]:
     """Some columns' selected rows, one read per row group that holds any (a null is an error naming the row ID).
 
     With ``urlpath`` (the file ``pf`` reads), row groups are decoded ``threads``
-    at a time, each thread with its own handle (:func:`_map_row_groups`).
+    at a time (:func:`decode_threads` by default), each thread with its own
+    handle (:func:`_map_row_groups`).
     """
     if not columns:
         return {}
     columns = list(columns)
+    threads = threads or decode_threads(pf, columns)
 
     def read(handle: pq.ParquetFile, i: int) -> pa.Table:
         return _read_rows(handle, i, columns, masks[i], where)
@@ -858,11 +870,12 @@ def _hashed_names(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], wher
 
 def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
                           urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
-                          threads: int = 2) -> list:
+                          threads: Optional[int] = None) -> list:
     """One column's selected rows, one chunk per row group (a null is an error naming the row ID).
 
     With ``urlpath``, row groups are decoded ``threads`` at a time, as in :func:`_read_selected`.
     """
+    threads = threads or decode_threads(pf, [column])
 
     def read(handle: pq.ParquetFile, i: int) -> list:
         return _read_rows(handle, i, [column], masks[i], where)[column].chunks
@@ -1460,6 +1473,43 @@ def _all_distinct(chunks: Sequence[np.ndarray], low: int, size: int, n: int) -> 
 def _groups_with_rows(masks: List[np.ndarray]) -> List[int]:
     """The row groups holding a selected row."""
     return [i for i, keep in enumerate(masks) if keep.any()]
+
+
+#: decoded bytes of row groups that one read may hold at once (:func:`decode_threads`)
+_DECODE_BUDGET = 512 << 20
+#: row groups decoded at once, at most (past this, memory bandwidth, not cores, bounds the decoding)
+_MAX_DECODE_THREADS = 8
+#: a cgroup v2 CPU quota: "max 100000" (none) or "<quota> <period>" microseconds
+_CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, and a cgroup v2 quota (a container's ``--cpus``) if lower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        with open(_CGROUP_CPU_MAX) as quota_file:
+            quota, period = quota_file.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    return cores
+
+
+def decode_threads(pf: pq.ParquetFile, columns: Sequence[str]) -> int:
+    """Row groups of ``columns`` to decode at once: one per core, as many as fit :data:`_DECODE_BUDGET`, at least 2.
+
+    Decoding is snappy decompression of whole column chunks (pyarrow cannot
+    skip rows inside a row group): a bench stream start decompresses ~2.4 GB
+    of names and texts to keep 0.16 % of the rows, 5.3 CPU-seconds at full
+    scale, so its wall time is that over the cores used. Each thread holds
+    one decoded row group, so the largest one (from the footer) bounds the
+    count: ~70 MB of a ``datasets``-written file's names and texts, ~280 MB
+    of pyarrow's 1 Mi-row groups.
+    """
+    per_group = np.zeros(pf.num_row_groups, dtype=np.int64)
+    for c in columns:
+        per_group += _column_bytes(pf, c)
+    fit = _DECODE_BUDGET // max(int(per_group.max(initial=0)), 1)
+    return max(2, min(usable_cores(), _MAX_DECODE_THREADS, fit))
 
 
 def _map_row_groups(pf: Optional[pq.ParquetFile], groups: Sequence[int], read: Callable[[pq.ParquetFile, int], Any],
