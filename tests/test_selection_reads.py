@@ -188,14 +188,37 @@ def test_row_groups_decoded_at_once_follow_the_cores_and_the_footer_sizes(many_g
     assert asked[2:] == [2, 2]
 
 
+@pytest.mark.parametrize("merge_every", [1, 3, 100])
+def test_distinct_values_merged_every_few_row_groups_equal_the_whole_file(many_groups, monkeypatch, merge_every):
+    path, _ = many_groups
+    monkeypatch.setattr(ann, "_DISTINCT_MERGE_EVERY", merge_every)
+    whole = pq.read_table(path)
+    for name in ("vqa-test", "captions-austria", "all"):
+        selection = SELECTIONS[name]
+        chosen = whole.filter(pa.array(selection.mask(whole)))
+        got = ann.selected_names(str(path), selection, ["patch_id", "s1_name", "split"])
+        assert got == {c: sorted(set(chosen[c].to_pylist())) for c in ("patch_id", "s1_name", "split")}, name
+        assert len(got["patch_id"]) > 1
+    assert ann.splits_present(str(path), ann.Selection(splits=("bench", "test"))) == ["bench", "test"]
+    captions = set(whole.filter(pc.equal(whole["type"], "captioning"))["country"].to_pylist())
+    assert ann.distinct_values(str(path), ["country"], ("captioning",)) == {"country": sorted(captions)}
+
+
 def test_usable_cores_follow_a_cgroup_quota(tmp_path, monkeypatch):
-    cpu_max = tmp_path / "cpu.max"
-    monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(cpu_max))
+    v2, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
+    monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(v2))
+    monkeypatch.setattr(ann, "_CGROUP_V1_QUOTA", (str(v1_quota), str(v1_period)))
     monkeypatch.setattr(ann.os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert ann.usable_cores() == 16  # no file: the affinity
-    for text, cores in (("max 100000\n", 16), ("300000 100000\n", 3), ("50000 100000\n", 1), ("garbage", 16)):
-        cpu_max.write_text(text)
+    assert ann.usable_cores() == 16  # no cgroup files: the affinity
+    v1_period.write_text("100000\n")
+    for text, cores in (("-1\n", 16), ("400000\n", 4), ("20000\n", 1), ("9900000\n", 16)):  # cgroup v1
+        v1_quota.write_text(text)
         assert ann.usable_cores() == cores, text
+    for text, cores in (("max 100000\n", 16), ("300000 100000\n", 3), ("50000 100000\n", 1)):  # v2 wins over v1
+        v2.write_text(text)
+        assert ann.usable_cores() == cores, text
+    v2.write_text("garbage")  # unreadable v2: v1's quota, still 9.9 cores' worth
+    assert ann.usable_cores() == 16
 
 
 def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):
