@@ -208,7 +208,7 @@ def test_usable_cores_follow_a_cgroup_quota(tmp_path, monkeypatch):
     v2, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
     monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(v2))
     monkeypatch.setattr(ann, "_CGROUP_V1_QUOTA", (str(v1_quota), str(v1_period)))
-    monkeypatch.setattr(ann.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(ann.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)  # not on macOS
     assert ann.usable_cores() == 16  # no cgroup files: the affinity
     v1_period.write_text("100000\n")
     for text, cores in (("-1\n", 16), ("400000\n", 4), ("20000\n", 1), ("9900000\n", 16)):  # cgroup v1
@@ -219,6 +219,21 @@ def test_usable_cores_follow_a_cgroup_quota(tmp_path, monkeypatch):
         assert ann.usable_cores() == cores, text
     v2.write_text("garbage")  # unreadable v2: v1's quota, still 9.9 cores' worth
     assert ann.usable_cores() == 16
+
+
+def test_a_cgroup_file_with_a_zero_period_is_an_unknown_quota(tmp_path, monkeypatch):
+    v2, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
+    monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(v2))
+    monkeypatch.setattr(ann, "_CGROUP_V1_QUOTA", (str(v1_quota), str(v1_period)))
+    monkeypatch.setattr(ann.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    v1_quota.write_text("200000\n")
+    v1_period.write_text("0\n")
+    assert ann.usable_cores() == 6
+    v2.write_text("200000 0\n")
+    assert ann.usable_cores() == 6
+    monkeypatch.delattr(ann.os, "sched_getaffinity")  # macOS, Windows: the CPU count
+    monkeypatch.setattr(ann.os, "cpu_count", lambda: 3)
+    assert ann.usable_cores() == 3
 
 
 def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):

@@ -1503,11 +1503,11 @@ def usable_cores() -> int:
 
 def _cpu_quota() -> Optional[float]:
     """Cores' worth of CPU time the cgroup allows, None when unlimited or unknown."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
         with open(_CGROUP_CPU_MAX) as v2:
             quota, period = v2.read().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
         quota_us, period_us = (_read_number(path) for path in _CGROUP_V1_QUOTA)
         return None if quota_us < 0 else quota_us / period_us
     return None
