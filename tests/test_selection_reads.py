@@ -236,6 +236,22 @@ def test_a_cgroup_file_with_a_zero_period_is_an_unknown_quota(tmp_path, monkeypa
     assert ann.usable_cores() == 3
 
 
+def test_column_sizes_come_from_the_parquet_leaf_column_of_that_name(fixture_data, tmp_path):
+    """A nested column before the release's columns holds several Parquet columns: Arrow's field index is not one."""
+    whole = pq.read_table(fixture_data.parquet)
+    extra = pa.array([{"a": "x" * 200, "b": 1}] * whole.num_rows)
+    path = tmp_path / "nested_first.parquet"
+    pq.write_table(whole.add_column(0, "extra", extra), path, row_group_size=40, use_dictionary=False)
+    f, pf = ann.open_parquet(str(path), read_dictionary=ann._FEW_VALUES)
+    with f:
+        meta = pf.metadata
+        leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]
+        for c in ("ID", "patch_id", "input", "climate_zone"):
+            expected = [meta.row_group(g).column(leaves.index(c)).total_uncompressed_size
+                        for g in range(meta.num_row_groups)]
+            assert ann._column_bytes(pf, c).tolist() == expected, c
+
+
 def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):
     """Without footer null counts, the row groups are checked as decoded; the error is the first in file order."""
     path, masks = many_groups

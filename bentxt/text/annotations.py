@@ -452,7 +452,8 @@ def _read_selection(
 
 def _column_bytes(pf: pq.ParquetFile, column: str) -> np.ndarray:
     """A column's uncompressed size in each row group, from the footer."""
-    j = pf.schema_arrow.get_field_index(column)
+    # Parquet's leaf columns, not Arrow's fields: a nested column before this one holds several
+    j = next(k for k in range(pf.metadata.num_columns) if pf.metadata.schema.column(k).path == column)
     return np.array([pf.metadata.row_group(g).column(j).total_uncompressed_size for g in range(pf.num_row_groups)],
                     dtype=np.int64)
 
