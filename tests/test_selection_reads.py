@@ -252,6 +252,25 @@ def test_column_sizes_come_from_the_parquet_leaf_column_of_that_name(fixture_dat
             assert ann._column_bytes(pf, c).tolist() == expected, c
 
 
+def test_distinct_values_of_many_small_row_groups_are_hashed_a_bounded_number_of_times(fixture_data, tmp_path,
+                                                                                      monkeypatch):
+    """Merging every few row groups re-hashed all values found so far: quadratic in the row groups."""
+    whole = pq.read_table(fixture_data.parquet)
+    tiled = pa.concat_tables([whole] * 12)
+    names = pa.array([f"P{i:05d}" for i in range(tiled.num_rows)])  # every row its own name
+    tiled = tiled.set_column(tiled.schema.get_field_index("patch_id"), "patch_id", names)
+    tiled = tiled.set_column(tiled.schema.get_field_index("ID"), "ID", pa.array(np.arange(tiled.num_rows)))
+    path = tmp_path / "small_groups.parquet"
+    pq.write_table(tiled, path, row_group_size=8)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 100
+    hashed = []
+    unique = pc.unique
+    monkeypatch.setattr(pc, "unique", lambda values: hashed.append(len(values)) or unique(values))
+    got = ann.selected_names(str(path), ann.Selection(), ["patch_id"])
+    assert got == {"patch_id": sorted(names.to_pylist())}
+    assert sum(hashed) <= 4 * tiled.num_rows, (sum(hashed), tiled.num_rows)
+
+
 def test_a_null_found_on_threads_names_the_first_row_as_the_serial_read_does(many_groups, tmp_path):
     """Without footer null counts, the row groups are checked as decoded; the error is the first in file order."""
     path, masks = many_groups

@@ -253,17 +253,23 @@ def _distinct(urlpath: str, columns: Sequence[str], filter_columns: Sequence[str
         return {c: _decoded(pc.unique(rg[c].filter(mask))) for c in columns}
 
     parts: Dict[str, List[pa.Array]] = {c: [] for c in columns}
+    # values merged so far, and found since: a merge waits until the new ones are as many (each value hashed
+    # a bounded number of times: merging every few row groups re-hashed everything found so far each time,
+    # quadratic in the row groups of a file written in small ones)
+    merged, found = dict.fromkeys(columns, 0), dict.fromkeys(columns, 0)
     with f:
         groups = _row_groups(pf, progress) if progress else range(pf.num_row_groups)
         for values in _map_row_groups(pf, groups, distinct, urlpath, download_config, decode_threads(pf, read)):
             for c in columns:
                 parts[c].append(values[c])
-                if len(parts[c]) > _DISTINCT_MERGE_EVERY:
+                found[c] += len(values[c])
+                if len(parts[c]) > _DISTINCT_MERGE_EVERY and found[c] >= merged[c]:
                     parts[c] = [pc.unique(pa.chunked_array(parts[c]))]
+                    merged[c], found[c] = len(parts[c][0]), 0
     return {c: set(pc.unique(pa.chunked_array(v)).to_pylist()) if v else set() for c, v in parts.items()}
 
 
-#: row groups' distinct values held before they are merged into one array (:func:`_distinct`)
+#: row groups' distinct values held before they are merged into one array, at least (:func:`_distinct`)
 _DISTINCT_MERGE_EVERY = 8
 
 
