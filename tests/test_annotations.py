@@ -255,6 +255,7 @@ def test_empty_parquet_is_an_error_naming_the_file(fixture_data, tmp_path):
         ("split Test", rf"row ID {ROW} has unknown split 'Test'"),
         ("null input", rf"row ID {ROW} has a null 'input'"),
         ("conflicting duplicate", rf"ID {ROW} occurs in 2 rows that differ in 'output'"),
+        ("null country, filtered by country", rf"row ID {ROW} has a null 'country'"),
     ],
 )
 def test_builder_reports_bad_parquet_rows(fixture_data, tmp_path, case, expected):
@@ -271,9 +272,12 @@ def test_builder_reports_bad_parquet_rows(fixture_data, tmp_path, case, expected
         "split Test": lambda: set_row(t, ROW, split="Test"),
         "null input": lambda: set_row(t, ROW, input=None),
         "conflicting duplicate": lambda: pa.concat_tables([t, set_row(only_id(t, ROW), ROW, output="yes")]),
+        "null country, filtered by country": lambda: set_row(t, ROW, country=None),
     }[case]()
     write(data, bad, row_group_size=40)
-    builder = bt.BigEarthNetTxt(config_name="s2-all-test", data_dir=str(data), cache_dir=str(tmp_path / "cache"))
+    options = {"countries": [t["country"][0].as_py()]} if "filtered" in case else {}
+    builder = bt.BigEarthNetTxt(config_name="s2-all-test", data_dir=str(data), cache_dir=str(tmp_path / "cache"),
+                                **options)
     with pytest.raises(Exception) as excinfo:
         builder.download_and_prepare()
     assert re.search(expected, chain(excinfo)), chain(excinfo)

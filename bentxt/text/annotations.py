@@ -192,11 +192,14 @@ def _row_groups(pf: pq.ParquetFile, what: str) -> Sequence[int]:
 def distinct_values(
     urlpath: str, columns: Sequence[str], types: Sequence[str], download_config: Optional[DownloadConfig] = None
 ) -> Dict[str, List[str]]:
-    """Values present in ``columns`` among rows of ``types`` (for validating user filters)."""
+    """Values present in ``columns`` among rows of ``types`` (for validating user filters).
+
+    A null is left out: the selection's own checks then name its row.
+    """
     label = f"Checking filter values in {display_name(urlpath).rsplit('/', 1)[-1]}"
     seen = _distinct(urlpath, columns, ["type"], lambda rg: pc.is_in(rg["type"], pa.array(list(types))),
                      download_config, label)
-    return {c: sorted(v) for c, v in seen.items()}
+    return {c: sorted(v for v in values if v is not None) for c, values in seen.items()}
 
 
 def selected_names(urlpath: str, selection: Selection, columns: Sequence[str],
