@@ -242,7 +242,7 @@ def _distinct(urlpath: str, columns: Sequence[str], filter_columns: Sequence[str
 
     The few-valued columns are read as dictionaries: a streamed split's
     ``type`` and ``split`` of 9.55 M rows in ~0.1 s instead of ~0.8 s. The
-    values stay Arrow arrays, merged every few row groups, and become Python
+    values stay Arrow arrays, merged as they pile up, and become Python
     objects once: a row group holds ~200,000 distinct pair names, and
     turning each row group's into Python strings held the GIL for most of
     the name pass that starts preparing (~6 of its 10-12 s at full scale).
@@ -332,8 +332,8 @@ def _read_selection(
     - no nulls (:func:`check_nulls`): Arrow keeps a null count per decoded
       column, so the columns read cost nothing. The first pass reads only
       the rules' columns (``ID``, ``type``, ``category``, ``split``) and the
-      filters' of every row (two row groups at a time, errors in file
-      order); the other columns (pair names, coordinates,
+      filters' of every row (a row group per usable core at a time,
+      :func:`decode_threads`; errors in file order); the other columns (pair names, coordinates,
       ``input`` / ``output``) are read only in row groups that hold a
       selected row, and are checked from the footer's per-row-group null
       counts (free; a row group reported to hold nulls is read, its ``ID``
