@@ -482,13 +482,17 @@ def hf_layout(path: str, out: str) -> dict:
 
 
 def measure_stream_start(path: str, config: str, split: str) -> dict:
-    """What streaming one split does before it reads any imagery: ``join.select_annotations`` for that split."""
+    """What streaming one split does before it reads any imagery: ``join.select_annotations`` for that split.
+
+    In Arrow's jemalloc pool, as ``join.streamed_examples`` selects.
+    """
     import bigearthnet_txt as bt
     from bentxt import join
 
     cfg = bt.BigEarthNetTxt.builder_configs[config]
     t0, cpu0 = time.perf_counter(), os.times()
-    index = join.select_annotations(cfg, path, split, None)
+    with join.preparing_memory_pool():
+        index = join.select_annotations(cfg, path, split, None)
     cpu1 = os.times()
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu1.user - cpu0.user + cpu1.system - cpu0.system,
             "rows": index.table.num_rows, "patches": len(index)}

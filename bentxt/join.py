@@ -605,7 +605,7 @@ _POOL_STATE: Dict[str, object] = {"depth": 0, "previous": None}  # preparations 
 
 @contextmanager
 def preparing_memory_pool():
-    """Arrow allocates through jemalloc while preparing, where pyarrow has it.
+    """Arrow allocates through jemalloc while preparing, and while a stream selects its texts, where pyarrow has it.
 
     Reading, grouping and parsing the texts allocate and free large buffers
     over and over. pyarrow's default pool on Linux, mimalloc, soon returns
@@ -613,7 +613,10 @@ def preparing_memory_pool():
     slow on VMs. Measured: the texts of the 5,000-pair case read and grouped
     in 280-380 ms with mimalloc, 190-200 ms with jemalloc; at full scale
     (9.55 M rows) 22.9 s and 2.80 GB peak RSS with mimalloc, 21.5 s and
-    2.59 GB with jemalloc (the system allocator: 23.8 s, 3.13 GB).
+    2.59 GB with jemalloc (the system allocator: 23.8 s, 3.13 GB). A stream
+    start at full scale: ``s2-vqa-bench`` 2.5-3.2 s with mimalloc (0.9-2.1 s
+    of it in the kernel), 2.2-2.5 s with jemalloc (0.5-0.6 s); ``s2-vqa``
+    train 6.8-7.9 s and 6.3 s, both peaking at 1.25-1.46 GB.
 
     Only pyarrow's own default is replaced: a pool chosen with
     ``ARROW_DEFAULT_MEMORY_POOL`` or ``pa.set_memory_pool`` is kept. The pool
@@ -920,7 +923,8 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], sp
     would have to buffer nearly all of one). Memory: the text index plus the
     spilled names; disk: ~116 kB per S1 patch of the split, removed at the end.
     """
-    index = select_annotations(config, files["annotations"], split, dlc)
+    with preparing_memory_pool():  # the same decoding as preparing: 2.2-2.5 s instead of 2.5-3.2 s for a bench start
+        index = select_annotations(config, files["annotations"], split, dlc)
     report = JoinReport(f"split {split}")
     key = config.key_sensor
     wanted = config.wanted_bands()

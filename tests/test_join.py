@@ -425,6 +425,28 @@ def test_preparing_allocates_through_jemalloc_and_gives_pyarrows_default_back(mo
         pa.set_memory_pool(before)
 
 
+def test_a_stream_selects_its_texts_through_jemalloc_then_gives_the_default_back(fixture_data, tmp_path, monkeypatch):
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("pyarrow without jemalloc")
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    pools = []
+    select = join.select_annotations
+    monkeypatch.setattr(join, "select_annotations",
+                        lambda *a, **k: pools.append(pa.default_memory_pool().backend_name) or select(*a, **k))
+    config = resolve_config("s2-all-bench", data_dir=str(fixture_data.root))
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pa.mimalloc_memory_pool())  # pyarrow's own default on Linux
+    try:
+        stream = join.streamed_examples(config, files_for(config), "bench", None, str(tmp_path / "spill"))
+        first = next(stream)
+        assert pools == ["jemalloc"] and pa.default_memory_pool().backend_name == "mimalloc"  # back before any example
+        assert len([first, *stream]) == len(fixture_rows(fixture_data, None, "bench"))
+    finally:
+        pa.set_memory_pool(before)
+
+
 def test_texts_left_in_the_parquet_need_room_for_the_file_and_its_spill(fixture_data, tmp_path, monkeypatch):
     """Too little disk for the texts file and the raw texts spilled beside it: an error naming both, nothing written."""
     from bentxt.cache import diskspace
