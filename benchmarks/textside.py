@@ -16,7 +16,7 @@ is a child process (its peak RSS is its own):
 - streaming starts: ``select_annotations`` for one split, what a stream does before its first
   archive read: ``s2-vqa-bench`` (15 k texts), ``s1s2-all-bench``, ``s2-vqa`` train (the largest split),
   with their CPU-seconds; the bench start once more pinned to one core, to show how its time follows
-  the cores (it decompresses whole column chunks on every core it may use: ``decode_threads``), and
+  the cores (it decodes whole column chunks on every core it may use: ``decode_threads``), and
   the bench start projected to 4 and 8 cores (its CPU-seconds over the cores);
 - the first streamed example as a user waits for it (``as_streaming_dataset(split)``, then ``next``) for the
   two bench configs, on the same parquet beside archives that hold 8 of its pairs (:func:`first_example_data`).
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             if args.against and name != "pandas":  # the other checkout's code too, in turns second and first
                 ours.append((f"{name} [{Path(args.against).name}]", target, kwargs, args.against, False))
             children += ours if k % 2 == 0 else ours[::-1]
-        # the first bench start again on one core: how its wall time follows the cores (it is decompression-bound)
+        # the first bench start again on one core: how its wall time follows the cores (it is CPU-bound)
         bench_config, bench_split = STARTS[0]
         children.append((f"{bench_config} {bench_split} on one core", "benchmarks.textscale:measure_stream_start",
                          {"path": str(path), "config": bench_config, "split": bench_split}, None, True))

@@ -1531,10 +1531,10 @@ def _read_number(path: str) -> int:
 def decode_threads(pf: pq.ParquetFile, columns: Sequence[str]) -> int:
     """Row groups of ``columns`` to decode at once: one per core, as many as fit :data:`_DECODE_BUDGET`, at least 2.
 
-    Decoding is snappy decompression of whole column chunks (pyarrow cannot
-    skip rows inside a row group): a bench stream start decompresses ~2.4 GB
-    of names and texts to keep 0.16 % of the rows, 5.3 CPU-seconds at full
-    scale, so its wall time is that over the cores used. Each thread holds
+    pyarrow decodes whole column chunks (it cannot skip rows inside a row
+    group; snappy decompression is about half of it): a bench stream start
+    decodes ~2.4 GB of names and texts to keep 0.16 % of the rows, 4-6
+    CPU-seconds at full scale, so its wall time is that over the cores used. Each thread holds
     one decoded row group, so the largest one (from the footer) bounds the
     count: ~70 MB of a ``datasets``-written file's names and texts, ~280 MB
     of pyarrow's 1 Mi-row groups.
