@@ -204,6 +204,17 @@ def test_distinct_values_merged_every_few_row_groups_equal_the_whole_file(many_g
     assert ann.distinct_values(str(path), ["country"], ("captioning",)) == {"country": sorted(captions)}
 
 
+def test_the_splits_present_of_a_one_split_selection_read_nothing(fixture_data, tmp_path, monkeypatch):
+    whole = pq.read_table(fixture_data.parquet)
+    no_bench = tmp_path / "no_bench.parquet"
+    pq.write_table(whole.filter(pc.not_equal(whole["split"], "bench")), no_bench)
+    # several splits: the ones with rows, in the selection's order
+    assert ann.splits_present(str(no_bench), ann.Selection(splits=("bench", "test", "train"))) == ["test", "train"]
+    monkeypatch.setattr(ann, "open_parquet", lambda *a, **k: pytest.fail("a one-split selection opened the parquet"))
+    # one split: kept without reading (iterating it says which option emptied it, see test_builder)
+    assert ann.splits_present(str(no_bench), ann.Selection(splits=("bench",))) == ["bench"]
+
+
 def test_usable_cores_follow_a_cgroup_quota(tmp_path, monkeypatch):
     v2, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
     monkeypatch.setattr(ann, "_CGROUP_CPU_MAX", str(v2))

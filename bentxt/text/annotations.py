@@ -224,8 +224,12 @@ def splits_present(urlpath: str, selection: Selection, download_config: Optional
     raise ``EmptySelectionError``; the prepared route leaves such a split out
     the same way. Reads only the selection's columns (``type``, ``split``,
     filters). When no split has rows, all are kept: iterating one then says
-    which option emptied the selection.
+    which option emptied the selection. So a selection of one split (every
+    ``*-bench`` config) reads nothing here: 0.2 s of a bench stream's start
+    from a disk at full scale, 0.8-1.0 s over HTTP.
     """
+    if len(selection.splits) == 1:
+        return list(selection.splits)
     present = set(selected_names(urlpath, selection, ["split"], download_config)["split"])
     kept = [split for split in selection.splits if split in present]
     if not kept:
