@@ -493,9 +493,14 @@ def measure_stream_start(path: str, config: str, split: str) -> dict:
     t0, cpu0 = time.perf_counter(), os.times()
     with join.preparing_memory_pool():
         index = join.select_annotations(cfg, path, split, None)
-    cpu1 = os.times()
-    return {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu1.user - cpu0.user + cpu1.system - cpu0.system,
-            "rows": index.table.num_rows, "patches": len(index)}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds_since(cpu0), "rows": index.table.num_rows,
+            "patches": len(index)}
+
+
+def _cpu_seconds_since(before: os.times_result) -> float:
+    """This process's CPU time (user + system, all its threads) since ``before``."""
+    now = os.times()
+    return now.user - before.user + now.system - before.system
 
 
 def measure_first_example(data_dir: str, config: str, split: str, cache_dir: str) -> dict:
@@ -520,9 +525,8 @@ def measure_first_example(data_dir: str, config: str, split: str, cache_dir: str
     t0, cpu0 = time.perf_counter(), os.times()
     builder = bt.BigEarthNetTxt(config_name=config, data_dir=data_dir, cache_dir=cache_dir)
     example = next(iter(builder.as_streaming_dataset(split=split)))
-    cpu1 = os.times()
-    return {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu1.user - cpu0.user + cpu1.system - cpu0.system,
-            "rows": 1, "patch_id": example["patch_id"]}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds_since(cpu0), "rows": 1,
+            "patch_id": example["patch_id"]}
 
 
 def measure_prepare_texts(path: str, config: str, work: str, in_memory: bool = False) -> dict:

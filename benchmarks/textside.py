@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     log(f"{path}: {info['rows']:,} rows, {info['bytes'] / 1e6:,.0f} MB, {info['row_groups']} row groups")
     first_data = run_child("benchmarks.textside:first_example_data", {"work": args.work, "layout": args.layout})["data_dir"]
     results = {}
+    bench_config, bench_split = STARTS[0]
     for k in range(args.repeat):
         prepare = {"path": str(path), "config": "s1s2-all", "work": str(Path(args.work))}
         runs = [("pandas", "benchmarks.textscale:measure_pandas", {"path": str(path), "config": "s1s2-all"}),
@@ -102,7 +103,6 @@ def main(argv=None) -> int:
                 ours.append((f"{name} [{Path(args.against).name}]", target, kwargs, args.against, False))
             children += ours if k % 2 == 0 else ours[::-1]
         # the first bench start again on one core: how its wall time follows the cores (it is CPU-bound)
-        bench_config, bench_split = STARTS[0]
         children.append((f"{bench_config} {bench_split} on one core", "benchmarks.textscale:measure_stream_start",
                          {"path": str(path), "config": bench_config, "split": bench_split}, None, True))
         for name, target, kwargs, root, one_core in children:
