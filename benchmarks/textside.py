@@ -1,12 +1,16 @@
 """The text side at full scale (9,553,962 rows), each target against ``pd.read_parquet`` of the same file.
 
-    python -m benchmarks.textside [--work DIR] [--repeat 2] [--layout hf|pyarrow] [--ab] [--against CHECKOUT]
+    python -m benchmarks.textside [--work DIR] [--repeat 2] [--layout hf-near|hf|pyarrow] [--ab] [--against CHECKOUT]
 
 The file is ``benchmarks/textscale.py``'s release-sized stand-in, laid out as
-``datasets`` writes Parquet (``--layout hf``: ~100 MB row groups, page index,
-content-defined pages; the release's own layout is unknown) or as pyarrow's
-default writer does (``--layout pyarrow``: 1 Mi-row groups). Every measurement
-is a child process (its peak RSS is its own):
+``datasets`` writes Parquet (~100 MB row groups, page index, content-defined
+pages; the release's own row groups are unknown), with a pair's rows within
+~3,100 rows of each other like the one pair known (docs/release.md#annotation-parquet) (``--layout
+hf-near``, the default: :func:`textscale.near_layout`, 433 MB against the
+release's 466 MB) or scattered through the whole file (``--layout hf``, the
+worst case: 850 MB), or scattered in pyarrow's default 1 Mi-row groups
+(``--layout pyarrow``). Every measurement is a child process (its peak RSS is
+its own):
 
 - baseline: ``pd.read_parquet`` of the whole file + ``isin`` filters (the publisher's loader);
 - ``s1s2-all`` text side as preparing does it: the selection read, checked and grouped with the texts left
@@ -56,6 +60,8 @@ def first_example_data(work: str, layout: str) -> dict:
     parquet = folder / "BigEarthNet.txt.parquet"
     if layout == "hf":
         textscale.hf_layout(str(source / parquet.name), str(parquet))
+    elif layout == "hf-near":
+        textscale.near_layout(str(source / parquet.name), str(parquet))
     elif not parquet.exists():
         os.symlink(source / parquet.name, parquet)
     for archive in ("BigEarthNet-S1.tar.zst", "BigEarthNet-S2.tar.zst"):
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=str(ROOT / ".bench-work"))
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--layout", choices=("hf", "pyarrow"), default="hf")
+    parser.add_argument("--layout", choices=("hf-near", "hf", "pyarrow"), default="hf-near")
     parser.add_argument("--ab", action="store_true", help="also the text side with every column in memory (before)")
     parser.add_argument("--against", help="another checkout of the project: each measurement run with its code too")
     args = parser.parse_args(argv)
@@ -80,6 +86,9 @@ def main(argv=None) -> int:
     if args.layout == "hf":
         path = base.with_name("hf-layout.parquet")
         info = run_child("benchmarks.textscale:hf_layout", {"path": str(base), "out": str(path)})
+    elif args.layout == "hf-near":
+        path = base.with_name("hf-near.parquet")
+        info = run_child("benchmarks.textscale:near_layout", {"path": str(base), "out": str(path)})
     log(f"{path}: {info['rows']:,} rows, {info['bytes'] / 1e6:,.0f} MB, {info['row_groups']} row groups")
     first_data = run_child("benchmarks.textside:first_example_data", {"work": args.work, "layout": args.layout})["data_dir"]
     results = {}

@@ -90,3 +90,25 @@ def test_a_child_runs_the_code_of_another_checkout_when_asked(tmp_path):
     assert Path(got["file"]).resolve() == (other / "benchmarks" / "__init__.py").resolve() and got["peak_rss_mb"] > 0
     with pytest.raises(RuntimeError, match="benchmarks.probe:where failed"):  # our checkout has no probe
         run_child("benchmarks.probe:where")
+
+
+def test_the_near_order_keeps_each_pairs_rows_within_its_block_of_pairs(fixture_data, tmp_path, monkeypatch):
+    """The default text-scale layout: the same rows, a pair's rows within its block, the blocks' pairs not in ID order."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import textscale
+
+    monkeypatch.setattr(textscale, "NEAR_PAIRS_PER_BLOCK", 2)
+    out = tmp_path / "near.parquet"
+    info = textscale.near_layout(str(fixture_data.parquet), str(out))
+    near, whole = pq.read_table(out), pq.read_table(fixture_data.parquet)
+    assert info["rows"] == near.num_rows == whole.num_rows
+    assert near.sort_by("ID").equals(whole.sort_by("ID"))
+    pairs = near["patch_id"].to_pylist()
+    by_id = sorted(set(pairs), key=lambda p: min(i for i, q in zip(near["ID"].to_pylist(), pairs) if q == p))
+    block = {p: k // 2 for k, p in enumerate(by_id)}
+    blocks = [block[p] for p in pairs]
+    assert blocks == sorted(blocks, key=[b for i, b in enumerate(blocks) if b not in blocks[:i]].index)  # contiguous
+    assert len(set(blocks)) == (len(by_id) + 1) // 2 > 2
+    assert pairs != sorted(pairs, key=by_id.index)  # rows shuffled inside the blocks
+    assert textscale.near_layout(str(fixture_data.parquet), str(out))["cached"] is True

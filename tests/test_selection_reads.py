@@ -446,3 +446,109 @@ def test_a_null_in_an_unselected_row_of_a_batched_row_group_is_still_reported(fi
     pf = pq.ParquetFile(bad)
     with pytest.raises(ann.AnnotationFileError, match=rf"^x: row ID {table['ID'][21].as_py()} has a null 'output'"):
         ann._read_rows(pf, 1, ["ID", "output"], mask, "x", batch_rows=4)
+
+
+@pytest.fixture
+def pairs_together(fixture_data, tmp_path):
+    """The fixture with each pair's rows next to each other (as the release keeps them near) in 32-row groups."""
+    whole = pq.read_table(fixture_data.parquet)
+    rng = np.random.default_rng(3)
+    pair_rank = {name: r for r, name in enumerate(rng.permutation(sorted(set(whole["patch_id"].to_pylist()))))}
+    key = pa.array([pair_rank[name] * 1000 + r for r, name in enumerate(whole["patch_id"].to_pylist())])
+    path = tmp_path / "pairs_together.parquet"
+    pq.write_table(whole.take(pc.sort_indices(key)), path, row_group_size=32)
+    return str(path)
+
+
+def test_names_are_read_as_dictionaries_only_where_every_row_group_keeps_them_so(fixture_data, pairs_together, tmp_path):
+    assert ann.dictionary_encoded_names(pq.ParquetFile(pairs_together)) == ["patch_id", "s1_name"]
+    # the fixture as generated: a few rows a row group, nearly every name once (plain is as small)
+    assert ann.dictionary_encoded_names(pq.ParquetFile(fixture_data.parquet)) == []
+    table = pq.read_table(pairs_together)
+    no_stats = tmp_path / "no_stats.parquet"  # no min/max: the plain size is unknown, so plain strings
+    pq.write_table(table, no_stats, row_group_size=32, write_statistics=False)
+    assert ann.dictionary_encoded_names(pq.ParquetFile(no_stats)) == []
+    # a dictionary page that overflows falls back to plain pages: one such row group makes the column plain
+    first = table["patch_id"][0]
+    one_pair = table.filter(pc.equal(table["patch_id"], first))
+    others = table.filter(pc.not_equal(table["patch_id"], first)).slice(0, 40)
+    assert len(set(others["patch_id"].to_pylist())) >= 3
+    for name, parts in (("one_pair", [one_pair]), ("overflow", [one_pair, others])):
+        with pq.ParquetWriter(tmp_path / f"{name}.parquet", table.schema, dictionary_pagesize_limit=120,
+                              write_batch_size=4, data_page_size=100) as writer:  # checked every 4 rows
+            for part in parts:
+                writer.write_table(part)  # one row group each
+    assert ann.dictionary_encoded_names(pq.ParquetFile(tmp_path / "one_pair.parquet")) == ["patch_id", "s1_name"]
+    assert ann.dictionary_encoded_names(pq.ParquetFile(tmp_path / "overflow.parquet")) == []
+    only_key = tmp_path / "only_key.parquet"  # s1_name written without a dictionary
+    pq.write_table(table, only_key, row_group_size=32, use_dictionary=["patch_id"])
+    assert ann.dictionary_encoded_names(pq.ParquetFile(only_key)) == ["patch_id"]
+    categorical = tmp_path / "categorical.parquet"  # stored as a dictionary: read as one anyway, not listed
+    pq.write_table(table.set_column(table.schema.get_field_index("s1_name"), "s1_name",
+                                    table["s1_name"].dictionary_encode()), categorical, row_group_size=32)
+    assert ann.dictionary_encoded_names(pq.ParquetFile(categorical)) == ["patch_id"]
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])  # every selection read as a large one / as a sparse one
+@pytest.mark.parametrize("config_name", ["s1s2-all", "s2-vqa", "s1-captioning", "s1s2-all-bench", "s1-all-bench"])
+def test_names_read_as_dictionaries_select_what_plain_names_select(pairs_together, monkeypatch, share, config_name):
+    """Each row group's dictionary also holds unselected rows' names: none may reach the index, none may be lost."""
+    from bentxt import join
+    from bentxt.config import resolve_config
+
+    monkeypatch.setattr(ann, "SPARSE_SHARE", share)
+    monkeypatch.setattr(ann, "usable_cores", lambda: 2)
+    config = resolve_config(config_name, data_dir="unused")
+    opened = []
+    original = ann.open_parquet
+    monkeypatch.setattr(ann, "open_parquet", lambda *a, **k: opened.append(k) or original(*a, **k))
+    as_dictionaries = [join.select_annotations(config, pairs_together, None, None, texts_later=t) for t in (True, False)]
+    assert [k.get("names_as_dictionaries") for k in opened if "names_as_dictionaries" in k] == [True, True]
+    threads = [k for k in opened if k.get("read_dictionary") and "names_as_dictionaries" not in k]  # opened like pf
+    assert threads and all({"patch_id", "s1_name"} <= set(k["read_dictionary"]) for k in threads)
+    names = ann._pair_names
+    monkeypatch.setattr(ann, "_pair_names", lambda chunks: names(chunks) if not calls.append(chunks) else None)
+    calls: list = []
+    join.select_annotations(config, pairs_together, None, None)
+    assert calls and all(pa.types.is_dictionary(c.type) for chunks in calls for c in chunks)  # the route under test
+    monkeypatch.setattr(ann, "dictionary_encoded_names", lambda pf: [])
+    as_strings = join.select_annotations(config, pairs_together, None, None)
+    for index in as_dictionaries:
+        assert index.keys == as_strings.keys and index.starts.tolist() == as_strings.starts.tolist()
+        got = plain(index.table)
+        assert got.equals(plain(as_strings.table).select(got.column_names))
+        for c in ("patch_id", "s1_name"):  # one dictionary value per pair, every one used
+            column = ann._one_array(index.table[c])
+            assert len(column.dictionary) == len(index.keys)
+            assert np.unique(column.indices.to_numpy()).tolist() == list(range(len(index.keys)))
+    expected = pq.read_table(pairs_together)
+    expected = expected.filter(pa.array(config.selection(None).mask(expected)))
+    key = config.key_column
+    expected = expected.sort_by([(key, "ascending"), ("ID", "ascending")])
+    got = plain(as_dictionaries[0].table)
+    assert got.num_rows > 0 and got.equals(expected.select(got.column_names))
+
+
+def test_selected_names_from_dictionaries_are_the_selected_rows_names(pairs_together):
+    whole = pq.read_table(pairs_together)
+    for selection in SELECTIONS.values():
+        expected = whole.filter(pa.array(selection.mask(whole)))
+        got = ann.selected_names(pairs_together, selection, ["patch_id", "s1_name", "split"])
+        assert got == {c: sorted(set(expected[c].to_pylist())) for c in ("patch_id", "s1_name", "split")}
+        assert got["patch_id"]
+
+
+def test_dictionary_chunks_become_one_dictionary_of_the_names_used():
+    a = pa.DictionaryArray.from_arrays(pa.array([2, 2, 0], pa.int32()), pa.array(["c", "x", "a"]))
+    b = pa.DictionaryArray.from_arrays(pa.array([1, 1, 1, 1], pa.int32()), pa.array(["y", "c", "z"]))
+    [merged] = ann._pair_names([a, b])
+    assert sorted(merged.dictionary.to_pylist()) == ["a", "c"]  # x, y, z: no row left uses them
+    assert merged.dictionary_decode().to_pylist() == ["a", "a", "c", "c", "c", "c", "c"]
+    # fewer rows than dictionary values (a sparse selection): the rows decoded, to be hashed as plain names
+    few = [a.slice(0, 1), b.slice(0, 1)]
+    assert [c.to_pylist() for c in ann._pair_names(few)] == [["a"], ["c"]]
+    assert all(c.type == pa.string() for c in ann._pair_names(few))
+    with_null = pa.DictionaryArray.from_arrays(pa.array([0, None, 0, 0, 0], pa.int32()), pa.array(["q"]))
+    assert [c.to_pylist() for c in ann._pair_names([with_null])] == [["q", None, "q", "q", "q"]]
+    plain_chunks = [pa.array(["a"]), pa.array(["b"])]
+    assert ann._pair_names(plain_chunks) is plain_chunks

@@ -150,11 +150,14 @@ class Selection:
 
 
 def open_parquet(
-    urlpath: str, download_config: Optional[DownloadConfig] = None, read_dictionary: Optional[Sequence[str]] = None
+    urlpath: str, download_config: Optional[DownloadConfig] = None, read_dictionary: Optional[Sequence[str]] = None,
+    names_as_dictionaries: bool = False,
 ):
     """Open the parquet through fsspec so local paths, http(s):// and hf:// all work.
 
-    ``read_dictionary`` names string columns to read as ``dictionary<int32, string>``.
+    ``read_dictionary`` names string columns to read as ``dictionary<int32, string>``;
+    ``names_as_dictionaries`` adds the pair names where the file keeps them
+    dictionary-encoded (:func:`dictionary_encoded_names`).
     """
     if "://" not in urlpath and "::" not in urlpath and os.path.isfile(urlpath):
         # a local file: Arrow reads it itself (through a Python file object: ~3x slower); not memory-mapped,
@@ -176,9 +179,48 @@ def open_parquet(
     except AnnotationFileError:
         f.close()
         raise
+    read_dictionary = list(read_dictionary or []) + (dictionary_encoded_names(pf) if names_as_dictionaries else [])
     if read_dictionary:  # the same file and footer, string columns read as dictionaries
-        pf = pq.ParquetFile(f, metadata=pf.metadata, read_dictionary=list(read_dictionary))
+        pf = pq.ParquetFile(f, metadata=pf.metadata, read_dictionary=read_dictionary)
     return f, pf
+
+
+#: a name column's chunks at most this share of its values' size as plain strings: dictionary-encoded throughout
+_DICTIONARY_SHARE = 0.5
+
+
+def dictionary_encoded_names(pf: pq.ParquetFile) -> List[str]:
+    """The pair-name columns that every row group keeps as a dictionary page and codes, judged from the footer.
+
+    A file whose pairs' rows lie near each other (the release's one known
+    pair: 22 rows within ~3,400, docs/release.md#annotation-parquet) holds
+    ~13,000 names per 270,000-row group; Parquet then stores each name once
+    and a code per row, and reading the codes costs ~0.1 CPU-s for all
+    9.55 M rows instead of ~0.6-0.8 s for plain strings. When a dictionary page overflows (a pair's rows scattered
+    through the file), Parquet falls back to plain pages, which Arrow would
+    then hash back into a dictionary: ~3x slower than plain. The footer does
+    not list page encodings, so a chunk counts as dictionary-encoded when it
+    holds at most half the bytes of its values as plain strings (length from
+    its min/max statistics); a fallback chunk holds nearly all of them. A
+    wrong guess costs time, never values.
+    """
+    names = []
+    for column in _NAME_COLUMNS:
+        j = _leaf_column(pf, column)
+        if j is None or pa.types.is_dictionary(pf.schema_arrow.field(column).type):
+            continue  # not in the file, or stored as a dictionary already (read as one anyway)
+        chunks = [pf.metadata.row_group(g).column(j) for g in range(pf.num_row_groups)]
+        if all(_dictionary_encoded(chunk) for chunk in chunks if chunk.num_values):
+            names.append(column)
+    return names
+
+
+def _dictionary_encoded(chunk) -> bool:
+    stats = chunk.statistics
+    if not chunk.has_dictionary_page or stats is None or not stats.has_min_max:
+        return False
+    shortest = min(len(v.encode() if isinstance(v, str) else v) for v in (stats.min, stats.max))
+    return chunk.total_uncompressed_size <= _DICTIONARY_SHARE * chunk.num_values * (4 + shortest)  # 4: a plain length
 
 
 
@@ -249,7 +291,7 @@ def _distinct(urlpath: str, columns: Sequence[str], filter_columns: Sequence[str
     turning each row group's into Python strings held the GIL for most of
     the name pass that starts preparing (~6 of its 10-12 s at full scale).
     """
-    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
+    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES, names_as_dictionaries=True)
     read = sorted(set(columns) | set(filter_columns))
 
     def distinct(handle: pq.ParquetFile, g: int) -> Dict[str, pa.Array]:
@@ -358,7 +400,7 @@ def _read_selection(
         raise ValueError("defer=True needs sort_by: the bulky columns are written later in that order")
     if sort_by is not None and sort_by not in columns:
         raise ValueError(f"sort_by={sort_by!r} is not among the columns read {columns}")
-    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES)
+    f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES, names_as_dictionaries=True)
     where = display_name(urlpath)
     light = sorted(
         (set(columns) - set(_HEAVY_COLUMNS)) | {"ID", "type", "category", "split"} | set(selection.columns())
@@ -461,10 +503,15 @@ def _read_selection(
     return pa.table({c: table[c] for c in columns}).replace_schema_metadata(pf.schema_arrow.metadata), later
 
 
+def _leaf_column(pf: pq.ParquetFile, column: str) -> Optional[int]:
+    """A column's position among Parquet's leaf columns (not Arrow's fields: a nested column before it holds several)."""
+    return next((k for k in range(pf.metadata.num_columns) if pf.metadata.schema.column(k).path == column), None)
+
+
 def _column_bytes(pf: pq.ParquetFile, column: str) -> np.ndarray:
     """A column's uncompressed size in each row group, from the footer."""
-    # Parquet's leaf columns, not Arrow's fields: a nested column before this one holds several
-    j = next(k for k in range(pf.metadata.num_columns) if pf.metadata.schema.column(k).path == column)
+    j = _leaf_column(pf, column)
+    assert j is not None, column
     return np.array([pf.metadata.row_group(g).column(j).total_uncompressed_size for g in range(pf.num_row_groups)],
                     dtype=np.int64)
 
@@ -817,7 +864,7 @@ def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.nd
         for c in columns:
             parts[c].extend(chosen[c].chunks)
         del chosen
-    return {c: _concat(parts.pop(c)) for c in columns}
+    return {c: _concat(_pair_names(parts.pop(c)) if c in _NAME_COLUMNS else parts.pop(c)) for c in columns}
 
 
 #: the per-pair names: ~55 bytes a row as plain strings, one value per image pair
@@ -885,14 +932,36 @@ def _hashed_names(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], wher
                   download_config: Optional[DownloadConfig], threads: int) -> pa.DictionaryArray:
     """A name column's selected rows hashed once (:func:`sorted_dictionary`), its chunks never combined.
 
-    A name the file stores as a dictionary (written from categoricals) is
-    decoded first: a row group's dictionary also holds its unselected rows'
-    names, codes no selected row uses, so no row would give their pair's value.
+    A name read as a dictionary (:func:`dictionary_encoded_names`, or a file
+    written from categoricals) is not hashed row by row: :func:`_pair_names`.
     """
-    chunks = [_decoded(c) for c in _read_selected_chunks(pf, column, masks, where, urlpath, download_config, threads)]
-    kind = pf.schema_arrow.field(column).type
-    return sorted_dictionary(pa.chunked_array(chunks, kind.value_type if pa.types.is_dictionary(kind) else kind),
-                             threads=threads)
+    names = _pair_names(_read_selected_chunks(pf, column, masks, where, urlpath, download_config, threads))
+    return sorted_dictionary(pa.chunked_array(names, None if names else pa.string()), threads=threads)
+
+
+def _pair_names(chunks: list) -> list:
+    """A name column's selected rows from row-group chunks: plain chunks, or one dictionary array of the names used.
+
+    Chunks read as dictionaries each carry their row group's dictionary,
+    which also holds the unselected rows' names: codes no selected row uses,
+    so no row would give their pair's value, and grouping expects none. With
+    more rows than dictionary values (a large selection of a file that keeps
+    a pair's rows together) the dictionaries are unified (each distinct name
+    of a row group hashed once: ~470,000 for the release instead of 9.55 M
+    rows) and cut to the names used; otherwise the few rows are decoded, to
+    be hashed like plain strings. Plain chunks stay chunks (never one ~0.5 GB copy).
+    """
+    if not any(pa.types.is_dictionary(c.type) for c in chunks):
+        return chunks
+    rows, values = sum(len(c) for c in chunks), sum(len(c.dictionary) for c in chunks)
+    if rows <= values or any(c.null_count for c in chunks):
+        return [_decoded(c) for c in chunks]
+    unified = pa.chunked_array(chunks).unify_dictionaries()
+    dictionary = unified.chunk(0).dictionary
+    indices = np.concatenate([c.indices.to_numpy() for c in unified.chunks])
+    used = np.bincount(indices, minlength=len(dictionary)) > 0
+    code = (np.cumsum(used) - 1).astype(_index_dtype(int(used.sum())))
+    return [pa.DictionaryArray.from_arrays(pa.array(code[indices]), dictionary.filter(pa.array(used)))]
 
 
 def _read_selected_chunks(pf: pq.ParquetFile, column: str, masks: List[np.ndarray], where: str = "annotation parquet",
