@@ -481,7 +481,8 @@ def hf_layout(path: str, out: str) -> dict:
     return info
 
 
-#: image pairs per block of the near order: ~3,400 rows, the span of the one pair whose rows are known (docs/release.md#annotation-parquet)
+#: image pairs per block of the near order: ~3,400 rows, the span of the one pair whose rows are known
+#: (docs/release.md#annotation-parquet)
 NEAR_PAIRS_PER_BLOCK = 165
 
 
