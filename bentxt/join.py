@@ -78,13 +78,15 @@ class EmptySelectionError(BigEarthNetTxtError, ValueError):
 
 
 def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Optional[str], dlc,
-                       filters_checked: bool = False, texts_later: bool = False) -> ann.PatchIndex:
+                       filters_checked: bool = False, texts_later: bool = False, streamed: bool = False) -> ann.PatchIndex:
     """Read, check and group the config's rows; filter values are validated against the data first.
 
     ``texts_later`` (preparing): ``input`` / ``output`` stay in the parquet
     until :func:`write_texts` parses them into the texts file, so memory holds
     only the per-row codes, IDs and pair columns (~0.5 GB for s1s2-all at
-    full scale instead of ~2.5 GB).
+    full scale instead of ~2.5 GB). ``streamed`` (streaming): a sparse
+    selection's texts are decoded in the background as the stream goes
+    (``ann.StreamedTexts``); the caller closes ``index.streamed``.
     """
     if not filters_checked:
         check_filters(config, urlpath, dlc)
@@ -92,14 +94,22 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
     later = None
     if texts_later:
         table, later = ann.read_sorted_selection(urlpath, selection, key, download_config=dlc)
+    elif streamed:
+        table, later = ann.read_streamed_selection(urlpath, selection, key, download_config=dlc)
     else:  # sorted while reading: the bulky text columns are placed straight into sorted order
         table = ann.read_selection(urlpath, selection, download_config=dlc, sort_by=key)
     where = display_name(urlpath)
-    if not table.num_rows:
-        raise EmptySelectionError(f"{where}: config {config.name!r} selects no text: {describe_selection(config, split)}")
-    index = ann.group_by_patch(table, key, later)
-    ann.check_patch_pairs(index, where)
-    ann.check_pair_names(index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1])), where)
+    try:
+        if not table.num_rows:
+            raise EmptySelectionError(f"{where}: config {config.name!r} selects no text: "
+                                      f"{describe_selection(config, split)}")
+        index = ann.group_by_patch(table, key, later)
+        ann.check_patch_pairs(index, where)
+        ann.check_pair_names(index.table.select(["ID", "patch_id", "s1_name"]).take(pa.array(index.starts[:-1])), where)
+    except BaseException:
+        if isinstance(later, ann.StreamedTexts):
+            later.close()
+        raise
     return index
 
 
@@ -920,11 +930,24 @@ def streamed_examples(config: BigEarthNetTxtConfig, files: Mapping[str, Any], sp
     The other sensor of an ``s1s2`` config is read by patch: from its reader
     (folders, LMDB), or, for an archive, from an imagery table written first
     into ``spill_dir`` (the two archives are sorted differently, and a merge
-    would have to buffer nearly all of one). Memory: the text index plus the
-    spilled names; disk: ~116 kB per S1 patch of the split, removed at the end.
+    would have to buffer nearly all of one). A sparse split (a bench split)
+    gets its texts decoded in the background, the pairs asked for first
+    (``ann.StreamedTexts``): its first example waits for the selection and
+    its own pair's row groups, not for every text. Memory: the text index
+    plus the spilled names; disk: ~116 kB per S1 patch of the split, removed at the end.
     """
     with preparing_memory_pool():  # the same decoding as preparing: 2.2-2.5 s instead of 2.5-3.2 s for a bench start
-        index = select_annotations(config, files["annotations"], split, dlc)
+        index = select_annotations(config, files["annotations"], split, dlc, streamed=True)
+    try:
+        yield from _streamed_pairs(config, files, split, dlc, spill_dir, index)
+    finally:
+        if index.streamed is not None:
+            index.streamed.close()
+
+
+def _streamed_pairs(config: BigEarthNetTxtConfig, files: Mapping[str, Any], split: str, dlc, spill_dir: str,
+                    index: ann.PatchIndex) -> Iterator[Tuple[object, dict]]:
+    """:func:`streamed_examples` once the split's texts are selected."""
     report = JoinReport(f"split {split}")
     key = config.key_sensor
     wanted = config.wanted_bands()

@@ -21,6 +21,7 @@ import pytest
 import bigearthnet_txt as bt
 from bentxt import bands as B
 from bentxt import sources
+from bentxt.text import annotations as ann
 from bentxt.text import grammar as text
 from bentxt.cache.pair_bands import PairBands
 from make_fixtures import REAL_PATCH_ID
@@ -327,10 +328,27 @@ def test_streamed_examples_equal_prepared_ones(config, layout, fixture_data, tmp
         assert_same_examples(streamed, ds[split])
 
 
-def test_streaming_over_http_reads_the_archives_as_a_stream(fixture_data, tmp_path):
+@pytest.mark.parametrize("config,layout", [("s1s2-all", "annotation"), ("s2-grounding", "patch")])
+def test_texts_streamed_in_the_background_give_the_prepared_examples(config, layout, fixture_data, tmp_path, monkeypatch):
+    """A sparse selection (a bench split at full scale) streams its texts as they are decoded: every split here."""
+    builder, ds = prepare(config, fixture_data, tmp_path, layout=layout)
+    monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)
+    made = []
+    original = ann.StreamedTexts.__init__
+    monkeypatch.setattr(ann.StreamedTexts, "__init__", lambda self, *a, **k: made.append(self) or original(self, *a, **k))
+    streaming = builder.as_streaming_dataset()
+    for split in ds:
+        assert_same_examples(list(streaming[split]), ds[split])
+    assert len(made) == len(ds) and not any(t.is_alive() for texts in made for t in texts._threads)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_streaming_over_http_reads_the_archives_as_a_stream(fixture_data, tmp_path, monkeypatch, background):
     from http_server import serve_directory
 
     _, ds = prepare("s1s2-vqa-bench", fixture_data, tmp_path)
+    if background:  # the texts decoded on threads that open the parquet over HTTP too
+        monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)
     with serve_directory(str(fixture_data.root)) as (url, log):
         names = [("annotations", "BigEarthNet.txt.parquet"), ("s1", "BigEarthNet-S1.tar.zst"), ("s2", "BigEarthNet-S2.tar.zst")]
         files = {k: f"{url}/{n}" for k, n in names}

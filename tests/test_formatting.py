@@ -15,6 +15,7 @@ from datasets.distributed import split_dataset_by_node
 import bigearthnet_txt as bt
 from bentxt import bands as B
 from bentxt.cache.pair_bands import PairBands
+from bentxt.text import annotations as ann
 
 GROUPS = {g.name: g for g in B.BAND_GROUPS}
 
@@ -147,7 +148,10 @@ def test_a_dataloader_with_two_workers_over_the_default_columns_of_a_prepared_co
     _check_loader_batches(loader, fixture_data, list(test["ID"]), (torch.int32,))
 
 
-def test_a_dataloader_with_two_workers_over_a_streamed_config(fixture_data, tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_a_dataloader_with_two_workers_over_a_streamed_config(fixture_data, tmp_path, monkeypatch, background):
+    if background:  # each worker decodes its split's texts on threads of its own (the workers are forked)
+        monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)
     streamed = datasets.load_dataset("bigearthnet_txt", "s1s2-all", data_dir=str(fixture_data.root), streaming=True,
                                      split="test", cache_dir=str(tmp_path))
     assert all(isinstance(streamed.features[c], datasets.Array3D) for c in GROUPS)

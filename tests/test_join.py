@@ -18,6 +18,7 @@ from bentxt.config import resolve_config
 from bentxt.cache.imagery_table import ImageryTables
 from bentxt.cache.store import ImageryStore
 from bentxt.join import EmptySelectionError, JoinReport, MissingPatchError
+from bentxt.text import annotations as ann
 
 
 def files_for(config):
@@ -507,3 +508,20 @@ def test_a_sparse_selection_of_large_row_groups_keeps_two_decoders(fixture_data,
     monkeypatch.setattr(join.ann, "_TWO_DECODES_BYTES", max(sizes) - 1)  # whole row groups: too large for two
     join.write_texts(config, index, str(tmp_path / "texts.arrow"))
     assert decoders == [2] and os.path.getsize(tmp_path / "texts.arrow") > 0
+
+
+def test_a_stream_left_after_its_first_example_stops_decoding_its_texts(fixture_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)  # the texts decoded in the background, as for a bench split
+    made = []
+    original = ann.StreamedTexts.__init__
+    monkeypatch.setattr(ann.StreamedTexts, "__init__", lambda self, *a, **k: made.append(self) or original(self, *a, **k))
+    config = resolve_config("s2-all", data_dir=str(fixture_data.root))
+    stream = join.streamed_examples(config, files_for(config), "train", None, str(tmp_path / "spill"))
+    _, first = next(stream)
+    expected = fixture_rows(fixture_data, None, "train")
+    assert first["input"] == next(r["input"] for r in expected if r["ID"] == first["ID"])
+    [texts] = made
+    stream.close()
+    assert texts._stop and not any(t.is_alive() for t in texts._threads)
+    with pytest.raises(RuntimeError, match="after close"):
+        texts.rows(0, 1)

@@ -8,6 +8,8 @@ selection skip the other row groups' names and texts entirely.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -552,3 +554,82 @@ def test_dictionary_chunks_become_one_dictionary_of_the_names_used():
     assert [c.to_pylist() for c in ann._pair_names([with_null])] == [["q", None, "q", "q", "q"]]
     plain_chunks = [pa.array(["a"]), pa.array(["b"])]
     assert ann._pair_names(plain_chunks) is plain_chunks
+
+
+def _streamed(path, selection, monkeypatch, sort_by="patch_id"):
+    monkeypatch.setattr(ann, "SPARSE_SHARE", 1.0)  # every selection streams its texts
+    table, texts = ann.read_streamed_selection(str(path), selection, sort_by)
+    assert isinstance(texts, ann.StreamedTexts) and texts.columns == ["input", "output"]
+    assert "input" not in table.column_names and "output" not in table.column_names
+    return ann.group_by_patch(table, sort_by, texts)
+
+
+@pytest.mark.parametrize("name", list(SELECTIONS))
+def test_streamed_texts_give_each_pair_its_own_rows_asked_in_any_order(many_groups, monkeypatch, name):
+    path, _ = many_groups
+    selection = SELECTIONS[name]
+    eager = ann.group_by_patch(ann.read_selection(str(path), selection, sort_by="patch_id"), "patch_id")
+    index = _streamed(path, selection, monkeypatch)
+    assert index.streamed is not None and index.keys == eager.keys and len(index.keys) >= 2
+    try:
+        for i in np.random.default_rng(5).permutation(len(index.keys)):  # row groups asked for out of their order
+            got, expected = plain(index.rows(int(i))), plain(eager.rows(int(i)))
+            assert got.column_names == expected.column_names and got.equals(expected)
+        assert plain(index.streamed.rows(0, len(index.table))).equals(plain(eager.table.select(["input", "output"])))
+    finally:
+        index.streamed.close()
+    assert not any(t.is_alive() for t in index.streamed._threads)
+
+
+def test_streamed_texts_decode_the_row_groups_asked_for_first(many_groups, monkeypatch):
+    path, _ = many_groups
+    monkeypatch.setattr(ann, "decode_threads", lambda pf, columns: 1)
+    release, order = threading.Event(), []
+    read = ann._read_rows
+
+    def slow_read(handle, g, columns, *args, **kwargs):
+        if columns == ["input", "output"]:
+            order.append(g)
+            release.wait(10)  # the first row group holds the decoder until the last pair is asked for
+        return read(handle, g, columns, *args, **kwargs)
+
+    monkeypatch.setattr(ann, "_read_rows", slow_read)
+    index = _streamed(path, ann.Selection(), monkeypatch)
+    texts = index.streamed
+    try:
+        last = len(index.keys) - 1
+        wanted = set(texts._group[index.starts[last]:index.starts[last + 1]].tolist())
+        while not order:  # the decoder holds its first row group
+            threading.Event().wait(0.01)
+        line = list(texts._queue)  # the order the others would come in
+        after = wanted - {order[0]}
+        assert after and not after <= set(line[:len(after)])  # not next in line on their own: the test can fail
+        threading.Timer(0.3, release.set).start()
+        assert index.rows(last).num_rows == index.starts[last + 1] - index.starts[last]
+        assert set(order[1:1 + len(after)]) == after  # decoded right after the one under way
+        assert order[1 + len(after):] == [g for g in line if g not in after][:len(order) - 1 - len(after)]
+    finally:
+        release.set()
+        texts.close()
+
+
+def test_a_row_group_that_fails_to_decode_fails_the_next_rows_call(many_groups, monkeypatch):
+    path, _ = many_groups
+    read = ann._read_rows
+    index = None
+
+    def failing(handle, g, columns, *args, **kwargs):
+        if columns == ["input", "output"] and g == failing.group:
+            raise ann.AnnotationFileError(f"groups.parquet: row group {g} is broken")
+        return read(handle, g, columns, *args, **kwargs)
+
+    failing.group = pq.ParquetFile(path).num_row_groups - 1  # the last: not the first pair's
+    monkeypatch.setattr(ann, "_read_rows", failing)
+    index = _streamed(path, ann.Selection(), monkeypatch)
+    try:
+        for thread in index.streamed._threads:
+            thread.join(10)
+        with pytest.raises(ann.AnnotationFileError, match=f"row group {failing.group} is broken"):
+            index.rows(0)
+    finally:
+        index.streamed.close()

@@ -25,6 +25,7 @@ name the file and the row ``ID``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -346,6 +347,21 @@ def read_sorted_selection(
     return table, later
 
 
+def read_streamed_selection(
+    urlpath: str, selection: Selection, sort_by: str, download_config: Optional[DownloadConfig] = None
+) -> Tuple[pa.Table, Optional["StreamedTexts"]]:
+    """The selected rows sorted by ``(sort_by, ID)``; a sparse selection's ``input`` / ``output`` come later.
+
+    For streaming: a sparse selection (a ``*-bench`` split) gets its bulky
+    columns from :class:`StreamedTexts`, decoded in the background in the
+    order the stream needs them, so the first example waits for its own
+    pair's row groups only. A larger one reads them here, as
+    :func:`read_selection` does (None). Checks and errors are :func:`read_selection`'s.
+    """
+    table, later = _read_selection(urlpath, selection, None, download_config, sort_by, stream=True)
+    return table, later
+
+
 def _read_selection(
     urlpath: str,
     selection: Selection,
@@ -353,7 +369,8 @@ def _read_selection(
     download_config: Optional[DownloadConfig] = None,
     sort_by: Optional[str] = None,
     defer: bool = False,
-) -> Tuple[pa.Table, Optional["SortedTexts"]]:
+    stream: bool = False,
+) -> Tuple[pa.Table, Union["SortedTexts", "StreamedTexts", None]]:
     """The selected rows, read row group by row group so peak memory follows the selection, not the file.
 
     Columns in ``DICTIONARY_COLUMNS`` come back dictionary-encoded with a
@@ -451,7 +468,11 @@ def _read_selection(
             del keep_selected, kept
         # the other columns, selected rows only (masks are final now); a sparse selection (bench: 0.16 % of
         # the rows) reads its bulky columns in the same pass: the sorted placement below pays off for large ones
-        if _is_sparse(masks):
+        streamed: List[str] = []
+        if _is_sparse(masks) and stream and sort_by is not None:  # the texts come after the order, in the background
+            table.update(_read_selected(pf, rest, masks, where, urlpath, download_config))
+            streamed, heavy = heavy, []
+        elif _is_sparse(masks):
             table.update(_read_selected(pf, rest + heavy, masks, where, urlpath, download_config))
             light, heavy = light + heavy, []
         elif defer and sort_by in _NAME_COLUMNS:  # preparing: the key hashed once, the other names never
@@ -490,13 +511,16 @@ def _read_selection(
             column = _concat(_read_selected_chunks(pf, c, masks, where, urlpath, download_config))
             table[c] = column if order is None else column.take(order)
             del column
-    later = None
-    if heavy or defer:
+    later: Union[SortedTexts, StreamedTexts, None] = None
+    if heavy or defer or streamed:
         n = len(table["ID"])
         source = (order.to_numpy() if order is not None else np.arange(n)).astype(np.int32 if n < 2**31 else np.int64)
         del order
         if defer:
             later = SortedTexts(urlpath, download_config, masks, source, where)
+        elif streamed:
+            later = StreamedTexts(urlpath, download_config, masks, source, where, streamed, decode_threads(pf, streamed))
+            columns = [c for c in columns if c not in streamed]
         else:
             table[heavy[-1]] = _read_in_order(urlpath, download_config, heavy[-1], masks, source, slice_rows=_SLICE_ROWS,
                                               where=where)
@@ -762,6 +786,102 @@ class SortedTexts:
             if out is not None:
                 out.close()
             shutil.rmtree(spill, ignore_errors=True)
+
+
+class StreamedTexts:
+    """A sparse selection's bulky columns, decoded in the background, the row groups a stream asks for first.
+
+    Made by :func:`read_streamed_selection`. A bench stream keeps 0.16 % of
+    the rows, yet whole row groups of ``input`` / ``output`` are most of what
+    it decodes (~2 of its 3-5 CPU-seconds at full scale). So they are decoded
+    on ``threads`` threads of their own (each with its own handle, as in
+    :func:`_map_row_groups`) while the stream reads its first imagery, and
+    :meth:`rows` waits only for the row groups of the rows asked for, which
+    are decoded next: the first pair's rows lie in one or two of them when a
+    pair's rows are near each other. The others follow in the order the
+    sorted rows reach them. A decoding error is raised by the next
+    :meth:`rows` call, whichever row group it came from; nulls were checked
+    from the footer before. Memory: the selected rows' texts, as read
+    eagerly (a sparse selection: at most 1/8 of the rows). ``source`` maps
+    each output row to its selected row in file order, as in :class:`SortedTexts`.
+    """
+
+    def __init__(self, urlpath: str, download_config: Optional[DownloadConfig], masks: List[np.ndarray],
+                 source: np.ndarray, where: str, columns: Sequence[str], threads: int):
+        self.columns = list(columns)
+        self._urlpath, self._download_config, self._masks, self._where = urlpath, download_config, masks, where
+        bounds = np.cumsum([0] + [int(m.sum()) for m in masks])
+        self._group = (np.searchsorted(bounds, source, side="right") - 1).astype(np.int64)
+        self._local = source - bounds[self._group]
+        groups, first = np.unique(self._group, return_index=True)
+        self._queue = collections.deque(int(g) for g in groups[np.argsort(first)])  # the order sorted rows reach them
+        self._asked: collections.deque = collections.deque()  # rows() waits for these: decoded first
+        self._started: set = set()
+        self._done: Dict[int, pa.Table] = {}
+        self._error: Optional[BaseException] = None
+        self._stop = False
+        self._changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._decode, name="bentxt-streamed-texts", daemon=True)
+                         for _ in range(max(1, min(threads, len(self._queue))))]
+        for thread in self._threads:
+            thread.start()
+
+    def _next_group(self) -> Optional[int]:
+        for queue in (self._asked, self._queue):
+            while queue:
+                g = queue.popleft()
+                if g not in self._started:
+                    self._started.add(g)
+                    return g
+        return None
+
+    def _decode(self) -> None:
+        f = None
+        try:
+            f, pf = open_parquet(self._urlpath, self._download_config)
+            while True:
+                with self._changed:
+                    g = None if self._stop or self._error is not None else self._next_group()
+                if g is None:
+                    return
+                rows = _read_rows(pf, g, self.columns, self._masks[g], self._where)
+                table = pa.table({c: _decoded(_one_array(rows[c])) for c in self.columns})
+                with self._changed:
+                    self._done[g] = table
+                    self._changed.notify_all()
+        except BaseException as err:  # raised in the stream by the next rows()
+            with self._changed:
+                if self._error is None:
+                    self._error = err
+                self._changed.notify_all()
+        finally:
+            if f is not None:
+                f.close()
+
+    def rows(self, a: int, b: int) -> pa.Table:
+        """The bulky columns of output rows ``a`` to ``b``, once their row groups are decoded."""
+        group = self._group[a:b]
+        needed = np.unique(group)
+        with self._changed:
+            if self._stop:
+                raise RuntimeError("internal error: streamed texts read after close()")
+            self._asked.extend(int(g) for g in needed if int(g) not in self._started)
+            while self._error is None and not all(int(g) in self._done for g in needed):
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            tables = [self._done[int(g)] for g in needed]
+        offsets = np.cumsum([0] + [t.num_rows for t in tables])
+        at = offsets[np.searchsorted(needed, group)] + self._local[a:b]
+        return pa.concat_tables(tables).take(pa.array(at))
+
+    def close(self) -> None:
+        """Stop decoding (a stream that ends early); row groups being decoded finish first."""
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join()
 
 
 #: when preparing, a row group of texts whose selected share is below this is decoded in batches of
@@ -1449,12 +1569,20 @@ class PatchIndex:
     keys: List[str]  # image-pair keys in sort order
     starts: np.ndarray  # int64, len(keys) + 1 boundaries
     texts: Optional[SortedTexts] = None  # the bulky columns, not in ``table`` (``read_sorted_selection``)
+    streamed: Optional[StreamedTexts] = None  # the same, decoded as a stream goes (``read_streamed_selection``)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def rows(self, i: int) -> pa.Table:
-        return self.table.slice(int(self.starts[i]), int(self.starts[i + 1] - self.starts[i]))
+        """Pair ``i``'s rows, with their texts (waiting for them when they are streamed)."""
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        rows = self.table.slice(a, b - a)
+        if self.streamed is None:
+            return rows
+        texts = self.streamed.rows(a, b)
+        columns = {**{c: rows[c] for c in rows.column_names}, **{c: texts[c] for c in texts.column_names}}
+        return pa.table({c: columns[c] for c in COLUMNS if c in columns})
 
     def first(self, column: str) -> list:
         """The per-pair value of ``column`` (taken from each pair's first row)."""
@@ -1464,16 +1592,22 @@ class PatchIndex:
         return {k: i for i, k in enumerate(self.keys)}
 
 
-def group_by_patch(table: pa.Table, key: str, texts: Optional[SortedTexts] = None) -> PatchIndex:
+def group_by_patch(table: pa.Table, key: str, texts: Union[SortedTexts, StreamedTexts, None] = None) -> PatchIndex:
     """Sort once by (key, ID) and find the run boundaries on integer codes.
 
     A table that is sorted already (``read_selection(..., sort_by=key)``) is
     kept as it is (no copy); otherwise it is reordered, one copy of the table.
-    ``texts``: the bulky columns still to be written in this table's order
-    (``read_sorted_selection``), so the table must be sorted already.
+    ``texts``: the bulky columns still to be written or streamed in this
+    table's order (``read_sorted_selection``, ``read_streamed_selection``),
+    so the table must be sorted already.
     """
+    def index(keys: List[str], starts: np.ndarray) -> PatchIndex:
+        if isinstance(texts, StreamedTexts):
+            return PatchIndex(table, keys, starts, streamed=texts)
+        return PatchIndex(table, keys, starts, texts)
+
     if len(table) == 0:
-        return PatchIndex(table, [], np.zeros(1, dtype=np.int64), texts)
+        return index([], np.zeros(1, dtype=np.int64))
     codes = _codes(table[key])
     order = _sort_order(table[key], table["ID"], codes)
     if order is not None and texts is not None:
@@ -1492,8 +1626,7 @@ def group_by_patch(table: pa.Table, key: str, texts: Optional[SortedTexts] = Non
     else:
         inner = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     starts = np.concatenate([[0], inner, [len(table)]]).astype(np.int64)
-    keys = _pylist(col.take(pa.array(starts[:-1])))
-    return PatchIndex(table, keys, starts, texts)
+    return index(_pylist(col.take(pa.array(starts[:-1]))), starts)
 
 
 def check_patch_pairs(index: PatchIndex, where: str) -> None:
