@@ -528,9 +528,13 @@ def near_layout(path: str, out: str, seed: int = 1) -> dict:
 
 
 def measure_stream_start(path: str, config: str, split: str) -> dict:
-    """What streaming one split does before it reads any imagery: ``join.select_annotations`` for that split.
+    """One split's selection with its texts read at once: ``join.select_annotations`` for that split.
 
-    In Arrow's jemalloc pool, as ``join.streamed_examples`` selects.
+    What a stream of a large split does before it reads any imagery; a
+    sparse one (a bench split) now gets its texts in the background
+    (``annotations.StreamedTexts``), so for it this is the decoding work,
+    not the wait (:func:`measure_first_example` is the wait). In Arrow's
+    jemalloc pool, as ``join.streamed_examples`` selects.
     """
     import bigearthnet_txt as bt
     from bentxt import join

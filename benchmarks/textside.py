@@ -17,11 +17,12 @@ its own):
   in the file (``select_annotations(..., texts_later=True)``: what the imagery pass waits for on a source
   seen before), then the whole text side up to the parsed texts file in pair order (``write_texts``), with
   the peak RSS of both; ``--ab`` adds the route before (every column in memory, then parsed), same run;
-- streaming starts: ``select_annotations`` for one split, what a stream does before its first
-  archive read: ``s2-vqa-bench`` (15 k texts), ``s1s2-all-bench``, ``s2-vqa`` train (the largest split),
-  with their CPU-seconds; the bench start once more pinned to one core, to show how its time follows
-  the cores (it decodes whole column chunks on every core it may use: ``decode_threads``), and
-  the bench start projected to 4 and 8 cores (its CPU-seconds over the cores);
+- selections with their texts read at once (``select_annotations``): ``s2-vqa-bench`` (10,681 texts),
+  ``s1s2-all-bench``, and ``s2-vqa`` train (the largest split: what its stream does before its first archive
+  read), with their CPU-seconds; the bench one once more pinned to one core, to show how its time follows
+  the cores (it decodes whole column chunks on every core it may use: ``decode_threads``), and projected
+  to 4 and 8 cores (its CPU-seconds over the cores). A bench stream gets its texts in the background
+  instead (``annotations.StreamedTexts``), so for it these rows are the decoding work, not the wait;
 - the first streamed example as a user waits for it (``as_streaming_dataset(split)``, then ``next``) for the
   two bench configs, on the same parquet beside archives that hold 8 of its pairs (:func:`first_example_data`).
 

@@ -95,6 +95,9 @@ DICTIONARY_COLUMNS: Tuple[str, ...] = ("s1_name", "patch_id", "type", "category"
 #: the bulk of the bytes (~1.5 GB of 2 GB at full scale): read last, one column at a time
 _HEAVY_COLUMNS: Tuple[str, ...] = ("input", "output")
 
+#: the per-pair names: ~55 bytes a row as plain strings, one value per image pair
+_NAME_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name")
+
 
 class AnnotationFileError(BigEarthNetTxtError, ValueError):
     """The parquet does not have the release's shape; the message names the file and column or ID."""
@@ -197,13 +200,14 @@ def dictionary_encoded_names(pf: pq.ParquetFile) -> List[str]:
     pair: 22 rows within ~3,400, docs/release.md#annotation-parquet) holds
     ~13,000 names per 270,000-row group; Parquet then stores each name once
     and a code per row, and reading the codes costs ~0.1 CPU-s for all
-    9.55 M rows instead of ~0.6-0.8 s for plain strings. When a dictionary page overflows (a pair's rows scattered
-    through the file), Parquet falls back to plain pages, which Arrow would
-    then hash back into a dictionary: ~3x slower than plain. The footer does
-    not list page encodings, so a chunk counts as dictionary-encoded when it
-    holds at most half the bytes of its values as plain strings (length from
-    its min/max statistics); a fallback chunk holds nearly all of them. A
-    wrong guess costs time, never values.
+    9.55 M rows instead of ~0.6-0.8 s for plain strings. When a dictionary
+    page overflows (a pair's rows scattered through the file), Parquet falls
+    back to plain pages, which Arrow would then hash back into a dictionary:
+    ~3x slower than plain. The footer does not list page encodings, so a
+    chunk counts as dictionary-encoded when it holds at most half the bytes
+    of its values as plain strings (length from its min/max statistics); a
+    fallback chunk holds nearly all of them. A wrong guess costs time, never
+    values (:func:`_pair_names` cuts away the unselected rows' names).
     """
     names = []
     for column in _NAME_COLUMNS:
@@ -358,8 +362,7 @@ def read_streamed_selection(
     pair's row groups only. A larger one reads them here, as
     :func:`read_selection` does (None). Checks and errors are :func:`read_selection`'s.
     """
-    table, later = _read_selection(urlpath, selection, None, download_config, sort_by, stream=True)
-    return table, later
+    return _read_selection(urlpath, selection, None, download_config, sort_by, stream=True)
 
 
 def _read_selection(
@@ -987,8 +990,6 @@ def _read_selected(pf: pq.ParquetFile, columns: Sequence[str], masks: List[np.nd
     return {c: _concat(_pair_names(parts.pop(c)) if c in _NAME_COLUMNS else parts.pop(c)) for c in columns}
 
 
-#: the per-pair names: ~55 bytes a row as plain strings, one value per image pair
-_NAME_COLUMNS: Tuple[str, ...] = ("patch_id", "s1_name")
 def _read_pair_names(pf: pq.ParquetFile, key: str, others: Sequence[str], masks: List[np.ndarray], where: str,
                      urlpath: Optional[str] = None, download_config: Optional[DownloadConfig] = None,
                      threads: int = 2) -> Dict[str, pa.Array]:
