@@ -579,6 +579,22 @@ def measure_first_example(data_dir: str, config: str, split: str, cache_dir: str
             "patch_id": example["patch_id"]}
 
 
+def measure_name_pass(path: str, config: str) -> dict:
+    """The name pass that starts preparing a config on a new source: its pairs' names (``annotations.selected_names``).
+
+    The imagery workers start on these names; in Arrow's jemalloc pool, as preparing runs it.
+    """
+    import bigearthnet_txt as bt
+    from bentxt import join
+    from bentxt.text import annotations as ann
+
+    cfg = bt.BigEarthNetTxt.builder_configs[config]
+    t0, cpu0 = time.perf_counter(), os.times()
+    with join.preparing_memory_pool():
+        names = ann.selected_names(path, cfg.selection(None), ["patch_id", "s1_name"])
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds_since(cpu0), "rows": len(names["patch_id"])}
+
+
 def measure_prepare_texts(path: str, config: str, work: str, in_memory: bool = False) -> dict:
     """The whole text side of preparing a config: select, check, group, then the parsed texts file in pair order.
 

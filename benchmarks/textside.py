@@ -23,6 +23,7 @@ its own):
   the cores (it decodes whole column chunks on every core it may use: ``decode_threads``), and projected
   to 4 and 8 cores (its CPU-seconds over the cores). A bench stream gets its texts in the background
   instead (``annotations.StreamedTexts``), so for it these rows are the decoding work, not the wait;
+- the name pass that starts preparing ``s1s2-all`` on a new source (``annotations.selected_names``);
 - the first streamed example as a user waits for it (``as_streaming_dataset(split)``, then ``next``) for the
   two bench configs, on the same parquet beside archives that hold 8 of its pairs (:func:`first_example_data`).
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     for k in range(args.repeat):
         prepare = {"path": str(path), "config": "s1s2-all", "work": str(Path(args.work))}
         runs = [("pandas", "benchmarks.textscale:measure_pandas", {"path": str(path), "config": "s1s2-all"}),
-                ("s1s2-all", "benchmarks.textscale:measure_prepare_texts", prepare)]
+                ("s1s2-all", "benchmarks.textscale:measure_prepare_texts", prepare),
+                ("s1s2-all name pass", "benchmarks.textscale:measure_name_pass", {"path": str(path), "config": "s1s2-all"})]
         if args.ab:
             runs.append(("s1s2-all in memory", "benchmarks.textscale:measure_prepare_texts", dict(prepare, in_memory=True)))
         runs += [(f"{c} {s}", "benchmarks.textscale:measure_stream_start", {"path": str(path), "config": c, "split": s})
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
         children = []
         for name, target, kwargs in runs:
             ours = [(name, target, kwargs, None, False)]
-            if args.against and name != "pandas":  # the other checkout's code too, in turns second and first
+            if args.against and name != "pandas" and _has(args.against, target):  # the other checkout's code too,
+                # in turns second and first
                 ours.append((f"{name} [{Path(args.against).name}]", target, kwargs, args.against, False))
             children += ours if k % 2 == 0 else ours[::-1]
         # the first bench start again on one core: how its wall time follows the cores (it is CPU-bound)
@@ -131,6 +134,13 @@ def main(argv=None) -> int:
         summary["projected bench start"] = {f"{n} cores": round(cpu / n, 2) for n in (2, 4, 8)}
     print(json.dumps({"file": str(path), "layout": args.layout, **info, "results": summary}, indent=1))
     return 0
+
+
+def _has(checkout: str, target: str) -> bool:
+    """Whether another checkout's benchmarks define ``module:function`` (an older one may lack a newer measurement)."""
+    module, function = target.split(":")
+    source = Path(checkout) / (module.replace(".", "/") + ".py")
+    return source.exists() and f"def {function}(" in source.read_text()
 
 
 if __name__ == "__main__":
