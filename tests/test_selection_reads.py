@@ -564,21 +564,30 @@ def _streamed(path, selection, monkeypatch, sort_by="patch_id"):
     return ann.group_by_patch(table, sort_by, texts)
 
 
+@pytest.mark.parametrize("route", ["from the row groups", "once all are in order"])
 @pytest.mark.parametrize("name", list(SELECTIONS))
-def test_streamed_texts_give_each_pair_its_own_rows_asked_in_any_order(many_groups, monkeypatch, name):
+def test_streamed_texts_give_each_pair_its_own_rows_asked_in_any_order(many_groups, monkeypatch, name, route):
     path, _ = many_groups
     selection = SELECTIONS[name]
     eager = ann.group_by_patch(ann.read_selection(str(path), selection, sort_by="patch_id"), "patch_id")
+    if route == "from the row groups":  # never put in order: every pair taken from its row groups
+        monkeypatch.setattr(ann.StreamedTexts, "_put_in_order", lambda self: None)
     index = _streamed(path, selection, monkeypatch)
-    assert index.streamed is not None and index.keys == eager.keys and len(index.keys) >= 2
+    texts = index.streamed
+    assert texts is not None and index.keys == eager.keys and len(index.keys) >= 2
     try:
+        if route == "once all are in order":
+            for thread in texts._threads:
+                thread.join(10)
+            assert plain(texts.whole()).equals(plain(eager.table.select(["input", "output"])))
         for i in np.random.default_rng(5).permutation(len(index.keys)):  # row groups asked for out of their order
             got, expected = plain(index.rows(int(i))), plain(eager.rows(int(i)))
             assert got.column_names == expected.column_names and got.equals(expected)
-        assert plain(index.streamed.rows(0, len(index.table))).equals(plain(eager.table.select(["input", "output"])))
+        assert index._joined == (route == "once all are in order")  # then each pair is a slice of one table
+        assert plain(texts.rows(0, len(index.table))).equals(plain(eager.table.select(["input", "output"])))
     finally:
-        index.streamed.close()
-    assert not any(t.is_alive() for t in index.streamed._threads)
+        texts.close()
+    assert not any(t.is_alive() for t in texts._threads)
 
 
 def test_streamed_texts_decode_the_row_groups_asked_for_first(many_groups, monkeypatch):
