@@ -9,6 +9,7 @@ selection skip the other row groups' names and texts entirely.
 from __future__ import annotations
 
 import threading
+import types
 
 import numpy as np
 import pyarrow as pa
@@ -554,6 +555,34 @@ def test_dictionary_chunks_become_one_dictionary_of_the_names_used():
     assert [c.to_pylist() for c in ann._pair_names([with_null])] == [["q", None, "q", "q", "q"]]
     plain_chunks = [pa.array(["a"]), pa.array(["b"])]
     assert ann._pair_names(plain_chunks) is plain_chunks
+
+
+def test_names_arrow_cannot_read_as_a_dictionary_stay_plain(pairs_together, tmp_path):
+    """A writer may fall back from a dictionary to DELTA_BYTE_ARRAY pages (Parquet v2 writers: parquet-mr, arrow-rs),
+    which Arrow does not read into a dictionary: a chunk listing such an encoding keeps its column plain."""
+    table = pq.read_table(pairs_together)
+    delta = tmp_path / "delta.parquet"  # pyarrow writes DELTA pages only without a dictionary page
+    pq.write_table(table, delta, row_group_size=32, use_dictionary=False, column_encoding={"patch_id": "DELTA_BYTE_ARRAY"})
+    with pytest.raises(OSError, match="Not yet implemented"):  # what reading such pages as a dictionary does
+        pq.ParquetFile(delta, read_dictionary=["patch_id"]).read(columns=["patch_id"])
+    real = pq.ParquetFile(pairs_together)
+    j = ann._leaf_column(real, "patch_id")
+
+    class Fallback:  # patch_id's chunk of row group 1 as such a writer's footer lists it: DELTA_BYTE_ARRAY pages too
+        def __init__(self, chunk):
+            self.chunk, self.encodings = chunk, (*chunk.encodings, "DELTA_BYTE_ARRAY")
+
+        def __getattr__(self, name):
+            return getattr(self.chunk, name)
+
+    def row_group(g):
+        meta = real.metadata.row_group(g)
+        return types.SimpleNamespace(column=lambda k: Fallback(meta.column(k)) if (g, k) == (1, j) else meta.column(k))
+
+    footer = types.SimpleNamespace(num_columns=real.metadata.num_columns, schema=real.metadata.schema, row_group=row_group)
+    fallback = types.SimpleNamespace(metadata=footer, schema_arrow=real.schema_arrow, num_row_groups=real.num_row_groups)
+    assert ann.dictionary_encoded_names(real) == ["patch_id", "s1_name"]
+    assert ann.dictionary_encoded_names(fallback) == ["s1_name"]
 
 
 def _streamed(path, selection, monkeypatch, sort_by="patch_id"):

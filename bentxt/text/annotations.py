@@ -203,11 +203,16 @@ def dictionary_encoded_names(pf: pq.ParquetFile) -> List[str]:
     9.55 M rows instead of ~0.6-0.8 s for plain strings. When a dictionary
     page overflows (a pair's rows scattered through the file), Parquet falls
     back to plain pages, which Arrow would then hash back into a dictionary:
-    ~3x slower than plain. The footer does not list page encodings, so a
-    chunk counts as dictionary-encoded when it holds at most half the bytes
-    of its values as plain strings (length from its min/max statistics); a
-    fallback chunk holds nearly all of them. A wrong guess costs time, never
-    values (:func:`_pair_names` cuts away the unselected rows' names).
+    ~3x slower than plain. The footer lists a chunk's encodings but not
+    which pages use them, so a chunk counts as dictionary-encoded when it
+    holds at most half the bytes of its values as plain strings (length from
+    its min/max statistics); a fallback chunk holds nearly all of them. A
+    wrong guess costs time, never values (:func:`_pair_names` cuts away the
+    unselected rows' names). A chunk listing an encoding Arrow cannot decode
+    into a dictionary never counts: Parquet v2 writers (parquet-mr,
+    arrow-rs) fall back to DELTA_BYTE_ARRAY pages, small enough to pass the
+    size test, which Arrow then refuses to read as a dictionary ("not yet
+    implemented").
     """
     names = []
     for column in _NAME_COLUMNS:
@@ -220,9 +225,15 @@ def dictionary_encoded_names(pf: pq.ParquetFile) -> List[str]:
     return names
 
 
+#: the encodings whose pages Arrow decodes into a dictionary: the dictionary's, its codes', levels, plain fallback
+_DICTIONARY_READABLE = frozenset({"PLAIN_DICTIONARY", "RLE_DICTIONARY", "PLAIN", "RLE", "BIT_PACKED"})
+
+
 def _dictionary_encoded(chunk) -> bool:
     stats = chunk.statistics
-    if not chunk.has_dictionary_page or stats is None or not stats.has_min_max:
+    if not chunk.has_dictionary_page or not set(chunk.encodings) <= _DICTIONARY_READABLE:
+        return False  # no dictionary, or pages Arrow could not read as one
+    if stats is None or not stats.has_min_max:
         return False
     shortest = min(len(v.encode() if isinstance(v, str) else v) for v in (stats.min, stats.max))
     return chunk.total_uncompressed_size <= _DICTIONARY_SHARE * chunk.num_values * (4 + shortest)  # 4: a plain length
