@@ -8,6 +8,8 @@ selection skip the other row groups' names and texts entirely.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import types
 
@@ -671,3 +673,70 @@ def test_a_row_group_that_fails_to_decode_fails_the_next_rows_call(many_groups, 
             index.rows(0)
     finally:
         index.streamed.close()
+
+
+def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups, monkeypatch):
+    """A pair asked in a forked child (the decoding threads stay in the parent), or awaited while another thread closes."""
+    path, _ = many_groups
+    monkeypatch.setattr(ann, "decode_threads", lambda pf, columns: 1)
+    release, busy = threading.Event(), []
+    read = ann._read_rows
+
+    def slow_read(handle, g, columns, *args, **kwargs):
+        if columns == ["input", "output"]:
+            busy.append(g)
+            release.wait(10)  # the one decoder holds its first row group
+        return read(handle, g, columns, *args, **kwargs)
+
+    monkeypatch.setattr(ann, "_read_rows", slow_read)
+    index = _streamed(path, ann.Selection(), monkeypatch)
+    texts = index.streamed
+    try:
+        while not busy:
+            threading.Event().wait(0.01)
+        waiting = next(i for i in range(len(index.keys))  # a pair none of whose row groups is under way
+                       if busy[0] not in texts._group[index.starts[i]:index.starts[i + 1]])
+        pid = os.fork()
+        if pid == 0:  # the child: no thread of its own decodes
+            try:
+                index.rows(waiting)
+                code = 1
+            except RuntimeError as err:
+                code = 0 if "forked" in str(err) else 2
+            except BaseException:
+                code = 3
+            os._exit(code)
+        for _ in range(500):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            threading.Event().wait(0.01)
+        else:  # waiting forever
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = None
+        assert status is not None and os.waitstatus_to_exitcode(status) == 0
+        outcome: list = []
+
+        def ask():
+            try:
+                outcome.append(index.rows(waiting))
+            except RuntimeError as err:
+                outcome.append(str(err))
+
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        while not texts._asked:  # asked for under the lock, then waiting
+            threading.Event().wait(0.01)
+        closer = threading.Thread(target=texts.close, daemon=True)
+        closer.start()
+        while not texts._stop:
+            threading.Event().wait(0.01)
+        release.set()  # the decoder finishes its row group and stops: the pair's row groups never come
+        closer.join(10)
+        asker.join(10)
+        assert not closer.is_alive() and not asker.is_alive() and len(outcome) == 1
+        assert isinstance(outcome[0], str) and "closed" in outcome[0]
+    finally:
+        release.set()
+        texts.close()

@@ -820,8 +820,10 @@ class StreamedTexts:
     :meth:`rows` call, whichever row group it came from; nulls were checked
     from the footer before. Memory: the selected rows' texts (a sparse
     selection: at most 1/8 of the rows), about twice that while they are
-    put in order. ``source`` maps each output row to its selected row in
-    file order, as in :class:`SortedTexts`.
+    put in order. A wait no thread would end is an error too: closed
+    meanwhile by another thread, or in a process forked after the threads
+    started (they stay in the parent). ``source`` maps each output row to
+    its selected row in file order, as in :class:`SortedTexts`.
     """
 
     def __init__(self, urlpath: str, download_config: Optional[DownloadConfig], masks: List[np.ndarray],
@@ -842,6 +844,7 @@ class StreamedTexts:
         self._error: Optional[BaseException] = None
         self._stop = False
         self._changed = threading.Condition()
+        self._pid = os.getpid()  # a process forked from this one has none of the threads
         self._threads = [threading.Thread(target=self._decode, name="bentxt-streamed-texts", daemon=True)
                          for _ in range(max(1, min(threads, self._groups)))]
         for thread in self._threads:
@@ -900,6 +903,9 @@ class StreamedTexts:
         """The bulky columns of output rows ``a`` to ``b``, once their row groups are decoded."""
         group = self._group[a:b]
         needed = np.unique(group)
+        if os.getpid() != self._pid:  # checked before the lock, which a thread of the parent may have held
+            raise RuntimeError(f"streamed texts read in process {os.getpid()}, forked from process {self._pid} whose "
+                               f"threads decode them: iterate the stream in the process that started it")
         with self._changed:
             if self._stop:
                 raise RuntimeError("internal error: streamed texts read after close()")
@@ -912,6 +918,8 @@ class StreamedTexts:
                 if all(int(g) in self._done for g in needed):
                     tables = [self._done[int(g)] for g in needed]
                     break
+                if self._stop:  # closed by another thread meanwhile: these row groups will never be decoded
+                    raise RuntimeError("internal error: streamed texts closed while rows were awaited")
                 self._changed.wait()
         # each row group's rows taken from it alone: a take over all of them at once would first copy them into
         # one array (~25 ms for 12 row groups of 100,000 texts)
