@@ -118,7 +118,9 @@ def descendants(pid: int) -> List[int]:
 
 
 def _text_shards(cache: Path) -> List[str]:
-    return [str(p) for p in cache.glob("**/bigearthnet_txt-*.arrow")]
+    """The text shards written so far; ``os.walk`` skips a folder removed while it looks (``Path.glob`` raised)."""
+    return [os.path.join(folder, name) for folder, _, names in os.walk(cache) for name in names
+            if name.startswith("bigearthnet_txt-") and name.endswith(".arrow")]
 
 
 def kill_trial(data_dir: str, work: Path, kill_after: Optional[float] = None, delay: float = 0.02,

@@ -644,7 +644,12 @@ def test_streamed_texts_decode_the_row_groups_asked_for_first(many_groups, monke
         line = list(texts._queue)  # the order the others would come in
         after = wanted - {order[0]}
         assert after and not after <= set(line[:len(after)])  # not next in line on their own: the test can fail
-        threading.Timer(0.3, release.set).start()
+        def release_once_asked():  # not before rows() has asked, however slow the machine
+            while not texts._asked:
+                threading.Event().wait(0.01)
+            release.set()
+
+        threading.Thread(target=release_once_asked, daemon=True).start()
         assert index.rows(last).num_rows == index.starts[last + 1] - index.starts[last]
         assert set(order[1:1 + len(after)]) == after  # decoded right after the one under way
         assert order[1 + len(after):] == [g for g in line if g not in after][:len(order) - 1 - len(after)]
@@ -675,6 +680,7 @@ def test_a_row_group_that_fails_to_decode_fails_the_next_rows_call(many_groups, 
         index.streamed.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a forked child")
 def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups, monkeypatch):
     """A pair asked in a forked child (the decoding threads stay in the parent), or awaited while another thread closes."""
     path, _ = many_groups
@@ -740,3 +746,16 @@ def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups,
     finally:
         release.set()
         texts.close()
+
+
+def test_streamed_texts_left_open_are_closed_at_exit(many_groups, monkeypatch):
+    """A daemon thread still inside Arrow when the interpreter ends can abort it: exit closes what a stream left open."""
+    path, _ = many_groups
+    index = _streamed(path, ann.Selection(), monkeypatch)
+    texts = index.streamed
+    assert texts in ann._LIVE_TEXTS
+    ann._close_live_texts()  # what atexit runs
+    assert texts._stop and not any(t.is_alive() for t in texts._threads) and texts not in ann._LIVE_TEXTS
+    closed = _streamed(path, ann.Selection(), monkeypatch).streamed
+    closed.close()
+    assert closed not in ann._LIVE_TEXTS

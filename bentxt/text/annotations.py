@@ -25,12 +25,14 @@ name the file and the row ``ID``.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
 import os
 import shutil
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -429,6 +431,8 @@ def _read_selection(
     columns = list(columns or COLUMNS)
     if defer and sort_by is None:
         raise ValueError("defer=True needs sort_by: the bulky columns are written later in that order")
+    if defer and stream:
+        raise ValueError("defer=True (texts written later) and stream=True (texts decoded as a stream goes) exclude each other")
     if sort_by is not None and sort_by not in columns:
         raise ValueError(f"sort_by={sort_by!r} is not among the columns read {columns}")
     f, pf = open_parquet(urlpath, download_config, read_dictionary=_FEW_VALUES, names_as_dictionaries=True)
@@ -847,6 +851,7 @@ class StreamedTexts:
         self._pid = os.getpid()  # a process forked from this one has none of the threads
         self._threads = [threading.Thread(target=self._decode, name="bentxt-streamed-texts", daemon=True)
                          for _ in range(max(1, min(threads, self._groups)))]
+        _LIVE_TEXTS.add(self)
         for thread in self._threads:
             thread.start()
 
@@ -934,7 +939,20 @@ class StreamedTexts:
             self._stop = True
             self._changed.notify_all()
         for thread in self._threads:
-            thread.join()
+            if thread is not threading.current_thread():  # a stream finalised on one of its own threads
+                thread.join()
+        _LIVE_TEXTS.discard(self)
+
+
+#: streamed texts whose threads may still decode: closed at exit, since a daemon thread still inside Arrow when the
+#: interpreter ends can abort it ("terminate called without an active exception")
+_LIVE_TEXTS: "weakref.WeakSet[StreamedTexts]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_texts() -> None:
+    for texts in list(_LIVE_TEXTS):
+        texts.close()
 
 
 #: when preparing, a row group of texts whose selected share is below this is decoded in batches of
