@@ -91,7 +91,7 @@ def select_annotations(config: BigEarthNetTxtConfig, urlpath: str, split: Option
     if not filters_checked:
         check_filters(config, urlpath, dlc)
     selection, key = config.selection(split), config.key_column
-    later = None
+    later: Union[ann.SortedTexts, ann.StreamedTexts, None] = None
     if texts_later:
         table, later = ann.read_sorted_selection(urlpath, selection, key, download_config=dlc)
     elif streamed:

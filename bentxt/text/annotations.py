@@ -360,7 +360,7 @@ def read_sorted_selection(
     Checks and errors are :func:`read_selection`'s.
     """
     table, later = _read_selection(urlpath, selection, None, download_config, sort_by, defer=True)
-    assert later is not None
+    assert isinstance(later, SortedTexts)
     return table, later
 
 
@@ -375,7 +375,9 @@ def read_streamed_selection(
     pair's row groups only. A larger one reads them here, as
     :func:`read_selection` does (None). Checks and errors are :func:`read_selection`'s.
     """
-    return _read_selection(urlpath, selection, None, download_config, sort_by, stream=True)
+    table, later = _read_selection(urlpath, selection, None, download_config, sort_by, stream=True)
+    assert later is None or isinstance(later, StreamedTexts)
+    return table, later
 
 
 def _read_selection(
@@ -1149,7 +1151,7 @@ def _pair_names(chunks: list) -> list:
     dictionary = unified.chunk(0).dictionary
     indices = np.concatenate([c.indices.to_numpy() for c in unified.chunks])
     used = np.bincount(indices, minlength=len(dictionary)) > 0
-    code = (np.cumsum(used) - 1).astype(_index_dtype(int(used.sum())))
+    code: np.ndarray = (np.cumsum(used) - 1).astype(_index_dtype(int(used.sum())))
     return [pa.DictionaryArray.from_arrays(pa.array(code[indices]), dictionary.filter(pa.array(used)))]
 
 
