@@ -621,40 +621,53 @@ def test_streamed_texts_give_each_pair_its_own_rows_asked_in_any_order(many_grou
     assert not any(t.is_alive() for t in texts._threads)
 
 
-def test_streamed_texts_decode_the_row_groups_asked_for_first(many_groups, monkeypatch):
-    path, _ = many_groups
+def _until(done) -> None:
+    """Wait (polling) until ``done()``: another thread has got that far."""
+    while not done():
+        threading.Event().wait(0.01)
+
+
+@pytest.fixture
+def held_decoder(monkeypatch):
+    """One decoding thread, held on its first row group of texts until ``release`` is set; ``order``: the row groups it took."""
     monkeypatch.setattr(ann, "decode_threads", lambda pf, columns: 1)
-    release, order = threading.Event(), []
+    held = types.SimpleNamespace(release=threading.Event(), order=[])
     read = ann._read_rows
 
     def slow_read(handle, g, columns, *args, **kwargs):
         if columns == ["input", "output"]:
-            order.append(g)
-            release.wait(10)  # the first row group holds the decoder until the last pair is asked for
+            held.order.append(g)
+            held.release.wait(10)
         return read(handle, g, columns, *args, **kwargs)
 
     monkeypatch.setattr(ann, "_read_rows", slow_read)
+    yield held
+    held.release.set()
+
+
+def test_streamed_texts_decode_the_row_groups_asked_for_first(many_groups, monkeypatch, held_decoder):
+    path, _ = many_groups
+    order = held_decoder.order  # the first row group holds the decoder until the last pair is asked for
     index = _streamed(path, ann.Selection(), monkeypatch)
     texts = index.streamed
     try:
         last = len(index.keys) - 1
         wanted = set(texts._group[index.starts[last]:index.starts[last + 1]].tolist())
-        while not order:  # the decoder holds its first row group
-            threading.Event().wait(0.01)
+        _until(lambda: order)  # the decoder holds its first row group
         line = list(texts._queue)  # the order the others would come in
         after = wanted - {order[0]}
         assert after and not after <= set(line[:len(after)])  # not next in line on their own: the test can fail
+
         def release_once_asked():  # not before rows() has asked, however slow the machine
-            while not texts._asked:
-                threading.Event().wait(0.01)
-            release.set()
+            _until(lambda: texts._asked)
+            held_decoder.release.set()
 
         threading.Thread(target=release_once_asked, daemon=True).start()
         assert index.rows(last).num_rows == index.starts[last + 1] - index.starts[last]
         assert set(order[1:1 + len(after)]) == after  # decoded right after the one under way
         assert order[1 + len(after):] == [g for g in line if g not in after][:len(order) - 1 - len(after)]
     finally:
-        release.set()
+        held_decoder.release.set()
         texts.close()
 
 
@@ -681,25 +694,14 @@ def test_a_row_group_that_fails_to_decode_fails_the_next_rows_call(many_groups, 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a forked child")
-def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups, monkeypatch):
+def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups, monkeypatch, held_decoder):
     """A pair asked in a forked child (the decoding threads stay in the parent), or awaited while another thread closes."""
     path, _ = many_groups
-    monkeypatch.setattr(ann, "decode_threads", lambda pf, columns: 1)
-    release, busy = threading.Event(), []
-    read = ann._read_rows
-
-    def slow_read(handle, g, columns, *args, **kwargs):
-        if columns == ["input", "output"]:
-            busy.append(g)
-            release.wait(10)  # the one decoder holds its first row group
-        return read(handle, g, columns, *args, **kwargs)
-
-    monkeypatch.setattr(ann, "_read_rows", slow_read)
+    busy = held_decoder.order  # the one decoder holds its first row group
     index = _streamed(path, ann.Selection(), monkeypatch)
     texts = index.streamed
     try:
-        while not busy:
-            threading.Event().wait(0.01)
+        _until(lambda: busy)
         waiting = next(i for i in range(len(index.keys))  # a pair none of whose row groups is under way
                        if busy[0] not in texts._group[index.starts[i]:index.starts[i + 1]])
         pid = os.fork()
@@ -732,19 +734,17 @@ def test_rows_no_thread_will_decode_fail_instead_of_waiting_forever(many_groups,
 
         asker = threading.Thread(target=ask, daemon=True)
         asker.start()
-        while not texts._asked:  # asked for under the lock, then waiting
-            threading.Event().wait(0.01)
+        _until(lambda: texts._asked)  # asked for under the lock, then waiting
         closer = threading.Thread(target=texts.close, daemon=True)
         closer.start()
-        while not texts._stop:
-            threading.Event().wait(0.01)
-        release.set()  # the decoder finishes its row group and stops: the pair's row groups never come
+        _until(lambda: texts._stop)
+        held_decoder.release.set()  # the decoder finishes its row group and stops: the pair's row groups never come
         closer.join(10)
         asker.join(10)
         assert not closer.is_alive() and not asker.is_alive() and len(outcome) == 1
         assert isinstance(outcome[0], str) and "closed" in outcome[0]
     finally:
-        release.set()
+        held_decoder.release.set()
         texts.close()
 
 
